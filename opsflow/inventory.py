@@ -1,0 +1,519 @@
+"""The inventory: one YAML file describing environments and what exists in them.
+
+``load_inventory`` reads ``OPSFLOW_INVENTORY`` (default ``./inventory.yaml``) and validates it
+with pydantic. Every problem is reported as ``<path>: <problem> (fix: <what to change>)`` so an
+operator can correct the file without reading code. Secrets are references (``secret:NAME``,
+``env:VAR``) that are resolved only when a task needs them.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from opsflow.durations import parse_duration
+from opsflow.errors import InputError
+from opsflow.secrets import is_reference
+
+ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+DEFAULT_INVENTORY = "inventory.yaml"
+
+
+class InventoryError(InputError):
+    """One or more inventory problems; ``problems`` holds each as ``(field, problem, fix)``."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str, str]]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = [f"{field}: {problem} (fix: {fix})" for field, problem, fix in problems]
+        first_field, first_problem, first_fix = problems[0]
+        super().__init__(first_field, first_problem, first_fix)
+        self.args = (f"invalid inventory {source}:\n  " + "\n  ".join(lines),)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_secret_field(value: str | None, what: str) -> str | None:
+    """A field that may carry credentials must be a reference when it embeds a password."""
+    if value is None or is_reference(value):
+        return value
+    parts = urlsplit(value)
+    if parts.password:
+        raise ValueError(
+            f"{what} embeds a password (fix: write it as a reference, "
+            "env:VAR_NAME or secret:prefect-block-name)"
+        )
+    return value
+
+
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in schemes or not (parts.netloc or parts.path):
+        allowed = " or ".join(s + "://" for s in schemes)
+        raise ValueError(f"{value!r} is not a URL (fix: write a URL starting with {allowed})")
+    return value
+
+
+Duration = Annotated[timedelta, Field(description="e.g. 90s, 15m, 1h, 2d")]
+
+
+class Thresholds(_Model):
+    """Health thresholds; defaults are the seed manuals' alert levels."""
+
+    error_rate_pct: float = Field(5.0, ge=0, le=100)
+    p95_latency_ms: float = Field(500.0, gt=0)
+    memory_pct: float = Field(90.0, gt=0, le=100)
+    cpu_pct: float = Field(90.0, gt=0, le=100)
+    disk_pct: float = Field(85.0, gt=0, le=100)
+    cert_days: int = Field(14, ge=0)
+    response_ms: float = Field(1000.0, gt=0)
+    restarts: int = Field(5, ge=0)
+    log_errors: int = Field(10, ge=0)
+    connections_pct: float = Field(80.0, gt=0, le=100)
+    redis_memory_pct: float = Field(90.0, gt=0, le=100)
+    redis_hit_rate_pct: float = Field(80.0, ge=0, le=100)
+    backup_max_age: timedelta = Field(default=timedelta(hours=26))
+
+    @field_validator("backup_max_age", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+
+class Endpoint(_Model):
+    name: str
+    url: str
+    kind: Literal["basic", "detailed", "ready", "live"] = "basic"
+    expect_status: int = Field(200, ge=100, le=599)
+    expect_json_status: list[str] | None = Field(
+        None, description="accepted values of the JSON body's `status` field, e.g. [healthy, ok]"
+    )
+    timeout: timedelta = Field(default=timedelta(seconds=10))
+    verify_tls: bool = True
+    ca_file: str | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"))
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+
+class SmokeTest(Endpoint):
+    pass
+
+
+class MetricsSource(_Model):
+    """A Prometheus text endpoint (``/metrics``) whose series are checked against thresholds."""
+
+    name: str
+    url: str
+    error_rate: str | None = Field(
+        None, description="metric family counting requests, labelled by status (default: auto)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, ("http", "https"))
+
+
+class LogFile(_Model):
+    path: str
+    pattern: str = Field("ERROR", description="regular expression marking an error line")
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(
+                f"{value!r} is not a valid regular expression: {exc} (fix: correct the pattern, "
+                "e.g. ERROR|FATAL)"
+            ) from exc
+        return value
+
+
+class Logs(_Model):
+    window: timedelta = Field(default=timedelta(hours=1))
+    files: list[LogFile] = []
+    pattern: str = "ERROR"
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+
+class DirectAccess(_Model):
+    direct: Literal[True] = True
+
+
+class DockerExecAccess(_Model):
+    docker_exec: str = Field(description="name of the container running the database")
+
+
+class KubectlExecAccess(_Model):
+    kubectl_exec: str = Field(description="deployment (or pod) running the database")
+    container: str | None = None
+
+
+def _access_kind(value: Any) -> str:
+    keys = value if isinstance(value, dict) else vars(value) if hasattr(value, "__dict__") else {}
+    if "docker_exec" in keys:
+        return "via:docker_exec"
+    if "kubectl_exec" in keys:
+        return "via:kubectl_exec"
+    return "via:direct"
+
+
+Access = Annotated[
+    Annotated[DirectAccess, Tag("via:direct")]
+    | Annotated[DockerExecAccess, Tag("via:docker_exec")]
+    | Annotated[KubectlExecAccess, Tag("via:kubectl_exec")],
+    Discriminator(_access_kind),
+]
+
+
+class Database(_Model):
+    name: str
+    kind: Literal["postgres", "sqlite"]
+    dsn: str | None = Field(None, description="PostgreSQL DSN, usually env:VAR or secret:NAME")
+    path: str | None = Field(None, description="SQLite file path")
+    via: Access = Field(default_factory=DirectAccess)
+
+    @field_validator("dsn")
+    @classmethod
+    def _dsn(cls, value: str | None) -> str | None:
+        return _check_secret_field(value, "the DSN")
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> Database:
+        if self.kind == "postgres" and not self.dsn:
+            raise ValueError(
+                "a postgres database needs `dsn` (fix: add dsn: env:VAR or secret:NAME)"
+            )
+        if self.kind == "sqlite":
+            if not self.path:
+                raise ValueError("a sqlite database needs `path` (fix: add path: file.db)")
+            if not isinstance(self.via, DirectAccess):
+                raise ValueError("a sqlite database is reached directly (fix: remove `via`)")
+        return self
+
+
+class RedisTarget(_Model):
+    name: str
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not is_reference(value):
+            _check_url(value, ("redis", "rediss", "unix"))
+        return _check_secret_field(value, "the Redis URL") or value
+
+
+class BackupStore(_Model):
+    url: str
+    retention_days: int = Field(30, ge=1)
+    encryption_key: str | None = None
+    endpoint_url: str | None = Field(None, description="S3 API endpoint (for MinIO and the like)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        return _check_url(value, ("file", "s3"))
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key(cls, value: str | None) -> str | None:
+        if value is not None and not is_reference(value):
+            raise ValueError(
+                "holds a literal key (fix: store the key in a secret and write env:VAR or "
+                "secret:NAME here)"
+            )
+        return value
+
+
+class Approvals(_Model):
+    approvers: list[str] = Field(min_length=1)
+    timeout: timedelta = Field(default=timedelta(hours=1))
+    four_eyes: bool = True
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+
+class KubernetesTarget(_Model):
+    namespace: str
+    deployment: str | None = None
+    container: str | None = None
+    label_selector: str | None = None
+    kubeconfig: str | None = None
+    context: str | None = None
+    api_url: str | None = Field(None, description="API server URL; overrides kubeconfig")
+    token: str | None = Field(None, description="bearer token reference (env:/secret:)")
+    verify_tls: bool = True
+
+    @field_validator("token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is not None and not is_reference(value):
+            raise ValueError(
+                "holds a literal token (fix: store it in a secret and write env:VAR or "
+                "secret:NAME here)"
+            )
+        return value
+
+
+class DockerService(_Model):
+    name: str
+    container: str
+    image: str | None = None
+    health_url: str | None = None
+
+
+class DockerTarget(_Model):
+    host: str | None = Field(None, description="Docker daemon URL; default: DOCKER_HOST")
+    services: list[DockerService] = []
+
+
+class MaintenanceWindow(_Model):
+    cron: str
+    duration: timedelta
+
+    @field_validator("duration", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        return parse_duration(value)
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError(
+                f"{value!r} is not a cron expression (fix: use 5 fields, e.g. '0 2 * * SUN')"
+            )
+        return value
+
+
+class MaintenanceMode(_Model):
+    url: str
+
+
+class Notify(_Model):
+    block: str | None = Field(None, description="name of a Prefect notification block")
+    webhook: str | None = Field(None, description="webhook URL reference (env:/secret:) or URL")
+
+    @model_validator(mode="after")
+    def _one(self) -> Notify:
+        if (self.block is None) == (self.webhook is None):
+            raise ValueError(
+                "a notify target needs exactly one of `block` or `webhook` "
+                "(fix: keep one of them)"
+            )
+        return self
+
+
+class Environment(_Model):
+    description: str = ""
+    protected: bool = False
+    approvals: Approvals | None = None
+    endpoints: list[Endpoint] = []
+    smoke_tests: list[SmokeTest] = []
+    metrics: list[MetricsSource] = []
+    logs: Logs = Field(default_factory=Logs)
+    disks: list[str] = Field(default_factory=lambda: ["/"])
+    kubernetes: KubernetesTarget | None = None
+    docker: DockerTarget | None = None
+    databases: list[Database] = []
+    redis: list[RedisTarget] = []
+    backup_store: BackupStore | None = None
+    thresholds: Thresholds = Field(default_factory=Thresholds)  # type: ignore[arg-type]
+    maintenance_window: MaintenanceWindow | None = None
+    maintenance_mode: MaintenanceMode | None = None
+    notify: list[Notify] = []
+
+    @model_validator(mode="after")
+    def _protected_needs_approvers(self) -> Environment:
+        if self.protected and self.approvals is None:
+            raise ValueError(
+                "a protected environment needs `approvals` "
+                "(fix: add approvals: {approvers: [name, ...]} or set protected: false)"
+            )
+        for label, items in (
+            ("endpoints", self.endpoints),
+            ("databases", self.databases),
+            ("redis", self.redis),
+            ("metrics", self.metrics),
+        ):
+            names = [item.name for item in items]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"duplicate {label} name(s) {dupes} (fix: give each a unique name)")
+        return self
+
+
+class Inventory(_Model):
+    environments: dict[str, Environment] = Field(min_length=1)
+
+    @field_validator("environments")
+    @classmethod
+    def _names(cls, value: dict[str, Environment]) -> dict[str, Environment]:
+        for name in value:
+            if not ENV_NAME.match(name):
+                raise ValueError(
+                    f"environment name {name!r} is not allowed (fix: use lowercase letters, "
+                    "digits and dashes, starting with a letter, e.g. prod-eu)"
+                )
+        return value
+
+    def environment(self, name: str) -> Environment:
+        """Look an environment up; an unknown name is an ``InputError`` listing the known ones."""
+        try:
+            return self.environments[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, self.environments, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise InputError(
+                "environment",
+                f"unknown environment {name!r}",
+                f"{hint}choose one of: {', '.join(sorted(self.environments))}",
+            ) from None
+
+
+def inventory_path() -> Path:
+    return Path(os.environ.get("OPSFLOW_INVENTORY", DEFAULT_INVENTORY))
+
+
+def load_inventory(path: str | Path | None = None) -> Inventory:
+    """Read and validate the inventory; raises ``InventoryError`` listing every problem."""
+    source = Path(path) if path is not None else inventory_path()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InventoryError(
+            str(source),
+            [("inventory", f"file {source} not found",
+              "create it (see docs/inventory.md) or set OPSFLOW_INVENTORY to its path")],
+        ) from None
+    return parse_inventory(text, str(source))
+
+
+def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        raise InventoryError(
+            source, [("inventory", f"is not valid YAML at {where}", "fix the YAML syntax there")]
+        ) from None
+    if not isinstance(data, dict):
+        raise InventoryError(
+            source,
+            [("inventory", "must be a mapping with an `environments` key",
+              "start the file with `environments:`")],
+        )
+    try:
+        return Inventory.model_validate(data)
+    except ValidationError as exc:
+        raise InventoryError(source, [_explain(err) for err in exc.errors()]) from None
+
+
+def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+    """Field names allowed where ``loc`` points (for 'did you mean' hints)."""
+    model: Any = Inventory
+    parts = [p for p in loc[:-1] if not isinstance(p, int)]
+    i = 0
+    while i < len(parts) and model is not None:
+        part = parts[i]
+        if model is Inventory and part == "environments":
+            model, i = Environment, i + 2  # the next part is the environment's name
+            continue
+        if isinstance(part, str) and part.startswith("via:"):
+            model = {"via:direct": DirectAccess, "via:docker_exec": DockerExecAccess,
+                     "via:kubectl_exec": KubectlExecAccess}[part]
+        else:
+            field = model.model_fields.get(part)
+            model = _model_in(field.annotation) if field else None
+        i += 1
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_in(annotation: Any) -> Any:
+    args = getattr(annotation, "__args__", None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in args or ():
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    text = ""
+    for part in loc:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif isinstance(part, str) and part.startswith("via:"):
+            continue
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "inventory"
+
+
+def _explain(err: Any) -> tuple[str, str, str]:
+    loc = tuple(err["loc"])
+    field = _format_loc(loc)
+    kind = err["type"]
+    message = err["msg"].removeprefix("Value error, ")
+    if kind == "extra_forbidden":
+        allowed = _allowed_fields(loc)
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        return field, "unknown field", f"{hint}remove it or use one of: {', '.join(allowed)}"
+    if kind == "too_short":
+        return field, "must not be empty", f"list at least one entry under `{loc[-1]}`"
+    if kind == "missing":
+        return field, "is required but missing", f"add `{loc[-1]}` here (see docs/inventory.md)"
+    if "(fix:" in message:
+        problem, fix = message.split("(fix:", 1)
+        return field, problem.strip(), fix.rstrip(")").strip()
+    if kind in {"literal_error", "enum"}:
+        return field, message.lower(), "use one of the values listed"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        value = err.get("input")
+        shown = type(value).__name__ if value is not None else "null"
+        return field, f"{message.lower()} (got {shown})", "change the value to the expected type"
+    return field, message, "correct the value (see docs/inventory.md)"

@@ -1,0 +1,76 @@
+"""Markdown and table rendering of results, and publishing them as Prefect artifacts."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from opsflow.redaction import redact, redact_data
+from opsflow.results import CheckResult, Status
+
+_ICONS = {Status.HEALTHY: "OK", Status.DEGRADED: "WARN", Status.CRITICAL: "CRIT"}
+
+
+def artifact_key(runbook: str, env: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    return re.sub(r"[^a-z0-9-]+", "-", f"{runbook}-{env}".lower()).strip("-")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_health_report(
+    env: str, overall: Status, results: Sequence[CheckResult], started: datetime, seconds: float
+) -> str:
+    counts = {s: sum(1 for r in results if r.status == s) for s in Status}
+    lines = [
+        f"# Health check: `{env}` is **{overall.value.upper()}**",
+        "",
+        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {seconds:.1f}s. "
+        f"{len(results)} checks: {counts[Status.HEALTHY]} healthy, "
+        f"{counts[Status.DEGRADED]} degraded, {counts[Status.CRITICAL]} critical.",
+        "",
+    ]
+    problems = [r for r in results if r.status != Status.HEALTHY]
+    if problems:
+        lines += ["## Needs attention", ""]
+        for r in sorted(problems, key=lambda r: -r.status.rank):
+            lines.append(f"- **{_ICONS[r.status]}** {r.check} `{r.target}`: {_cell(r.summary)}")
+        lines.append("")
+    lines += ["## All checks", "", "| status | check | target | summary | ms |", "|---|---|---|---|---|"]
+    for r in results:
+        lines.append(
+            f"| {_ICONS[r.status]} | {r.check} | {_cell(r.target)} | {_cell(r.summary)} "
+            f"| {r.duration_ms} |"
+        )
+    return redact("\n".join(lines) + "\n")
+
+
+def result_rows(results: Sequence[CheckResult]) -> list[dict[str, Any]]:
+    rows = [
+        {
+            "status": r.status.value,
+            "check": r.check,
+            "target": r.target,
+            "summary": r.summary,
+            "duration_ms": r.duration_ms,
+        }
+        for r in results
+    ]
+    return list(redact_data(rows))
+
+
+def publish_markdown(key: str, markdown: str, description: str) -> None:
+    """Publish a markdown artifact (no-op outside a Prefect run context)."""
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=redact(markdown), key=key, description=description)
+
+
+def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
+    from prefect.artifacts import create_table_artifact
+
+    create_table_artifact(table=redact_data(rows), key=key, description=description)

@@ -1,0 +1,34 @@
+"""Process settings, read from ``OPSFLOW_*`` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+import getpass
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="OPSFLOW_", extra="ignore")
+
+    home: Path = Field(Path(".opsflow"), description="state directory (ledger, backups, server)")
+    inventory: Path = Field(Path("inventory.yaml"), description="inventory file")
+    ledger_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
+    user: str = Field(default_factory=_default_user, description="who you are, for approvals")
+
+    def resolved_ledger_url(self) -> str:
+        if self.ledger_url:
+            return self.ledger_url
+        return f"sqlite:///{(self.home / 'ledger.db').resolve()}"
+
+
+def get_settings() -> Settings:
+    return Settings()
