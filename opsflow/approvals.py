@@ -119,3 +119,34 @@ def _timed_out(
         f"{action} on {env}: no valid approval within {timeout}s, treated as rejected. "
         "Nothing was changed."
     )
+
+
+def resume_with_answer(run_id: str, *, approved: bool, approver: str, reason: str) -> None:
+    """Answer a paused approval through the Prefect API (what the CLI's approve/reject do)."""
+    from uuid import UUID
+
+    from prefect.exceptions import NotPausedError, ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    from opsflow.errors import InputError
+
+    try:
+        flow_run_id = UUID(run_id)
+    except ValueError:
+        raise InputError("RUN_ID", f"{run_id!r} is not a flow run id",
+                         "copy the id from the UI or `opsflow history`") from None
+    answer = {"approved": approved, "approver": approver, "reason": reason}
+    try:
+        resume_flow_run(flow_run_id, run_input=answer)
+    except ObjectNotFound:
+        raise InputError("RUN_ID", f"no flow run {run_id} on this Prefect server",
+                         "check PREFECT_API_URL points at the server that runs it") from None
+    except NotPausedError:
+        raise InputError("RUN_ID", f"run {run_id} is not waiting for approval",
+                         "only paused runs can be approved or rejected") from None
+    except FlowPauseTimeout:
+        raise InputError("RUN_ID", f"run {run_id} can no longer be resumed (timed out)",
+                         "start the runbook again") from None
+    except RuntimeError as exc:
+        raise InputError("RUN_ID", f"the server refused the answer: {exc}",
+                         "check the approval fields") from None

@@ -1,0 +1,90 @@
+"""What every runbook flow does around its steps: resolve the environment, log through the
+redacting handlers, publish the plan, record the run in the ledger, and classify the ending."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from prefect import get_run_logger
+from prefect.context import get_run_context
+
+from opsflow.inventory import Environment, Inventory, load_inventory
+from opsflow.ledger import Ledger, utcnow
+from opsflow.plans import Plan
+from opsflow.redaction import install_log_redaction
+from opsflow.reports import artifact_key, publish_markdown
+from opsflow.results import CheckResult
+
+
+def current_flow_run_id() -> str:
+    context = get_run_context()
+    flow_run = getattr(context, "flow_run", None)
+    return str(flow_run.id) if flow_run is not None else "local"
+
+
+@dataclass
+class RunbookRun:
+    """One execution of a runbook against one environment."""
+
+    runbook: str
+    env_name: str
+    env: Environment
+    inventory: Inventory
+    ledger: Ledger
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    flow_run_id: str
+    requested_by: str
+    started_at: datetime = field(default_factory=utcnow)
+    started_clock: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, runbook: str, env_name: str, requested_by: str = "") -> RunbookRun:
+        """Validate inventory and environment (InputError before any side effect)."""
+        install_log_redaction()
+        inventory = load_inventory()
+        env = inventory.environment(env_name)
+        logger = get_run_logger()
+        run = cls(
+            runbook=runbook,
+            env_name=env_name,
+            env=env,
+            inventory=inventory,
+            ledger=Ledger(),
+            logger=logger,
+            flow_run_id=current_flow_run_id(),
+            requested_by=requested_by or "unknown",
+        )
+        logger.info("%s on %s requested by %s", runbook, env_name, run.requested_by)
+        return run
+
+    @property
+    def key(self) -> str:
+        return artifact_key(self.runbook, self.env_name)
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started_clock
+
+    def publish_plan(self, plan: Plan) -> None:
+        publish_markdown(f"{self.key}-plan", plan.to_markdown(), f"Plan of {self.runbook}")
+        self.logger.info("Plan: %d steps", len(plan.steps))
+
+    def record_results(self, results: list[CheckResult]) -> None:
+        for result in results:
+            self.ledger.record_step(
+                flow_run_id=self.flow_run_id, runbook=self.runbook, env=self.env_name,
+                step=result.check, target=result.target, status=result.status.value,
+                summary=result.summary, duration_ms=result.duration_ms, details=result.details,
+            )
+
+    def finish(self, status: str, summary: str, details: dict[str, Any] | None = None) -> None:
+        self.ledger.record_run(
+            flow_run_id=self.flow_run_id, runbook=self.runbook, env=self.env_name,
+            status=status, started_at=self.started_at, finished_at=utcnow(),
+            triggered_by=self.requested_by, summary=summary, details=details or {},
+        )
+        self.logger.info("%s on %s finished: %s (%s)", self.runbook, self.env_name, status, summary)

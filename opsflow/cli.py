@@ -1,0 +1,289 @@
+"""The ``opsflow`` command line (Typer + rich).
+
+Exit codes: 0 ok, 1 the runbook finished unhealthy or failed, 2 bad input, 3 rejected or the
+approval timed out. Secrets never reach the terminal: every message goes through ``redact``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from opsflow.errors import ApprovalRejected, InputError
+from opsflow.redaction import redact
+from opsflow.settings import get_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
+EMBEDDED_API = "http://127.0.0.1:4200/api"
+
+app = typer.Typer(help="Runbook automation on Prefect.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
+ledger_app = typer.Typer(help="The hash-chained ledger of runs, approvals and backups.")
+inventory_app = typer.Typer(help="The inventory of environments.")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(inventory_app, name="inventory")
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+STATUS_STYLE = {"healthy": "green", "degraded": "yellow", "critical": "bold red",
+                "approved": "green", "rejected": "red", "timed_out": "red", "refused": "yellow"}
+
+
+def fail(code: int, message: str) -> NoReturn:
+    err.print(f"[bold red]error:[/] {redact(message)}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def use_server_if_running() -> str | None:
+    """Point Prefect at PREFECT_API_URL, else at the embedded server of `opsflow up` if it runs.
+
+    Must run before prefect is imported (its settings are read at import time).
+    """
+    if os.environ.get("PREFECT_API_URL"):
+        return os.environ["PREFECT_API_URL"]
+    try:
+        if httpx.get(f"{EMBEDDED_API}/health", timeout=1).status_code == 200:
+            os.environ["PREFECT_API_URL"] = EMBEDDED_API
+            return EMBEDDED_API
+    except httpx.HTTPError:
+        return None
+    return None
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            fail(EXIT_BAD_INPUT, f"--param {pair!r}: expected key=value (e.g. --param notify=false)")
+        params[key.strip()] = value
+    return params
+
+
+@app.command()
+def up(
+    port: Annotated[int, typer.Option(help="port of the embedded Prefect server")] = 4200,
+) -> None:
+    """Start the embedded Prefect server (unless PREFECT_API_URL is set) and serve every
+    deployment of prefect.yaml with its schedule. Ctrl-C stops everything."""
+    from deployments.up import run_up
+
+    sys.exit(run_up(port=port, console=out))
+
+
+@app.command()
+def run(
+    runbook: Annotated[str, typer.Argument(help="runbook name, e.g. health-check")],
+    env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="publish the plan only")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_user: Annotated[str | None, typer.Option("--as", help="who is asking (default $USER)")] = None,
+) -> None:
+    """Run a runbook now. With a server configured (or `opsflow up` running) the run shows in
+    the Prefect UI like any other."""
+    params: dict[str, Any] = parse_params(param or [])
+    _check_env(env)
+    api = use_server_if_running()
+    from flows.registry import get_runbook
+
+    try:
+        book = get_runbook(runbook)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    if not as_json:
+        where = f"server {api}" if api else "a temporary local server (no server configured)"
+        err.print(f"running {runbook} on {env} through {where}")
+    requested_by = as_user or get_settings().user
+    state = book.flow(env=env, dry_run=dry_run, requested_by=requested_by, return_state=True,
+                      **params)
+    sys.exit(_report_state(state, as_json))
+
+
+def _report_state(state: Any, as_json: bool) -> int:
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, InputError):
+        fail(EXIT_BAD_INPUT, str(result))
+    if isinstance(result, ApprovalRejected):
+        fail(EXIT_REJECTED, str(result))
+    if isinstance(result, BaseException):
+        fail(EXIT_FAILED, f"{state.name}: {result}")
+    if as_json:
+        payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+        out.print_json(redact(json.dumps(payload, default=str)))
+    else:
+        _print_result(result)
+        out.print(f"[bold]{state.name}[/]: {redact(state.message or '')}")
+    return EXIT_OK if state.is_completed() and state.name == "Completed" else EXIT_FAILED
+
+
+def _print_result(result: Any) -> None:
+    rows = getattr(result, "results", None)
+    if not rows:
+        return
+    table = Table(title=f"{getattr(result, 'env', '')}: {getattr(result, 'overall', '')}")
+    for column in ("status", "check", "target", "summary", "ms"):
+        table.add_column(column)
+    for r in rows:
+        style = STATUS_STYLE.get(r.status.value, "")
+        table.add_row(f"[{style}]{r.status.value}[/]", r.check, redact(r.target),
+                      redact(r.summary), str(r.duration_ms))
+    out.print(table)
+
+
+def _check_env(env: str) -> None:
+    from opsflow.inventory import load_inventory
+
+    try:
+        load_inventory().environment(env)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+
+
+@app.command()
+def plan(
+    runbook: Annotated[str, typer.Argument(help="runbook name")],
+    env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
+) -> None:
+    """Show what a runbook would do, without touching anything or contacting a server."""
+    from flows.registry import get_runbook
+    from opsflow.inventory import load_inventory
+
+    try:
+        book = get_runbook(runbook)
+        environment = load_inventory().environment(env)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    out.print(book.plan(env, environment).to_markdown(), markup=False)
+
+
+def _answer(run_id: str, approved: bool, as_user: str, reason: str) -> None:
+    from opsflow.ledger import Ledger
+
+    if not reason.strip():
+        fail(EXIT_BAD_INPUT, "--reason: a reason is required (fix: say why, e.g. a ticket number)")
+    pending = Ledger().pending_approval(run_id)
+    if pending is not None:
+        from opsflow.approvals import Approval, policy_violation
+        from opsflow.inventory import load_inventory
+
+        try:
+            policy = load_inventory().environment(pending.env).approvals
+        except InputError as exc:
+            fail(EXIT_BAD_INPUT, str(exc))
+        if policy is not None:
+            answer = Approval(approved=approved, approver=as_user, reason=reason)
+            violation = policy_violation(answer, policy, pending.requested_by)
+            if violation:
+                fail(EXIT_BAD_INPUT, f"--as {as_user}: {violation}")
+    else:
+        err.print("note: no pending approval for this run in the local ledger; "
+                  "the flow will check the answer against its policy")
+    use_server_if_running()
+    from opsflow.approvals import resume_with_answer
+
+    try:
+        resume_with_answer(run_id, approved=approved, approver=as_user, reason=reason)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    verb = "approved" if approved else "rejected"
+    out.print(f"{verb} run {run_id} as {as_user}: {redact(reason)}")
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="the paused flow run id")],
+    as_user: Annotated[str, typer.Option("--as", help="your name, as in the approvers list")],
+    reason: Annotated[str, typer.Option("--reason", help="why (required)")],
+) -> None:
+    """Approve a paused run (four-eyes: not the requester; must be a listed approver)."""
+    _answer(run_id, True, as_user, reason)
+
+
+@app.command()
+def reject(
+    run_id: Annotated[str, typer.Argument(help="the paused flow run id")],
+    as_user: Annotated[str, typer.Option("--as", help="your name, as in the approvers list")],
+    reason: Annotated[str, typer.Option("--reason", help="why (required)")],
+) -> None:
+    """Reject a paused run; nothing is changed."""
+    _answer(run_id, False, as_user, reason)
+
+
+@app.command()
+def history(
+    env: Annotated[str | None, typer.Option("--env", "-e")] = None,
+    runbook: Annotated[str | None, typer.Option("--runbook", "-r")] = None,
+    limit: Annotated[int, typer.Option(help="how many runs")] = 20,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Recent runs from the ledger."""
+    from opsflow.ledger import Ledger
+
+    rows = Ledger().runs(env=env, runbook=runbook, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([
+            {"flow_run_id": r.flow_run_id, "runbook": r.runbook, "env": r.env,
+             "status": r.status, "started_at": r.started_at.isoformat(),
+             "finished_at": r.finished_at.isoformat(), "triggered_by": r.triggered_by,
+             "summary": r.summary} for r in rows
+        ]))
+        return
+    table = Table(title="opsflow history")
+    for column in ("finished (UTC)", "runbook", "env", "status", "by", "summary", "flow run"):
+        table.add_column(column)
+    for r in rows:
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(f"{r.finished_at:%Y-%m-%d %H:%M}", r.runbook, r.env,
+                      f"[{style}]{r.status}[/]", r.triggered_by, r.summary, r.flow_run_id)
+    out.print(table)
+
+
+@inventory_app.command("check")
+def inventory_check(
+    path: Annotated[str | None, typer.Argument(help="inventory file (default OPSFLOW_INVENTORY)")]
+    = None,
+) -> None:
+    """Validate the inventory and summarise each environment."""
+    from opsflow.inventory import inventory_path, load_inventory
+
+    try:
+        inventory = load_inventory(path)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    table = Table(title=f"inventory {path or inventory_path()}: OK")
+    for column in ("environment", "protected", "endpoints", "databases", "redis", "platform",
+                   "backups"):
+        table.add_column(column)
+    for name, env in sorted(inventory.environments.items()):
+        platform = ("kubernetes" if env.kubernetes else "") + (" docker" if env.docker else "")
+        table.add_row(name, "yes" if env.protected else "no", str(len(env.endpoints)),
+                      str(len(env.databases)), str(len(env.redis)), platform.strip() or "-",
+                      env.backup_store.url if env.backup_store else "-")
+    out.print(table)
+
+
+@ledger_app.command("verify")
+def ledger_verify() -> None:
+    """Recompute the hash chain; exit 1 when a row was changed, inserted or removed."""
+    from opsflow.ledger import Ledger
+
+    report = Ledger().verify()
+    if report.ok:
+        out.print(f"ledger OK: {report.rows} rows, hash chain intact")
+        return
+    for problem in report.problems:
+        where = f"row {problem.row_id}" if problem.row_id is not None else "chain head"
+        err.print(f"[red]{problem.table} {where}: {problem.problem}[/]")
+    raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    app()
