@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from prefect import serve
+from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Schedule
@@ -37,16 +37,19 @@ def _schedules(spec: dict[str, Any]) -> list[Schedule]:
     for item in spec.get("schedules") or []:
         if "cron" not in item:
             raise ValueError(f"deployment {spec['name']}: only cron schedules are served here")
-        result.append(Cron(item["cron"], timezone=item.get("timezone", "UTC"),
-                           active=item.get("active", True)))
+        result.append(
+            Cron(
+                item["cron"], timezone=item.get("timezone", "UTC"), active=item.get("active", True)
+            )
+        )
     return result
 
 
 def build_deployments(env_names: list[str]) -> list[RunnerDeployment]:
     deployments = []
     for spec in read_deployment_specs():
-        flow = load_flow_from_entrypoint(str(PROJECT_DIR / spec["entrypoint"]))
-        deployment = flow.to_deployment(
+        flow: Flow[..., Any] = load_flow_from_entrypoint(str(PROJECT_DIR / spec["entrypoint"]))
+        deployment: RunnerDeployment = flow.to_deployment(  # type: ignore[assignment]
             name=spec["name"],
             description=spec.get("description"),
             tags=spec.get("tags") or [],

@@ -40,9 +40,21 @@ def start_embedded_server(home: Path, port: int, console: Console) -> subprocess
     log_path = home / "server.log"
     console.print(f"starting Prefect server on 127.0.0.1:{port} (log: {log_path})")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-         "--port", str(port)],
-        env=env, stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     api = f"http://127.0.0.1:{port}/api"
     deadline = time.monotonic() + STARTUP_SECONDS
@@ -87,8 +99,9 @@ def run_up(port: int, console: Console) -> int:
         os.environ["PREFECT_API_URL"] = api
     os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
     ui = api.removesuffix("/api")
-    console.print(f"[bold green]opsflow is up.[/] Prefect UI: [link={ui}]{ui}[/link]  "
-                  "(Ctrl-C to stop)")
+    console.print(
+        f"[bold green]opsflow is up.[/] Prefect UI: [link={ui}]{ui}[/link]  (Ctrl-C to stop)"
+    )
     try:
         from deployments.serve import serve_all
 

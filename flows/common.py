@@ -76,15 +76,27 @@ class RunbookRun:
     def record_results(self, results: list[CheckResult]) -> None:
         for result in results:
             self.ledger.record_step(
-                flow_run_id=self.flow_run_id, runbook=self.runbook, env=self.env_name,
-                step=result.check, target=result.target, status=result.status.value,
-                summary=result.summary, duration_ms=result.duration_ms, details=result.details,
+                flow_run_id=self.flow_run_id,
+                runbook=self.runbook,
+                env=self.env_name,
+                step=result.check,
+                target=result.target,
+                status=result.status.value,
+                summary=result.summary,
+                duration_ms=result.duration_ms,
+                details=result.details,
             )
 
     def finish(self, status: str, summary: str, details: dict[str, Any] | None = None) -> None:
         self.ledger.record_run(
-            flow_run_id=self.flow_run_id, runbook=self.runbook, env=self.env_name,
-            status=status, started_at=self.started_at, finished_at=utcnow(),
-            triggered_by=self.requested_by, summary=summary, details=details or {},
+            flow_run_id=self.flow_run_id,
+            runbook=self.runbook,
+            env=self.env_name,
+            status=status,
+            started_at=self.started_at,
+            finished_at=utcnow(),
+            triggered_by=self.requested_by,
+            summary=summary,
+            details=details or {},
         )
         self.logger.info("%s on %s finished: %s (%s)", self.runbook, self.env_name, status, summary)

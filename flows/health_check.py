@@ -18,6 +18,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
+from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
 
 from flows.common import RunbookRun
 from opsflow.inventory import Environment
@@ -27,7 +28,6 @@ from opsflow.results import CheckResult, Status, worst
 from tasks.catalog import check_backup_freshness
 from tasks.docker import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
-from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
 from tasks.logs import scan_log_file
 from tasks.notify import send_notification
 from tasks.postgres import check_postgres
@@ -64,69 +64,166 @@ def planned_checks(env_name: str, env: Environment) -> list[CheckCall]:
     base = f"environments.{env_name}"
     calls: list[CheckCall] = []
     for ep in env.endpoints:
-        calls.append(CheckCall("check_endpoint", ep.name, f"{ep.kind} health endpoint answers",
-                               check_endpoint, {"endpoint": ep, "thresholds": th}))
+        calls.append(
+            CheckCall(
+                "check_endpoint",
+                ep.name,
+                f"{ep.kind} health endpoint answers",
+                check_endpoint,
+                {"endpoint": ep, "thresholds": th},
+            )
+        )
         if ep.url.startswith("https://"):
-            calls.append(CheckCall("check_tls_certificate", ep.name,
-                                   f"certificate valid for more than {th.cert_days} days",
-                                   check_tls_certificate, {"endpoint": ep, "thresholds": th}))
+            calls.append(
+                CheckCall(
+                    "check_tls_certificate",
+                    ep.name,
+                    f"certificate valid for more than {th.cert_days} days",
+                    check_tls_certificate,
+                    {"endpoint": ep, "thresholds": th},
+                )
+            )
     for source in env.metrics:
-        calls.append(CheckCall("check_metrics", source.name,
-                               "error rate, p95 latency and memory within thresholds",
-                               check_metrics, {"source": source, "thresholds": th}))
+        calls.append(
+            CheckCall(
+                "check_metrics",
+                source.name,
+                "error rate, p95 latency and memory within thresholds",
+                check_metrics,
+                {"source": source, "thresholds": th},
+            )
+        )
     if env.kubernetes is not None:
         k8s = env.kubernetes
         where = f"{k8s.namespace}/{k8s.deployment or k8s.label_selector or '*'}"
         calls += [
-            CheckCall("check_pods", where, "pods running, ready, not crash-looping",
-                      check_pods, {"target": k8s, "thresholds": th}),
-            CheckCall("check_pod_resources", where, "pod memory and CPU below limits",
-                      check_pod_resources, {"target": k8s, "thresholds": th}),
-            CheckCall("scan_pod_logs", where, f"errors in the last {env.logs.window}",
-                      scan_pod_logs, {"target": k8s, "window": env.logs.window,
-                                      "pattern": env.logs.pattern, "thresholds": th}),
+            CheckCall(
+                "check_pods",
+                where,
+                "pods running, ready, not crash-looping",
+                check_pods,
+                {"target": k8s, "thresholds": th},
+            ),
+            CheckCall(
+                "check_pod_resources",
+                where,
+                "pod memory and CPU below limits",
+                check_pod_resources,
+                {"target": k8s, "thresholds": th},
+            ),
+            CheckCall(
+                "scan_pod_logs",
+                where,
+                f"errors in the last {env.logs.window}",
+                scan_pod_logs,
+                {
+                    "target": k8s,
+                    "window": env.logs.window,
+                    "pattern": env.logs.pattern,
+                    "thresholds": th,
+                },
+            ),
         ]
     if env.docker is not None and env.docker.services:
         names = ", ".join(s.container for s in env.docker.services)
         calls += [
-            CheckCall("check_containers", names, "containers running, healthy, not restarting",
-                      check_containers, {"target": env.docker, "thresholds": th}),
-            CheckCall("scan_container_logs", names, f"errors in the last {env.logs.window}",
-                      scan_container_logs, {"target": env.docker, "window": env.logs.window,
-                                            "pattern": env.logs.pattern, "thresholds": th}),
+            CheckCall(
+                "check_containers",
+                names,
+                "containers running, healthy, not restarting",
+                check_containers,
+                {"target": env.docker, "thresholds": th},
+            ),
+            CheckCall(
+                "scan_container_logs",
+                names,
+                f"errors in the last {env.logs.window}",
+                scan_container_logs,
+                {
+                    "target": env.docker,
+                    "window": env.logs.window,
+                    "pattern": env.logs.pattern,
+                    "thresholds": th,
+                },
+            ),
         ]
     for log in env.logs.files:
-        calls.append(CheckCall("scan_log_file", log.path, f"errors in the last {env.logs.window}",
-                               scan_log_file, {"log": log, "window": env.logs.window,
-                                               "thresholds": th}))
+        calls.append(
+            CheckCall(
+                "scan_log_file",
+                log.path,
+                f"errors in the last {env.logs.window}",
+                scan_log_file,
+                {"log": log, "window": env.logs.window, "thresholds": th},
+            )
+        )
     for i, db in enumerate(env.databases):
         fld = f"{base}.databases[{i}]"
         if db.kind == "postgres":
-            calls.append(CheckCall("check_postgres", db.name, "accepts connections, has headroom",
-                                   check_postgres, {"db": db, "thresholds": th, "field": fld}))
+            calls.append(
+                CheckCall(
+                    "check_postgres",
+                    db.name,
+                    "accepts connections, has headroom",
+                    check_postgres,
+                    {"db": db, "thresholds": th, "field": fld},
+                )
+            )
         else:
-            calls.append(CheckCall("check_sqlite", db.name, "file passes quick_check",
-                                   check_sqlite, {"db": db, "thresholds": th, "field": fld}))
+            calls.append(
+                CheckCall(
+                    "check_sqlite",
+                    db.name,
+                    "file passes quick_check",
+                    check_sqlite,
+                    {"db": db, "thresholds": th, "field": fld},
+                )
+            )
     for i, target in enumerate(env.redis):
-        calls.append(CheckCall("check_redis", target.name, "answers PING, memory and hit rate",
-                               check_redis, {"target": target, "thresholds": th,
-                                             "field": f"{base}.redis[{i}]"}))
+        calls.append(
+            CheckCall(
+                "check_redis",
+                target.name,
+                "answers PING, memory and hit rate",
+                check_redis,
+                {"target": target, "thresholds": th, "field": f"{base}.redis[{i}]"},
+            )
+        )
     for path in env.disks:
-        calls.append(CheckCall("check_disk", path, f"usage below {th.disk_pct:g}%",
-                               check_disk, {"path": path, "thresholds": th}))
+        calls.append(
+            CheckCall(
+                "check_disk",
+                path,
+                f"usage below {th.disk_pct:g}%",
+                check_disk,
+                {"path": path, "thresholds": th},
+            )
+        )
     if env.databases or env.redis:
-        calls.append(CheckCall("check_backup_freshness", "backup catalog",
-                               f"newest backup younger than {th.backup_max_age}",
-                               check_backup_freshness,
-                               {"env_name": env_name, "env": env, "ledger_url": None}))
+        calls.append(
+            CheckCall(
+                "check_backup_freshness",
+                "backup catalog",
+                f"newest backup younger than {th.backup_max_age}",
+                check_backup_freshness,
+                {"env_name": env_name, "env": env, "ledger_url": None},
+            )
+        )
     return calls
 
 
 def plan_health_check(env_name: str, env: Environment) -> Plan:
-    steps = [PlanStep(action=c.action, target=c.target, why=c.why)
-             for c in planned_checks(env_name, env)]
-    notes = [] if steps else ["The environment lists nothing to check: add endpoints, "
-                              "databases or disks to the inventory."]
+    steps = [
+        PlanStep(action=c.action, target=c.target, why=c.why) for c in planned_checks(env_name, env)
+    ]
+    notes = (
+        []
+        if steps
+        else [
+            "The environment lists nothing to check: add endpoints, "
+            "databases or disks to the inventory."
+        ]
+    )
     return Plan(runbook=RUNBOOK, env=env_name, steps=steps, notes=notes)
 
 

@@ -23,7 +23,7 @@ from pydantic import Field
 
 from opsflow.errors import ApprovalRejected
 from opsflow.inventory import Approvals
-from opsflow.ledger import Ledger
+from opsflow.ledger import ApprovalRow, Ledger
 from opsflow.plans import Plan
 
 POLL_SECONDS = 2
@@ -67,8 +67,12 @@ def request_approval(
     timeout = timeout_seconds or int(policy.timeout.total_seconds())
     plan_md = plan.to_markdown()
     ledger.record_approval(
-        flow_run_id=flow_run_id, action=action, env=env, event="requested",
-        requested_by=requested_by, plan=plan_md,
+        flow_run_id=flow_run_id,
+        action=action,
+        env=env,
+        event="requested",
+        requested_by=requested_by,
+        plan=plan_md,
     )
     message = (
         f"Approval needed: {action} on {env}, requested by {requested_by}. "
@@ -93,8 +97,13 @@ def request_approval(
         violation = policy_violation(answer, policy, requested_by)
         event = "refused" if violation else ("approved" if answer.approved else "rejected")
         ledger.record_approval(
-            flow_run_id=flow_run_id, action=action, env=env, event=event,
-            requested_by=requested_by, actor=answer.approver, reason=violation or answer.reason,
+            flow_run_id=flow_run_id,
+            action=action,
+            env=env,
+            event=event,
+            requested_by=requested_by,
+            actor=answer.approver,
+            reason=violation or answer.reason,
         )
         if violation:
             log(f"Answer from {answer.approver!r} refused: {violation}. Still waiting.")
@@ -112,8 +121,12 @@ def _timed_out(
     ledger: Ledger, flow_run_id: str, action: str, env: str, requested_by: str, timeout: int
 ) -> Approval:
     ledger.record_approval(
-        flow_run_id=flow_run_id, action=action, env=env, event="timed_out",
-        requested_by=requested_by, reason=f"no valid answer within {timeout}s",
+        flow_run_id=flow_run_id,
+        action=action,
+        env=env,
+        event="timed_out",
+        requested_by=requested_by,
+        reason=f"no valid answer within {timeout}s",
     )
     raise ApprovalRejected(
         f"{action} on {env}: no valid approval within {timeout}s, treated as rejected. "
@@ -133,20 +146,42 @@ def resume_with_answer(run_id: str, *, approved: bool, approver: str, reason: st
     try:
         flow_run_id = UUID(run_id)
     except ValueError:
-        raise InputError("RUN_ID", f"{run_id!r} is not a flow run id",
-                         "copy the id from the UI or `opsflow history`") from None
+        raise InputError(
+            "RUN_ID",
+            f"{run_id!r} is not a flow run id",
+            "copy the id from the UI or `opsflow history`",
+        ) from None
     answer = {"approved": approved, "approver": approver, "reason": reason}
     try:
         resume_flow_run(flow_run_id, run_input=answer)
     except ObjectNotFound:
-        raise InputError("RUN_ID", f"no flow run {run_id} on this Prefect server",
-                         "check PREFECT_API_URL points at the server that runs it") from None
+        raise InputError(
+            "RUN_ID",
+            f"no flow run {run_id} on this Prefect server",
+            "check PREFECT_API_URL points at the server that runs it",
+        ) from None
     except NotPausedError:
-        raise InputError("RUN_ID", f"run {run_id} is not waiting for approval",
-                         "only paused runs can be approved or rejected") from None
+        raise InputError(
+            "RUN_ID",
+            f"run {run_id} is not waiting for approval",
+            "only paused runs can be approved or rejected",
+        ) from None
     except FlowPauseTimeout:
-        raise InputError("RUN_ID", f"run {run_id} can no longer be resumed (timed out)",
-                         "start the runbook again") from None
+        raise InputError(
+            "RUN_ID",
+            f"run {run_id} can no longer be resumed (timed out)",
+            "start the runbook again",
+        ) from None
     except RuntimeError as exc:
-        raise InputError("RUN_ID", f"the server refused the answer: {exc}",
-                         "check the approval fields") from None
+        raise InputError(
+            "RUN_ID", f"the server refused the answer: {exc}", "check the approval fields"
+        ) from None
+
+
+def final_decision(ledger: Ledger, flow_run_id: str) -> ApprovalRow | None:
+    """The run's last rejection or timeout, if it ended that way (the server may have failed a
+    timed-out paused run itself, so its state alone does not say why)."""
+    events = [e for e in ledger.approval_events(flow_run_id) if e.event in DECISIONS]
+    if events and events[-1].event in {"rejected", "timed_out"}:
+        return events[-1]
+    return None

@@ -23,8 +23,9 @@ from opsflow.settings import get_settings
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
 EMBEDDED_API = "http://127.0.0.1:4200/api"
 
-app = typer.Typer(help="Runbook automation on Prefect.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Runbook automation on Prefect.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 ledger_app = typer.Typer(help="The hash-chained ledger of runs, approvals and backups.")
 inventory_app = typer.Typer(help="The inventory of environments.")
 app.add_typer(ledger_app, name="ledger")
@@ -32,8 +33,15 @@ app.add_typer(inventory_app, name="inventory")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
-STATUS_STYLE = {"healthy": "green", "degraded": "yellow", "critical": "bold red",
-                "approved": "green", "rejected": "red", "timed_out": "red", "refused": "yellow"}
+STATUS_STYLE = {
+    "healthy": "green",
+    "degraded": "yellow",
+    "critical": "bold red",
+    "approved": "green",
+    "rejected": "red",
+    "timed_out": "red",
+    "refused": "yellow",
+}
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -62,7 +70,9 @@ def parse_params(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            fail(EXIT_BAD_INPUT, f"--param {pair!r}: expected key=value (e.g. --param notify=false)")
+            fail(
+                EXIT_BAD_INPUT, f"--param {pair!r}: expected key=value (e.g. --param notify=false)"
+            )
         params[key.strip()] = value
     return params
 
@@ -85,7 +95,9 @@ def run(
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="publish the plan only")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
-    as_user: Annotated[str | None, typer.Option("--as", help="who is asking (default $USER)")] = None,
+    as_user: Annotated[
+        str | None, typer.Option("--as", help="who is asking (default $USER)")
+    ] = None,
 ) -> None:
     """Run a runbook now. With a server configured (or `opsflow up` running) the run shows in
     the Prefect UI like any other."""
@@ -102,8 +114,9 @@ def run(
         where = f"server {api}" if api else "a temporary local server (no server configured)"
         err.print(f"running {runbook} on {env} through {where}")
     requested_by = as_user or get_settings().user
-    state = book.flow(env=env, dry_run=dry_run, requested_by=requested_by, return_state=True,
-                      **params)
+    state = book.flow(
+        env=env, dry_run=dry_run, requested_by=requested_by, return_state=True, **params
+    )
     sys.exit(_report_state(state, as_json))
 
 
@@ -111,8 +124,9 @@ def _report_state(state: Any, as_json: bool) -> int:
     result = state.result(raise_on_failure=False)
     if isinstance(result, InputError):
         fail(EXIT_BAD_INPUT, str(result))
-    if isinstance(result, ApprovalRejected):
-        fail(EXIT_REJECTED, str(result))
+    rejected = _rejection(state)
+    if isinstance(result, ApprovalRejected) or rejected:
+        fail(EXIT_REJECTED, str(result) if isinstance(result, ApprovalRejected) else str(rejected))
     if isinstance(result, BaseException):
         fail(EXIT_FAILED, f"{state.name}: {result}")
     if as_json:
@@ -124,6 +138,23 @@ def _report_state(state: Any, as_json: bool) -> int:
     return EXIT_OK if state.is_completed() and state.name == "Completed" else EXIT_FAILED
 
 
+def _rejection(state: Any) -> str | None:
+    """Why the run was rejected or timed out, from the ledger (None when it was not)."""
+    if state.is_completed() or state.state_details.flow_run_id is None:
+        return None
+    from opsflow.approvals import final_decision
+    from opsflow.ledger import Ledger
+
+    decision = final_decision(Ledger(), str(state.state_details.flow_run_id))
+    if decision is None:
+        return None
+    who = f" by {decision.actor}" if decision.actor else ""
+    return (
+        f"{decision.action} on {decision.env} {decision.event}{who}: {decision.reason}. "
+        "Nothing was changed."
+    )
+
+
 def _print_result(result: Any) -> None:
     rows = getattr(result, "results", None)
     if not rows:
@@ -133,8 +164,13 @@ def _print_result(result: Any) -> None:
         table.add_column(column)
     for r in rows:
         style = STATUS_STYLE.get(r.status.value, "")
-        table.add_row(f"[{style}]{r.status.value}[/]", r.check, redact(r.target),
-                      redact(r.summary), str(r.duration_ms))
+        table.add_row(
+            f"[{style}]{r.status.value}[/]",
+            r.check,
+            redact(r.target),
+            redact(r.summary),
+            str(r.duration_ms),
+        )
     out.print(table)
 
 
@@ -184,8 +220,10 @@ def _answer(run_id: str, approved: bool, as_user: str, reason: str) -> None:
             if violation:
                 fail(EXIT_BAD_INPUT, f"--as {as_user}: {violation}")
     else:
-        err.print("note: no pending approval for this run in the local ledger; "
-                  "the flow will check the answer against its policy")
+        err.print(
+            "note: no pending approval for this run in the local ledger; "
+            "the flow will check the answer against its policy"
+        )
     use_server_if_running()
     from opsflow.approvals import resume_with_answer
 
@@ -229,27 +267,46 @@ def history(
 
     rows = Ledger().runs(env=env, runbook=runbook, limit=limit)
     if as_json:
-        out.print_json(json.dumps([
-            {"flow_run_id": r.flow_run_id, "runbook": r.runbook, "env": r.env,
-             "status": r.status, "started_at": r.started_at.isoformat(),
-             "finished_at": r.finished_at.isoformat(), "triggered_by": r.triggered_by,
-             "summary": r.summary} for r in rows
-        ]))
+        out.print_json(
+            json.dumps(
+                [
+                    {
+                        "flow_run_id": r.flow_run_id,
+                        "runbook": r.runbook,
+                        "env": r.env,
+                        "status": r.status,
+                        "started_at": r.started_at.isoformat(),
+                        "finished_at": r.finished_at.isoformat(),
+                        "triggered_by": r.triggered_by,
+                        "summary": r.summary,
+                    }
+                    for r in rows
+                ]
+            )
+        )
         return
     table = Table(title="opsflow history")
     for column in ("finished (UTC)", "runbook", "env", "status", "by", "summary", "flow run"):
         table.add_column(column)
     for r in rows:
         style = STATUS_STYLE.get(r.status, "")
-        table.add_row(f"{r.finished_at:%Y-%m-%d %H:%M}", r.runbook, r.env,
-                      f"[{style}]{r.status}[/]", r.triggered_by, r.summary, r.flow_run_id)
+        table.add_row(
+            f"{r.finished_at:%Y-%m-%d %H:%M}",
+            r.runbook,
+            r.env,
+            f"[{style}]{r.status}[/]",
+            r.triggered_by,
+            r.summary,
+            r.flow_run_id,
+        )
     out.print(table)
 
 
 @inventory_app.command("check")
 def inventory_check(
-    path: Annotated[str | None, typer.Argument(help="inventory file (default OPSFLOW_INVENTORY)")]
-    = None,
+    path: Annotated[
+        str | None, typer.Argument(help="inventory file (default OPSFLOW_INVENTORY)")
+    ] = None,
 ) -> None:
     """Validate the inventory and summarise each environment."""
     from opsflow.inventory import inventory_path, load_inventory
@@ -259,14 +316,27 @@ def inventory_check(
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
     table = Table(title=f"inventory {path or inventory_path()}: OK")
-    for column in ("environment", "protected", "endpoints", "databases", "redis", "platform",
-                   "backups"):
+    for column in (
+        "environment",
+        "protected",
+        "endpoints",
+        "databases",
+        "redis",
+        "platform",
+        "backups",
+    ):
         table.add_column(column)
     for name, env in sorted(inventory.environments.items()):
         platform = ("kubernetes" if env.kubernetes else "") + (" docker" if env.docker else "")
-        table.add_row(name, "yes" if env.protected else "no", str(len(env.endpoints)),
-                      str(len(env.databases)), str(len(env.redis)), platform.strip() or "-",
-                      env.backup_store.url if env.backup_store else "-")
+        table.add_row(
+            name,
+            "yes" if env.protected else "no",
+            str(len(env.endpoints)),
+            str(len(env.databases)),
+            str(len(env.redis)),
+            platform.strip() or "-",
+            env.backup_store.url if env.backup_store else "-",
+        )
     out.print(table)
 
 

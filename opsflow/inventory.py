@@ -338,8 +338,7 @@ class Notify(_Model):
     def _one(self) -> Notify:
         if (self.block is None) == (self.webhook is None):
             raise ValueError(
-                "a notify target needs exactly one of `block` or `webhook` "
-                "(fix: keep one of them)"
+                "a notify target needs exactly one of `block` or `webhook` (fix: keep one of them)"
             )
         return self
 
@@ -358,7 +357,7 @@ class Environment(_Model):
     databases: list[Database] = []
     redis: list[RedisTarget] = []
     backup_store: BackupStore | None = None
-    thresholds: Thresholds = Field(default_factory=Thresholds)  # type: ignore[arg-type]
+    thresholds: Thresholds = Field(default_factory=Thresholds)
     maintenance_window: MaintenanceWindow | None = None
     maintenance_mode: MaintenanceMode | None = None
     notify: list[Notify] = []
@@ -379,7 +378,9 @@ class Environment(_Model):
             names = [item.name for item in items]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
-                raise ValueError(f"duplicate {label} name(s) {dupes} (fix: give each a unique name)")
+                raise ValueError(
+                    f"duplicate {label} name(s) {dupes} (fix: give each a unique name)"
+                )
         return self
 
 
@@ -423,8 +424,13 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
     except FileNotFoundError:
         raise InventoryError(
             str(source),
-            [("inventory", f"file {source} not found",
-              "create it (see docs/inventory.md) or set OPSFLOW_INVENTORY to its path")],
+            [
+                (
+                    "inventory",
+                    f"file {source} not found",
+                    "create it (see docs/inventory.md) or set OPSFLOW_INVENTORY to its path",
+                )
+            ],
         ) from None
     return parse_inventory(text, str(source))
 
@@ -441,8 +447,13 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     if not isinstance(data, dict):
         raise InventoryError(
             source,
-            [("inventory", "must be a mapping with an `environments` key",
-              "start the file with `environments:`")],
+            [
+                (
+                    "inventory",
+                    "must be a mapping with an `environments` key",
+                    "start the file with `environments:`",
+                )
+            ],
         )
     try:
         return Inventory.model_validate(data)
@@ -461,8 +472,11 @@ def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
             model, i = Environment, i + 2  # the next part is the environment's name
             continue
         if isinstance(part, str) and part.startswith("via:"):
-            model = {"via:direct": DirectAccess, "via:docker_exec": DockerExecAccess,
-                     "via:kubectl_exec": KubectlExecAccess}[part]
+            model = {
+                "via:direct": DirectAccess,
+                "via:docker_exec": DockerExecAccess,
+                "via:kubectl_exec": KubectlExecAccess,
+            }[part]
         else:
             field = model.model_fields.get(part)
             model = _model_in(field.annotation) if field else None

@@ -309,8 +309,12 @@ class Ledger:
                 head_rows = head.rows if head else 0
                 if head_hash != prev or head_rows != count:
                     problems.append(
-                        ChainProblem(table, None, f"chain head expects {head_rows} rows, "
-                                     f"found {count}: rows were removed or added")
+                        ChainProblem(
+                            table,
+                            None,
+                            f"chain head expects {head_rows} rows, "
+                            f"found {count}: rows were removed or added",
+                        )
                     )
         return VerifyReport(rows=total, problems=problems)
 

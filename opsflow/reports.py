@@ -40,7 +40,12 @@ def render_health_report(
         for r in sorted(problems, key=lambda r: -r.status.rank):
             lines.append(f"- **{_ICONS[r.status]}** {r.check} `{r.target}`: {_cell(r.summary)}")
         lines.append("")
-    lines += ["## All checks", "", "| status | check | target | summary | ms |", "|---|---|---|---|---|"]
+    lines += [
+        "## All checks",
+        "",
+        "| status | check | target | summary | ms |",
+        "|---|---|---|---|---|",
+    ]
     for r in results:
         lines.append(
             f"| {_ICONS[r.status]} | {r.check} | {_cell(r.target)} | {_cell(r.summary)} "

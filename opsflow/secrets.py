@@ -57,10 +57,10 @@ def _load_prefect_secret(name: str, field: str) -> str:
             field,
             f"Prefect Secret block {name!r} does not exist",
             f"create it in the UI (Blocks > Secret) or run "
-            f"`python -c \"from prefect.blocks.system import Secret; "
+            f'`python -c "from prefect.blocks.system import Secret; '
             f"Secret(value='...').save('{name}')\"`",
         ) from exc
-    value = block.get()
+    value = block.get()  # type: ignore[union-attr]
     if not isinstance(value, str):
         value = str(value)
     return value

@@ -38,29 +38,64 @@ BAD: list[tuple[str, str, str]] = [
     ("environments: {p: {endpoints: [{url: 'http://x'}]}}", "endpoints[0].name", "add `name`"),
     ("environments: {p: {databases: [{name: m, kind: postgres}]}}", "databases[0]", "dsn:"),
     ("environments: {p: {databases: [{name: m, kind: sqlite}]}}", "databases[0]", "path:"),
-    ("environments: {p: {databases: [{name: m, kind: mysql, dsn: x}]}}", "databases[0].kind",
-     "one of"),
-    ("environments: {p: {databases: [{name: m, kind: postgres, dsn: 'postgresql://u:pw123@h/d'}]}}",
-     "databases[0].dsn", "env:VAR_NAME"),
-    ("environments: {p: {databases: [{name: m, kind: postgres, dsn: 'env:X',"
-     " via: {kubectl_exec: pg, contaner: c}}]}}", "via.contaner", "`container`"),
+    (
+        "environments: {p: {databases: [{name: m, kind: mysql, dsn: x}]}}",
+        "databases[0].kind",
+        "one of",
+    ),
+    (
+        "environments: {p: {databases: [{name: m, kind: postgres, dsn: 'postgresql://u:pw123@h/d'}]}}",
+        "databases[0].dsn",
+        "env:VAR_NAME",
+    ),
+    (
+        "environments: {p: {databases: [{name: m, kind: postgres, dsn: 'env:X',"
+        " via: {kubectl_exec: pg, contaner: c}}]}}",
+        "via.contaner",
+        "`container`",
+    ),
     ("environments: {p: {thresholds: {disk_pct: lots}}}", "thresholds.disk_pct", "expected type"),
-    ("environments: {p: {thresholds: {disk_pct: 150}}}", "thresholds.disk_pct", "correct the value"),
-    ("environments: {p: {backup_store: {url: 's3://b', encryption_key: 'hunter2hunter2'}}}",
-     "backup_store.encryption_key", "secret:NAME"),
-    ("environments: {p: {maintenance_window: {cron: 'sunday', duration: 2h}}}",
-     "maintenance_window.cron", "5 fields"),
-    ("environments: {p: {maintenance_window: {cron: '0 2 * * SUN', duration: soon}}}",
-     "maintenance_window.duration", "90s"),
+    (
+        "environments: {p: {thresholds: {disk_pct: 150}}}",
+        "thresholds.disk_pct",
+        "correct the value",
+    ),
+    (
+        "environments: {p: {backup_store: {url: 's3://b', encryption_key: 'hunter2hunter2'}}}",
+        "backup_store.encryption_key",
+        "secret:NAME",
+    ),
+    (
+        "environments: {p: {maintenance_window: {cron: 'sunday', duration: 2h}}}",
+        "maintenance_window.cron",
+        "5 fields",
+    ),
+    (
+        "environments: {p: {maintenance_window: {cron: '0 2 * * SUN', duration: soon}}}",
+        "maintenance_window.duration",
+        "90s",
+    ),
     ("environments: {p: {notify: [{block: a, webhook: b}]}}", "notify[0]", "exactly one"),
-    ("environments: {p: {logs: {files: [{path: /x, pattern: '(['}]}}}", "logs.files[0].pattern",
-     "ERROR|FATAL"),
-    ("environments: {p: {endpoints: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]}}",
-     "environments.p", "unique name"),
-    ("environments: {p: {redis: [{name: c, url: 'redis://:secretpw@h:6379'}]}}", "redis[0].url",
-     "env:VAR_NAME"),
-    ("environments: {p: {kubernetes: {namespace: a, token: abcdefgh}}}", "kubernetes.token",
-     "secret:NAME"),
+    (
+        "environments: {p: {logs: {files: [{path: /x, pattern: '(['}]}}}",
+        "logs.files[0].pattern",
+        "ERROR|FATAL",
+    ),
+    (
+        "environments: {p: {endpoints: [{name: a, url: 'http://x'}, {name: a, url: 'http://y'}]}}",
+        "environments.p",
+        "unique name",
+    ),
+    (
+        "environments: {p: {redis: [{name: c, url: 'redis://:secretpw@h:6379'}]}}",
+        "redis[0].url",
+        "env:VAR_NAME",
+    ),
+    (
+        "environments: {p: {kubernetes: {namespace: a, token: abcdefgh}}}",
+        "kubernetes.token",
+        "secret:NAME",
+    ),
     ("environments:\n  p: {endpoints: [}\n", "inventory", "YAML"),
 ]
 
@@ -76,8 +111,9 @@ def test_good_inventory_loads() -> None:
     assert prod.maintenance_window.duration.total_seconds() == 7200
 
 
-@pytest.mark.parametrize(("text", "field", "fix"), BAD, ids=[b[1] + "-" + str(i)
-                                                              for i, b in enumerate(BAD)])
+@pytest.mark.parametrize(
+    ("text", "field", "fix"), BAD, ids=[b[1] + "-" + str(i) for i, b in enumerate(BAD)]
+)
 def test_bad_inventory_names_field_and_fix(text: str, field: str, fix: str) -> None:
     with pytest.raises(InventoryError) as info:
         parse_inventory(text, "test.yaml")

@@ -10,10 +10,23 @@ from opsflow.ledger import Ledger, StepRow, utcnow
 def make_ledger(tmp_path: Path) -> Ledger:
     ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
     for i in range(3):
-        ledger.record_step(flow_run_id="run-1", runbook="health-check", env="local",
-                           step="check_disk", target=f"/d{i}", status="healthy", summary="ok")
-    ledger.record_run(flow_run_id="run-1", runbook="health-check", env="local",
-                      status="healthy", started_at=utcnow(), finished_at=utcnow())
+        ledger.record_step(
+            flow_run_id="run-1",
+            runbook="health-check",
+            env="local",
+            step="check_disk",
+            target=f"/d{i}",
+            status="healthy",
+            summary="ok",
+        )
+    ledger.record_run(
+        flow_run_id="run-1",
+        runbook="health-check",
+        env="local",
+        status="healthy",
+        started_at=utcnow(),
+        finished_at=utcnow(),
+    )
     return ledger
 
 
@@ -40,9 +53,16 @@ def test_deleted_last_row_is_detected(tmp_path: Path) -> None:
 
 def test_secrets_are_redacted_before_writing(tmp_path: Path) -> None:
     ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
-    ledger.record_step(flow_run_id="r", runbook="x", env="e", step="s", target="t",
-                       status="critical", summary="failed: postgresql://u:topsecret1@h/d",
-                       details={"error": "password=topsecret1"})
+    ledger.record_step(
+        flow_run_id="r",
+        runbook="x",
+        env="e",
+        step="s",
+        target="t",
+        status="critical",
+        summary="failed: postgresql://u:topsecret1@h/d",
+        details={"error": "password=topsecret1"},
+    )
     row = ledger.steps("r")[0]
     assert "topsecret1" not in row.summary and "topsecret1" not in str(row.details)
     assert ledger.verify().ok

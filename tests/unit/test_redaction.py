@@ -43,7 +43,8 @@ def test_literal_value_passes_through() -> None:
 
 def test_logging_filter_rewrites_records() -> None:
     register_secret("log-secret-xyz")
-    record = logging.LogRecord("t", logging.INFO, __file__, 1, "value %s", ("log-secret-xyz",),
-                               None)
+    record = logging.LogRecord(
+        "t", logging.INFO, __file__, 1, "value %s", ("log-secret-xyz",), None
+    )
     assert RedactingFilter().filter(record)
     assert record.getMessage() == f"value {MASK}"

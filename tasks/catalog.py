@@ -1,0 +1,146 @@
+"""Backup freshness: the newest complete backup of each database, graded by its age."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from opsflow.durations import format_duration
+from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.inventory import Environment
+from opsflow.ledger import BackupRow, Ledger
+from opsflow.redaction import redact
+from opsflow.results import CheckResult, Status
+
+GOOD_STATUSES = frozenset({"complete", "verified"})
+SCAN_LIMIT = 1000
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def newest_good(rows: list[BackupRow]) -> BackupRow | None:
+    """The newest backup whose status is complete or verified."""
+    good = [row for row in rows if row.status in GOOD_STATUSES]
+    return max(good, key=lambda row: _utc(row.created_at), default=None)
+
+
+def grade_age(age: timedelta, max_age: timedelta) -> Status:
+    """Degraded above ``max_age``, critical above twice that."""
+    if age > 2 * max_age:
+        return Status.CRITICAL
+    if age > max_age:
+        return Status.DEGRADED
+    return Status.HEALTHY
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _with_timeout(url: str) -> str:
+    """Bound the ledger connection time for PostgreSQL ledgers (SQLite has its own timeout)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+        return parsed.render_as_string(hide_password=False)
+    return url
+
+
+def _freshness(
+    env_name: str, target: str, kind: str, rows: list[BackupRow], max_age: timedelta
+) -> CheckResult:
+    now = datetime.now(UTC)
+    newest = newest_good(rows)
+    if newest is None:
+        return CheckResult(
+            check="backup_freshness",
+            target=target,
+            status=Status.CRITICAL,
+            summary=(
+                f"no complete backup of {kind} {target!r} in {env_name} is catalogued "
+                f"(fix: run the backup runbook for {env_name} and check that it succeeds)"
+            ),
+            details={"env": env_name, "kind": kind, "max_age_s": max_age.total_seconds()},
+        )
+    age = max(now - _utc(newest.created_at), timedelta(0))
+    status = grade_age(age, max_age)
+    summary = f"newest backup is {format_duration(age)} old ({newest.status}, {newest.backup_id})"
+    if status is not Status.HEALTHY:
+        limit = 2 * max_age if status is Status.CRITICAL else max_age
+        summary += (
+            f", older than {format_duration(limit)} (fix: check the scheduled backup runs of "
+            f"{env_name} in the Prefect UI and run the backup runbook now)"
+        )
+    return CheckResult(
+        check="backup_freshness",
+        target=target,
+        status=status,
+        summary=summary,
+        details={
+            "env": env_name,
+            "kind": kind,
+            "backup_id": newest.backup_id,
+            "created_at": _utc(newest.created_at).isoformat(),
+            "age_s": round(age.total_seconds()),
+            "max_age_s": max_age.total_seconds(),
+            "status": newest.status,
+            "bytes": newest.bytes,
+            "key": newest.key,
+        },
+    )
+
+
+@task(
+    name="check_backup_freshness",
+    timeout_seconds=60,
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
+)
+def check_backup_freshness(
+    env_name: str, env: Environment, ledger_url: str | None
+) -> list[CheckResult]:
+    """One result per database and Redis target: age of its newest complete backup."""
+    started = time.monotonic()
+    if env.backup_store is None:
+        return [
+            CheckResult(
+                check="backup_freshness",
+                target=env_name,
+                status=Status.DEGRADED,
+                summary=(
+                    f"backups are not configured for {env_name} (fix: add backup_store: "
+                    f"{{url: s3://bucket/prefix or file://dir}} under environments.{env_name})"
+                ),
+            )
+        ]
+    targets = [(db.name, f"{db.kind} database") for db in env.databases]
+    targets += [(target.name, "redis") for target in env.redis]
+    max_age = env.thresholds.backup_max_age
+    try:
+        ledger = Ledger(_with_timeout(ledger_url) if ledger_url else None)
+    except ArgumentError:
+        raise PermanentError(
+            "the ledger URL cannot be parsed (fix: set OPSFLOW_LEDGER_URL to a SQLAlchemy URL, "
+            "e.g. sqlite:///.opsflow/ledger.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    except SQLAlchemyError as exc:
+        raise TransientError(f"cannot open the ledger: {redact(str(exc))}") from None
+    results: list[CheckResult] = []
+    try:
+        for name, kind in targets:
+            rows = ledger.backups(env=env_name, database=name, limit=SCAN_LIMIT)
+            result = _freshness(env_name, name, kind, rows, max_age)
+            result.duration_ms = int((time.monotonic() - started) * 1000)
+            results.append(result)
+    except SQLAlchemyError as exc:
+        raise TransientError(f"cannot read backups from the ledger: {redact(str(exc))}") from None
+    finally:
+        ledger.close()
+    return results

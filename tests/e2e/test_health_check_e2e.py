@@ -1,0 +1,168 @@
+"""The daily health check end to end: a real Prefect server, `opsflow up` serving prefect.yaml,
+runs triggered by the opsflow CLI, by `prefect deployment run` and by the REST API, and the
+report artifacts and ledger rows read back."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fixtures.e2e_env import REPO, Workspace
+
+pytestmark = pytest.mark.e2e
+TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def opsflow(ws: Workspace, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "opsflow", *args],
+        cwd=REPO,
+        env=ws.env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def wait_for_run(api: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        if run["state"]["type"] in TERMINAL:
+            return dict(run)
+        time.sleep(1)
+    raise AssertionError(f"flow run {run_id} did not finish within {timeout}s: {run['state']}")
+
+
+def artifacts(api: str, key: str) -> list[dict[str, Any]]:
+    response = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return list(response.json())
+
+
+def deployment_id(api: str, flow_name: str, name: str) -> str:
+    response = httpx.get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10)
+    response.raise_for_status()
+    return str(response.json()["id"])
+
+
+def assert_recorded(ws: Workspace, api: str, run_id: str) -> None:
+    runs = [r for r in ws.ledger().runs(env="e2e") if r.flow_run_id == run_id]
+    assert len(runs) == 1 and runs[0].status == "healthy", runs
+    steps = ws.ledger().steps(run_id)
+    assert {s.step for s in steps} >= {"endpoint", "sqlite", "disk"} or len(steps) >= 3, steps
+    assert all(s.status == "healthy" for s in steps), [(s.step, s.summary) for s in steps]
+    report = artifacts(api, "health-check-e2e")
+    assert report and "HEALTHY" in report[0]["data"]
+    assert any(a["flow_run_id"] == run_id for a in report)
+    table = artifacts(api, "health-check-e2e-checks")
+    assert table and table[0]["type"] == "table"
+
+
+def test_cli_run_is_recorded_with_report_and_ledger(
+    e2e_workspace: Workspace, prefect_api: str
+) -> None:
+    result = opsflow(e2e_workspace, "run", "health-check", "--env", "e2e", "--json")
+    assert result.returncode == 0, result.stderr + result.stdout
+    report = json.loads(result.stdout)
+    assert report["overall"] == "healthy"
+    checks = {(r["check"], r["status"]) for r in report["results"]}
+    assert ("disk", "healthy") in checks and ("sqlite", "healthy") in checks, checks
+    newest = e2e_workspace.ledger().runs(env="e2e", limit=1)[0]
+    assert_recorded(e2e_workspace, prefect_api, newest.flow_run_id)
+    assert e2e_workspace.ledger().verify().ok
+
+
+def test_cli_run_on_broken_env_exits_1_and_names_the_problem(e2e_workspace: Workspace) -> None:
+    result = opsflow(e2e_workspace, "run", "health-check", "--env", "broken")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "critical" in result.stdout.lower()
+    assert "nothing-here" in result.stdout
+
+
+def test_cli_unknown_env_is_bad_input_before_any_run(e2e_workspace: Workspace) -> None:
+    before = len(e2e_workspace.ledger().runs(limit=1000))
+    result = opsflow(e2e_workspace, "run", "health-check", "--env", "e2ee")
+    assert result.returncode == 2
+    assert "unknown environment 'e2ee'" in result.stderr and "did you mean 'e2e'" in result.stderr
+    assert len(e2e_workspace.ledger().runs(limit=1000)) == before
+
+
+def test_dry_run_publishes_plan_only(e2e_workspace: Workspace, prefect_api: str) -> None:
+    before = len(e2e_workspace.ledger().runs(limit=1000))
+    result = opsflow(e2e_workspace, "run", "health-check", "--env", "e2e", "--dry-run", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["dry_run"] is True
+    plan = artifacts(prefect_api, "health-check-e2e-plan")
+    assert plan and "check_endpoint" in plan[0]["data"]
+    assert len(e2e_workspace.ledger().runs(limit=1000)) == before
+
+
+def test_served_deployment_runs_via_prefect_cli(
+    served: subprocess.Popen[bytes], e2e_workspace: Workspace, prefect_api: str
+) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "prefect",
+            "deployment",
+            "run",
+            "health-check/daily",
+            "--param",
+            "env=e2e",
+        ],
+        env={**e2e_workspace.env, "PREFECT_API_URL": prefect_api},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    match = re.search(r"UUID\('([0-9a-f-]{36})'\)", result.stdout)
+    assert match, result.stdout
+    run = wait_for_run(prefect_api, match.group(1))
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert_recorded(e2e_workspace, prefect_api, match.group(1))
+
+
+def test_served_deployment_runs_via_rest_api(
+    served: subprocess.Popen[bytes], e2e_workspace: Workspace, prefect_api: str
+) -> None:
+    dep = deployment_id(prefect_api, "health-check", "daily")
+    response = httpx.post(
+        f"{prefect_api}/deployments/{dep}/create_flow_run",
+        json={"parameters": {"env": "e2e"}},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    run = wait_for_run(prefect_api, response.json()["id"])
+    assert run["state"]["type"] == "COMPLETED", run["state"]
+    assert_recorded(e2e_workspace, prefect_api, run["id"])
+
+
+def test_served_deployment_has_schedule_and_env_choice(
+    served: subprocess.Popen[bytes], prefect_api: str
+) -> None:
+    dep = httpx.get(f"{prefect_api}/deployments/name/health-check/daily", timeout=10).json()
+    crons = [s["schedule"]["cron"] for s in dep["schedules"]]
+    assert crons == ["0 9 * * *"]
+    env_schema = dep["parameter_openapi_schema"]["properties"]["env"]
+    assert env_schema["enum"] == ["broken", "e2e", "gated"]
+    # the server refuses an environment that is not in the inventory, before any run starts
+    response = httpx.post(
+        f"{prefect_api}/deployments/{dep['id']}/create_flow_run",
+        json={"parameters": {"env": "nowhere"}},
+        timeout=30,
+    )
+    assert response.status_code in (409, 422), response.text

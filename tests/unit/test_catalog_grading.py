@@ -1,0 +1,37 @@
+"""Pure parts of tasks.catalog: picking the newest good backup and grading its age."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pytest
+
+from opsflow.ledger import BackupRow
+from opsflow.results import Status
+from tasks.catalog import grade_age, newest_good
+
+
+@pytest.mark.parametrize(
+    ("hours", "expected"),
+    [
+        (1, Status.HEALTHY),
+        (26, Status.HEALTHY),
+        (27, Status.DEGRADED),
+        (52, Status.DEGRADED),
+        (53, Status.CRITICAL),
+    ],
+)
+def test_age_graded_against_max_age_and_twice_it(hours: int, expected: Status) -> None:
+    assert grade_age(timedelta(hours=hours), timedelta(hours=26)) is expected
+
+
+def test_newest_good_ignores_failed_and_running_backups() -> None:
+    def row(day: int, status: str) -> BackupRow:
+        return BackupRow(
+            backup_id=f"{day}-{status}", status=status, created_at=datetime(2026, 1, day)
+        )
+
+    rows = [row(5, "failed"), row(4, "running"), row(3, "complete"), row(2, "verified")]
+    chosen = newest_good(rows)
+    assert chosen is not None and chosen.backup_id == "3-complete"
+    assert newest_good([row(5, "failed")]) is None
