@@ -1,0 +1,328 @@
+"""Backup stores: a local directory (``file://``) and S3 (``s3://``) behind one interface.
+
+``open_store(inventory_backup_store)`` returns a ``Store``. Writes stream (constant memory,
+sha256 and size computed on the way) and become visible atomically and only when complete:
+
+* local (``tasks.storage_local``): a hidden temp file in the target directory, fsync, rename,
+  fsync of the directory;
+* S3 (``tasks.storage_s3``): a multipart upload completed only at the end (aborted on any
+  error), then a HEAD verifies size and ETag (each part is also sent with its MD5).
+
+Next to each object the store keeps ``<key>.sha256`` (``sha256sum`` format, so
+``sha256sum -c`` works on a downloaded copy), written before the object becomes visible.
+It is not S3 metadata because S3 metadata is fixed when the upload starts, before the
+hash of a stream is known (adding it later means copying the object). ``list`` hides these
+files. Reads verify the sha256 while streaming and raise ``PermanentError`` at the end on a
+mismatch, so a restore can write into a scratch target and swap only after the stream ended.
+
+Key layout: ``<env>/<db>/<YYYY>/<MM>/<stamp>.<ext>`` (``backup_key``) with the manifest of that
+backup at ``<env>/<db>/<YYYY>/<MM>/<stamp>.manifest.json`` (``manifest_key``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from prefect import task
+from pydantic import BaseModel, ConfigDict
+
+from opsflow.errors import InputError, PermanentError, retry_on_transient
+from opsflow.inventory import BackupStore
+from tasks.streams import CHUNK_SIZE
+
+MANIFEST_SUFFIX = ".manifest.json"
+SHA256_SUFFIX = ".sha256"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+Progress = Callable[[int], None]
+"""Called with the number of bytes just stored (an increment, e.g. ``bar.advance``)."""
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_EXT = re.compile(r"^[A-Za-z0-9]+(\.[A-Za-z0-9]+)*$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_LAYOUT = re.compile(
+    r"^(?P<series>.+)/(?P<year>\d{4})/(?P<month>\d{2})/(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<ext>.+))?$"
+)
+MAX_KEY_LENGTH = 900
+
+
+class StoredObject(BaseModel):
+    """One object in a store. ``sha256`` may be None in ``list`` results of S3 (use ``head``)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    key: str
+    size: int
+    sha256: str | None = None
+    last_modified: datetime
+    url: str
+
+
+class Store(ABC):
+    """A backup store. Keys are relative to the store's URL and use ``/`` separators."""
+
+    url: str
+
+    @abstractmethod
+    def put_stream(
+        self, key: str, chunks: Iterable[bytes], *, progress: Progress | None = None
+    ) -> StoredObject:
+        """Store a stream; visible only once complete and verified. Replaces ``key``.
+
+        Exceptions raised by ``chunks`` propagate unchanged and leave nothing visible.
+        """
+
+    @abstractmethod
+    def get_stream(
+        self, key: str, *, expected_sha256: str | None = None, chunk_size: int = CHUNK_SIZE
+    ) -> Iterator[bytes]:
+        """Stream an object, verifying it against ``expected_sha256`` or the stored sha256.
+
+        A missing object raises ``PermanentError`` right away; a mismatch raises
+        ``PermanentError`` after the last chunk.
+        """
+
+    @abstractmethod
+    def head(self, key: str) -> StoredObject | None:
+        """The object's size, sha256 and time, or None when it does not exist."""
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> builtins.list[StoredObject]:
+        """Complete objects whose key starts with ``prefix``, sorted by key."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Delete an object and its checksum file; deleting a missing object is not an error."""
+
+    @abstractmethod
+    def cleanup_incomplete(
+        self, older_than: timedelta = timedelta(days=1), prefix: str = ""
+    ) -> builtins.list[str]:
+        """Remove leftovers of killed writes under ``prefix`` (temp files, multipart uploads)."""
+
+    def put_json(self, key: str, data: Mapping[str, Any]) -> StoredObject:
+        """Store a small JSON document (a manifest)."""
+        body = json.dumps(data, indent=2, sort_keys=True, default=str).encode() + b"\n"
+        return self.put_stream(key, [body])
+
+    def get_json(self, key: str, *, expected_sha256: str | None = None) -> dict[str, Any]:
+        body = b"".join(self.get_stream(key, expected_sha256=expected_sha256))
+        try:
+            data = json.loads(body)
+        except ValueError as exc:
+            raise PermanentError(f"{self.url}/{key} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise PermanentError(f"{self.url}/{key} does not hold a JSON object")
+        return data
+
+
+def open_store(
+    store: BackupStore, *, part_size: int | None = None, max_concurrency: int | None = None
+) -> Store:
+    """The store described by an inventory ``backup_store`` (``file://`` or ``s3://``).
+
+    ``part_size``/``max_concurrency`` tune S3 multipart uploads (ignored for local stores).
+    No I/O happens here; a missing bucket or directory problem shows on first use.
+    """
+    scheme = urlsplit(store.url).scheme
+    if scheme == "file":
+        from tasks.storage_local import LocalStore
+
+        return LocalStore(local_root(store.url))
+    if scheme == "s3":
+        from tasks.storage_s3 import S3Store
+
+        options: dict[str, int] = {}
+        if part_size is not None:
+            options["part_size"] = part_size
+        if max_concurrency is not None:
+            options["max_concurrency"] = max_concurrency
+        return S3Store(store.url, endpoint_url=store.endpoint_url, **options)
+    raise InputError("backup_store.url", f"unsupported scheme {scheme!r}", "use file:// or s3://")
+
+
+def local_root(url: str) -> Path:
+    """``file:///abs/dir`` -> /abs/dir; ``file://rel/dir`` -> ./rel/dir (relative to the cwd)."""
+    parts = urlsplit(url)
+    host = "" if parts.netloc in ("", "localhost") else parts.netloc
+    path = host + parts.path
+    if not path:
+        raise InputError("backup_store.url", f"{url!r} names no directory", "use file:///path")
+    return Path(path).resolve()
+
+
+# --- keys -----------------------------------------------------------------------------------
+
+
+def check_key(key: str) -> str:
+    """Reject keys that could escape the store or clash with its own files."""
+    problem = None
+    if not key or len(key) > MAX_KEY_LENGTH:
+        problem = "must be 1 to 900 characters"
+    elif key.startswith("/") or key.endswith("/") or "\\" in key:
+        problem = "must be relative, without a trailing slash or backslashes"
+    elif any(not part or part in (".", "..") or part.startswith(".") for part in key.split("/")):
+        problem = "must not contain empty, '.' or '..' segments or hidden names"
+    elif any(ord(ch) < 32 for ch in key):
+        problem = "must not contain control characters"
+    elif key.endswith(SHA256_SUFFIX):
+        problem = f"must not end with {SHA256_SUFFIX} (reserved for checksum files)"
+    if problem:
+        raise InputError("backup key", f"{key!r} {problem}", "use backup_key() to build keys")
+    return key
+
+
+def backup_key(env: str, db: str, when: datetime, ext: str) -> str:
+    """``<env>/<db>/<YYYY>/<MM>/<stamp>.<ext>``.
+
+    Example: ``prod/main/2026/01/20260105T020000Z.sql.zst`` (the stamp is UTC).
+    """
+    for field, value in (("environment", env), ("database", db)):
+        if not _NAME.match(value):
+            raise InputError(
+                field,
+                f"{value!r} cannot be part of a backup key",
+                "use letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+    ext = ext.lstrip(".")
+    if not _EXT.match(ext):
+        raise InputError("extension", f"{ext!r} is not a file extension", "e.g. sql.zst")
+    if when.tzinfo is None:
+        raise ValueError("backup_key needs a timezone-aware datetime (e.g. datetime.now(UTC))")
+    when = when.astimezone(UTC)
+    return f"{env}/{db}/{when:%Y}/{when:%m}/{when.strftime(STAMP_FORMAT)}.{ext}"
+
+
+def manifest_key(key: str) -> str:
+    """The manifest of a backup: its key with the extension replaced by ``.manifest.json``."""
+    match = _LAYOUT.match(key)
+    if match is None:
+        return key + MANIFEST_SUFFIX
+    return f"{match['series']}/{match['year']}/{match['month']}/{match['stamp']}{MANIFEST_SUFFIX}"
+
+
+def backup_time(obj: StoredObject) -> datetime:
+    """When a backup was taken: the stamp in its key, else the object's modification time."""
+    match = _LAYOUT.match(obj.key)
+    if match is not None:
+        return datetime.strptime(match["stamp"], STAMP_FORMAT).replace(tzinfo=UTC)
+    return obj.last_modified
+
+
+def backup_series(key: str) -> str:
+    """What a backup is a backup of: ``<env>/<db>`` for layout keys, else the key's directory."""
+    match = _LAYOUT.match(key)
+    if match is not None:
+        return match["series"]
+    return key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+def is_sha256(value: str) -> bool:
+    return bool(_SHA256.match(value))
+
+
+def sidecar_text(sha256: str, key: str) -> bytes:
+    """Contents of ``<key>.sha256``: the ``sha256sum`` line for the object's file name."""
+    return f"{sha256}  {key.rsplit('/', 1)[-1]}\n".encode()
+
+
+def parse_sidecar(text: bytes) -> str | None:
+    first = text.decode("ascii", "replace").split(" ", 1)[0].strip().lower()
+    return first if is_sha256(first) else None
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+def select_expired(
+    objects: Iterable[StoredObject],
+    retention_days: int,
+    now: datetime,
+    verified_keys: Collection[str],
+) -> builtins.list[StoredObject]:
+    """Backups older than ``retention_days``, oldest first, never the newest verified one.
+
+    Backups are grouped by series (``<env>/<db>``); in each series the newest backup whose key
+    is in ``verified_keys`` is kept whatever its age. A series with no verified backup keeps
+    its newest backup (fail-safe: retention never empties a series). Manifests are never
+    selected: delete ``manifest_key(obj.key)`` together with each selected object.
+    """
+    if retention_days < 1:
+        raise InputError("retention_days", f"{retention_days} is below 1", "use 1 or more")
+    if now.tzinfo is None:
+        raise ValueError("select_expired needs a timezone-aware `now`")
+    cutoff = now - timedelta(days=retention_days)
+    backups = [o for o in objects if not o.key.endswith(MANIFEST_SUFFIX)]
+    series: dict[str, builtins.list[StoredObject]] = {}
+    for obj in backups:
+        series.setdefault(backup_series(obj.key), []).append(obj)
+    keep: set[str] = set()
+    for members in series.values():
+        verified = [o for o in members if o.key in verified_keys]
+        newest = max(verified or members, key=lambda o: (backup_time(o), o.key))
+        keep.add(newest.key)
+    expired = [o for o in backups if backup_time(o) < cutoff and o.key not in keep]
+    return sorted(expired, key=lambda o: (backup_time(o), o.key))
+
+
+# --- Prefect tasks --------------------------------------------------------------------------
+
+
+@task(
+    name="apply_retention",
+    timeout_seconds=600,
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+)
+def apply_retention(
+    store: BackupStore,
+    prefix: str,
+    verified_keys: builtins.list[str],
+    now: datetime | None = None,
+) -> builtins.list[str]:
+    """Delete backups under ``prefix`` past ``store.retention_days`` (and their manifests).
+
+    Never deletes the newest verified backup of a series (see ``select_expired``); also clears
+    leftovers of killed writes older than a day. Returns the deleted keys. Idempotent.
+    """
+    backend = open_store(store)
+    now = now or datetime.now(UTC)
+    objects = backend.list(prefix)
+    deleted: builtins.list[str] = []
+    for obj in select_expired(objects, store.retention_days, now, set(verified_keys)):
+        for key in (obj.key, manifest_key(obj.key)):
+            backend.delete(key)
+            deleted.append(key)
+    backend.cleanup_incomplete(prefix=prefix)
+    return deleted
+
+
+@task(
+    name="verify_backup",
+    timeout_seconds=6 * 3600,
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+)
+def verify_backup(store: BackupStore, key: str, expected_sha256: str) -> StoredObject:
+    """Read a stored backup end to end and check its sha256 and size; PermanentError if not."""
+    backend = open_store(store)
+    found = backend.head(key)
+    if found is None:
+        raise PermanentError(f"backup {backend.url}/{key} does not exist")
+    size = 0
+    for chunk in backend.get_stream(key, expected_sha256=expected_sha256):
+        size += len(chunk)
+    if size != found.size:
+        raise PermanentError(f"backup {found.url} read {size} bytes, expected {found.size}")
+    return found
