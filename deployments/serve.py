@@ -18,6 +18,7 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Schedule
 
+from opsflow.errors import InputError
 from opsflow.inventory import load_inventory
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -59,6 +60,13 @@ def build_deployments(env_names: list[str]) -> list[RunnerDeployment]:
         env_schema = deployment._parameter_openapi_schema.properties.get("env")
         if env_schema is not None:
             env_schema["enum"] = sorted(env_names)
+            chosen = (spec.get("parameters") or {}).get("env", env_schema.get("default"))
+            if chosen not in env_names:
+                raise InputError(
+                    f"prefect.yaml: deployments[{spec['name']}].parameters.env",
+                    f"environment {chosen!r} is not in the inventory ({', '.join(env_names)})",
+                    "set parameters.env to one of those, or add it to the inventory",
+                )
         deployments.append(deployment)
     return deployments
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from opsflow.errors import InputError
+from opsflow.redaction import redact
 from opsflow.settings import get_settings
 
 STARTUP_SECONDS = 120
@@ -36,6 +38,7 @@ def start_embedded_server(home: Path, port: int, console: Console) -> subprocess
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home.resolve()}/prefect.db",
+        "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
     }
     log_path = home / "server.log"
     console.print(f"starting Prefect server on 127.0.0.1:{port} (log: {log_path})")
@@ -106,6 +109,9 @@ def run_up(port: int, console: Console) -> int:
         from deployments.serve import serve_all
 
         serve_all()
+    except InputError as exc:
+        console.print(f"[red]error:[/] {redact(str(exc))}")
+        return 2
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:

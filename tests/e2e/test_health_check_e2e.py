@@ -129,7 +129,7 @@ def test_served_deployment_runs_via_prefect_cli(
         timeout=120,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    match = re.search(r"UUID\('([0-9a-f-]{36})'\)", result.stdout)
+    match = re.search(r"UUID: ([0-9a-f-]{36})", result.stdout)
     assert match, result.stdout
     run = wait_for_run(prefect_api, match.group(1))
     assert run["state"]["type"] == "COMPLETED", run["state"]
@@ -158,7 +158,7 @@ def test_served_deployment_has_schedule_and_env_choice(
     crons = [s["schedule"]["cron"] for s in dep["schedules"]]
     assert crons == ["0 9 * * *"]
     env_schema = dep["parameter_openapi_schema"]["properties"]["env"]
-    assert env_schema["enum"] == ["broken", "e2e", "gated"]
+    assert env_schema["enum"] == ["broken", "e2e", "gated", "local"]
     # the server refuses an environment that is not in the inventory, before any run starts
     response = httpx.post(
         f"{prefect_api}/deployments/{dep['id']}/create_flow_run",
