@@ -18,7 +18,6 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
-from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
 
 from flows.common import RunbookRun
 from opsflow.inventory import Environment
@@ -28,6 +27,7 @@ from opsflow.results import CheckResult, Status, worst
 from tasks.catalog import check_backup_freshness
 from tasks.docker import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
+from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
 from tasks.logs import scan_log_file
 from tasks.notify import send_notification
 from tasks.postgres import check_postgres
@@ -236,7 +236,7 @@ def _collect(call: CheckCall, future: PrefectFuture[Any]) -> list[CheckResult]:
         return list(value) if isinstance(value, list) else [value]
     try:
         future.result(raise_on_failure=True)
-    except Exception as exc:  # the failed task's own exception, reported as critical
+    except Exception as exc:  # noqa: BLE001 - any task failure is reported as critical
         return [CheckResult.failed(call.action.removeprefix("check_"), call.target, exc)]
     return [CheckResult.failed(call.action, call.target, f"ended {state.name}")]
 
@@ -299,5 +299,5 @@ def _notify(run: RunbookRun, overall: Status, markdown: str) -> None:
     subject = f"opsflow: {run.env_name} is {overall.value.upper()}"
     try:
         send_notification(run.env.notify, subject, markdown)
-    except Exception as exc:  # a failed notification must not hide the health result
+    except Exception as exc:  # noqa: BLE001 - a failed notification must not hide the result
         run.logger.error("Notification failed: %s", exc)

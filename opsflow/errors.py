@@ -73,6 +73,6 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     """Prefect ``retry_condition_fn``: retry only when the failure is transient."""
     try:
         state.result()
-    except Exception as exc:  # the state's exception is what we classify
+    except Exception as exc:  # noqa: BLE001 - the state's exception is what we classify
         return is_transient(exc)
     return False

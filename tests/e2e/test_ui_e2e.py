@@ -15,8 +15,15 @@ from tests.e2e.test_approvals_e2e import GatedRun
 from tests.fixtures.e2e_env import Workspace
 
 pytestmark = pytest.mark.e2e
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 @pytest.fixture(scope="module")
@@ -64,5 +71,8 @@ def test_approval_answered_in_the_ui_resume_form(
     finally:
         if run.proc.poll() is None:
             run.proc.kill()
-            httpx.post(f"{prefect_api}/flow_runs/{run.run_id}/set_state",
-                       json={"state": {"type": "CANCELLED"}, "force": True}, timeout=10)
+            httpx.post(
+                f"{prefect_api}/flow_runs/{run.run_id}/set_state",
+                json={"state": {"type": "CANCELLED"}, "force": True},
+                timeout=10,
+            )
