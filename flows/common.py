@@ -20,6 +20,25 @@ from opsflow.reports import artifact_key, publish_markdown
 from opsflow.results import CheckResult
 
 
+class _DropThreadTimeoutWarning(logging.Filter):
+    """Prefect warns on every threaded task that has a timeout; our tasks enforce their own
+    timeouts inside (socket, subprocess and HTTP deadlines), so the warning is only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        return not (message.startswith("Timeout of") and "worker thread" in message)
+
+
+_QUIET = _DropThreadTimeoutWarning()
+
+
+def quiet_thread_timeout_warning() -> None:
+    for name in ("", "prefect", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            if _QUIET not in handler.filters:
+                handler.addFilter(_QUIET)
+
+
 def current_flow_run_id() -> str:
     context = get_run_context()
     flow_run = getattr(context, "flow_run", None)
@@ -45,6 +64,7 @@ class RunbookRun:
     def start(cls, runbook: str, env_name: str, requested_by: str = "") -> RunbookRun:
         """Validate inventory and environment (InputError before any side effect)."""
         install_log_redaction()
+        quiet_thread_timeout_warning()
         inventory = load_inventory()
         env = inventory.environment(env_name)
         logger = get_run_logger()

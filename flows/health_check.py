@@ -275,6 +275,9 @@ def health_check(
     results: list[CheckResult] = []
     for call, future in futures:
         results.extend(_collect(call, future))
+    for r in results:
+        level = {Status.HEALTHY: 20, Status.DEGRADED: 30, Status.CRITICAL: 40}[r.status]
+        run.logger.log(level, "%s %s %s: %s", r.status.value.upper(), r.check, r.target, r.summary)
     overall = worst([r.status for r in results])
     report = HealthReport(env=env, overall=overall, results=results, seconds=run.elapsed)
 

@@ -59,11 +59,22 @@ class GatedRun:
                 timeout=10,
             )
             response.raise_for_status()
-            runs = response.json()
-            if runs:
-                return str(runs[0]["id"])
+            mine = [r for r in response.json() if r["parameters"].get("marker") == str(self.marker)]
+            if mine:
+                return str(mine[0]["id"])
             time.sleep(0.5)
         raise AssertionError("the gated flow never paused for approval")
+
+    def stop(self, api: str) -> None:
+        """Kill the flow process if it still runs, and cancel its run on the server."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+            httpx.post(
+                f"{api}/flow_runs/{self.run_id}/set_state",
+                json={"state": {"type": "CANCELLED"}, "force": True},
+                timeout=10,
+            )
 
     def finish(self) -> tuple[int, str]:
         out, _ = self.proc.communicate(timeout=120)
@@ -77,9 +88,7 @@ class GatedRun:
 def gated(e2e_workspace: Workspace, prefect_api: str, tmp_path: Path) -> Iterator[GatedRun]:
     run = GatedRun(e2e_workspace, prefect_api, tmp_path / "marker")
     yield run
-    if run.proc.poll() is None:
-        run.proc.kill()
-        run.proc.wait()
+    run.stop(prefect_api)
 
 
 def resume(api: str, run_id: str, approved: bool, approver: str, reason: str) -> dict[str, object]:

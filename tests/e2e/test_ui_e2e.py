@@ -7,7 +7,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.sync_api import Page, sync_playwright
 
@@ -69,10 +68,4 @@ def test_approval_answered_in_the_ui_resume_form(
         decision = e2e_workspace.ledger().approval_events(run.run_id)[-1]
         assert (decision.event, decision.actor) == ("approved", "bob")
     finally:
-        if run.proc.poll() is None:
-            run.proc.kill()
-            httpx.post(
-                f"{prefect_api}/flow_runs/{run.run_id}/set_state",
-                json={"state": {"type": "CANCELLED"}, "force": True},
-                timeout=10,
-            )
+        run.stop(prefect_api)
