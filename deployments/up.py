@@ -31,14 +31,20 @@ def _healthy(api: str) -> bool:
         return False
 
 
-def start_embedded_server(home: Path, port: int, console: Console) -> subprocess.Popen[bytes]:
+def start_embedded_server(
+    home: Path, port: int, console: Console, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """Start ``prefect server start`` with SQLite in ``home``; return once /api/health answers.
+
+    Used by `opsflow up`, by the test fixtures and by the benchmarks (one way to start it)."""
     home.mkdir(parents=True, exist_ok=True)
     env = {
-        **os.environ,
+        **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home.resolve()}/prefect.db",
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        **(extra_env or {}),
     }
     log_path = home / "server.log"
     console.print(f"starting Prefect server on 127.0.0.1:{port} (log: {log_path})")
@@ -67,10 +73,12 @@ def start_embedded_server(home: Path, port: int, console: Console) -> subprocess
                 return proc
             time.sleep(0.5)
     stop_server(proc)
-    raise RuntimeError(f"the Prefect server did not start; see {log_path}")
+    tail = log_path.read_text(errors="replace")[-2000:]
+    raise RuntimeError(f"the Prefect server did not start; see {log_path}:\n{tail}")
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a process started in its own session: SIGINT twice, then SIGTERM, then SIGKILL."""
     for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         if proc.poll() is not None:
             return
