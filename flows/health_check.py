@@ -36,7 +36,7 @@ from tasks.sqlite import check_sqlite
 from tasks.system import check_disk, check_tls_certificate
 
 RUNBOOK = "health-check"
-MAX_PARALLEL_CHECKS = 32
+MAX_PARALLEL_CHECKS = 64
 
 
 @dataclass(frozen=True)

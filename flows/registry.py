@@ -6,7 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from flows.backup import backup, plan_backup
+from flows.dr_drill import dr_drill, plan_dr_drill
 from flows.health_check import health_check, plan_health_check
+from flows.restore import plan_restore, restore
 from opsflow.errors import InputError
 from opsflow.inventory import Environment
 from opsflow.plans import Plan
@@ -27,6 +30,9 @@ class Runbook:
 
 RUNBOOKS: dict[str, Runbook] = {
     "health-check": Runbook("health-check", health_check, plan_health_check, "daily"),
+    "backup": Runbook("backup", backup, plan_backup, "nightly"),
+    "restore": Runbook("restore", restore, plan_restore, "manual"),
+    "dr-drill": Runbook("dr-drill", dr_drill, plan_dr_drill, "monthly"),
 }
 
 

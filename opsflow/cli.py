@@ -28,8 +28,10 @@ app = typer.Typer(
 )
 ledger_app = typer.Typer(help="The hash-chained ledger of runs, approvals and backups.")
 inventory_app = typer.Typer(help="The inventory of environments.")
+backups_app = typer.Typer(help="The backup catalog (from the ledger).")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(inventory_app, name="inventory")
+app.add_typer(backups_app, name="backups")
 out = Console(highlight=False)
 err = Console(stderr=True, highlight=False)
 
@@ -41,6 +43,9 @@ STATUS_STYLE = {
     "rejected": "red",
     "timed_out": "red",
     "refused": "yellow",
+    "complete": "green",
+    "verified": "bold green",
+    "failed": "red",
 }
 
 
@@ -195,9 +200,10 @@ def plan(
     try:
         book = get_runbook(runbook)
         environment = load_inventory().environment(env)
+        shown = book.plan(env, environment)  # a plan may read the catalog (restore)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    out.print(book.plan(env, environment).to_markdown(), markup=False)
+    out.print(shown.to_markdown(), markup=False)
 
 
 def _answer(run_id: str, approved: bool, as_user: str, reason: str) -> None:
@@ -338,6 +344,75 @@ def inventory_check(
             env.backup_store.url if env.backup_store else "-",
         )
     out.print(table)
+
+
+@backups_app.command("list")
+def backups_list(
+    env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
+    database: Annotated[str | None, typer.Option("--database", "-d")] = None,
+    limit: Annotated[int, typer.Option(help="how many backups, newest first")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="print the catalog as JSON")] = False,
+) -> None:
+    """Catalogued backups of an environment, newest first (complete and verified only exist
+    here: a backup is catalogued after it was stored and confirmed)."""
+    from opsflow.ledger import Ledger
+
+    rows = Ledger().catalog(env=env, database=database, limit=limit)
+    if as_json:
+        out.print_json(
+            redact(
+                json.dumps(
+                    [
+                        {
+                            "backup_id": r.backup_id,
+                            "env": r.env,
+                            "database": r.database,
+                            "kind": r.kind,
+                            "status": r.status,
+                            "created_at": r.created_at.isoformat(),
+                            "store_url": r.store_url,
+                            "key": r.key,
+                            "bytes": r.bytes,
+                            "sha256": r.sha256,
+                            "duration_ms": r.duration_ms,
+                            "flow_run_id": r.flow_run_id,
+                            "verified_at": (r.details or {}).get("verified_at"),
+                        }
+                        for r in rows
+                    ]
+                )
+            )
+        )
+        return
+    if not rows:
+        out.print(f"no backups catalogued for {env} (run: opsflow run backup --env {env})")
+        return
+    table = Table(title=f"backups of {env}")
+    for column in ("created (UTC)", "database", "kind", "status", "size", "sha256"):
+        table.add_column(column)
+    table.add_column("key", overflow="fold")
+    for r in rows:
+        style = STATUS_STYLE.get(r.status, "")
+        table.add_row(
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            r.database,
+            r.kind,
+            f"[{style}]{r.status}[/]",
+            _size(r.bytes),
+            r.sha256[:12],
+            redact(r.key),
+        )
+    out.print(table)
+    stores = sorted({r.store_url for r in rows})
+    out.print(f"store: {redact(', '.join(stores))} (ids and full sha256: --json)")
+
+
+def _size(size: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"
 
 
 @ledger_app.command("verify")

@@ -343,6 +343,28 @@ class Notify(_Model):
         return self
 
 
+class Recovery(_Model):
+    """Recovery targets the DR drill measures against (seed 000: RTO 4 h, RPO 4 h; critical
+    systems RTO 1 h, RPO 15 min)."""
+
+    rto: timedelta = Field(
+        default=timedelta(hours=4),
+        description="recovery time objective: longest acceptable restore + verify time",
+    )
+    rpo: timedelta = Field(
+        default=timedelta(hours=4),
+        description="recovery point objective: oldest acceptable newest backup",
+    )
+
+    @field_validator("rto", "rpo", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> timedelta:
+        parsed = parse_duration(value)
+        if parsed.total_seconds() < 0:
+            raise ValueError("a recovery target cannot be negative (fix: write e.g. 4h or 15m)")
+        return parsed
+
+
 class Environment(_Model):
     description: str = ""
     protected: bool = False
@@ -360,6 +382,7 @@ class Environment(_Model):
     thresholds: Thresholds = Field(default_factory=Thresholds)
     maintenance_window: MaintenanceWindow | None = None
     maintenance_mode: MaintenanceMode | None = None
+    recovery: Recovery = Field(default_factory=Recovery)
     notify: list[Notify] = []
 
     @model_validator(mode="after")

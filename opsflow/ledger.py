@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 from sqlalchemy import (
     JSON,
     DateTime,
+    Float,
     Integer,
     String,
     Text,
@@ -119,7 +120,24 @@ class BackupRow(_Chained, Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
-CHAINED: tuple[type[_Chained], ...] = (RunRow, StepRow, ApprovalRow, BackupRow)
+class DrillRow(_Chained, Base):
+    """One database of a DR drill: the backup restored into a scratch target, measured RTO
+    (restore + verify wall time) and RPO (age of that backup) against the targets."""
+
+    __tablename__ = "drills"
+    flow_run_id: Mapped[str] = mapped_column(String(64), index=True)
+    env: Mapped[str] = mapped_column(String(64), index=True)
+    database: Mapped[str] = mapped_column(String(128), index=True)
+    backup_id: Mapped[str] = mapped_column(String(64), default="")
+    rto_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    rpo_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    targets: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    outcome: Mapped[str] = mapped_column(String(32))
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+CHAINED: tuple[type[_Chained], ...] = (RunRow, StepRow, ApprovalRow, BackupRow, DrillRow)
+VERIFIED = "verified"
 Row = TypeVar("Row", bound=_Chained)
 
 
@@ -239,7 +257,51 @@ class Ledger:
         values.setdefault("backup_id", uuid.uuid4().hex[:16])
         return self.append(BackupRow(**values))
 
+    def record_drill(self, **values: Any) -> DrillRow:
+        return self.append(DrillRow(**values))
+
+    def mark_verified(
+        self, backup: BackupRow, *, verified_at: datetime, flow_run_id: str, how: str
+    ) -> BackupRow:
+        """Catalogue that ``backup`` was restored and checked: the chain is append-only, so this
+        appends a copy of its row with status ``verified`` and ``verified_at`` in details."""
+        details = {**(backup.details or {}), "verified_at": _canonical(verified_at)}
+        details["verified_by"] = {"flow_run_id": flow_run_id, "how": how}
+        return self.append(
+            BackupRow(
+                backup_id=backup.backup_id,
+                env=backup.env,
+                database=backup.database,
+                kind=backup.kind,
+                store_url=backup.store_url,
+                key=backup.key,
+                bytes=backup.bytes,
+                sha256=backup.sha256,
+                status=VERIFIED,
+                created_at=backup.created_at,
+                duration_ms=backup.duration_ms,
+                flow_run_id=backup.flow_run_id,
+                details=details,
+            )
+        )
+
     # ----- readers -------------------------------------------------------------------------
+    def catalog(
+        self, env: str | None = None, database: str | None = None, limit: int = 100
+    ) -> list[BackupRow]:
+        """One row per backup (its latest state, e.g. ``verified``), newest backup first."""
+        query = select(BackupRow).order_by(BackupRow.id)
+        if env:
+            query = query.where(BackupRow.env == env)
+        if database:
+            query = query.where(BackupRow.database == database)
+        latest: dict[str, BackupRow] = {}
+        with self._session() as session:
+            for row in session.scalars(query):
+                latest[row.backup_id] = row
+        rows = sorted(latest.values(), key=lambda r: (r.created_at, r.id), reverse=True)
+        return rows[:limit]
+
     def runs(
         self, env: str | None = None, runbook: str | None = None, limit: int = 50
     ) -> list[RunRow]:
@@ -283,6 +345,17 @@ class Ledger:
             query = query.where(BackupRow.env == env)
         if database:
             query = query.where(BackupRow.database == database)
+        with self._session() as session:
+            return list(session.scalars(query))
+
+    def drills(
+        self, env: str | None = None, database: str | None = None, limit: int = 100
+    ) -> list[DrillRow]:
+        query = select(DrillRow).order_by(DrillRow.id.desc()).limit(limit)
+        if env:
+            query = query.where(DrillRow.env == env)
+        if database:
+            query = query.where(DrillRow.database == database)
         with self._session() as session:
             return list(session.scalars(query))
 

@@ -11,6 +11,7 @@ command -v debootstrap >/dev/null || need+=(debootstrap)
 command -v chromium >/dev/null || need+=(chromium)
 command -v zstd >/dev/null || need+=(zstd)
 command -v redis-server >/dev/null || need+=(redis-server)
+command -v redis-check-rdb >/dev/null || need+=(redis-tools)  # the Redis backup tests check RDBs
 [ -x /bin/busybox ] || need+=(busybox-static)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need+=(postgresql-client)

@@ -1,4 +1,4 @@
-"""Docker: container health, stats and logs, and running commands inside containers.
+"""Docker: container health, stats and logs, commands inside containers, config export.
 
 Built on the docker SDK against ``target.host`` or ``DOCKER_HOST``. Every API call carries a
 socket timeout; an unreachable daemon, a 5xx or a 409 is a ``TransientError``, a missing
@@ -26,6 +26,7 @@ import docker
 import docker.errors
 import requests.exceptions
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from opsflow.durations import format_duration
 from opsflow.errors import PermanentError, TransientError, retry_on_transient
@@ -442,3 +443,70 @@ def exec_stream(
         tail = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
         shown = "unknown (still running)" if code is None else str(code)
         raise PermanentError(f"{session.what} exited with code {shown}: {tail or '(no stderr)'}")
+
+
+# --- configuration export -------------------------------------------------------------------
+
+_CONFIG_FIELDS = ("Image", "Env", "Labels", "Healthcheck", "Cmd", "Entrypoint", "User")
+_HOST_CONFIG_FIELDS = ("RestartPolicy", "PortBindings", "Binds", "NetworkMode", "Privileged")
+
+
+def container_config(attrs: dict[str, Any]) -> dict[str, Any]:
+    """What it takes to recreate a container, from its ``docker inspect``.
+
+    Image, env, command, labels, healthcheck, mounts, ports, restart policy and networks.
+    ``Env`` often holds secrets: the result is only ever stored encrypted.
+    """
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    return {
+        "id": attrs.get("Id"),
+        "name": str(attrs.get("Name") or "").lstrip("/"),
+        "image_id": attrs.get("Image"),
+        "config": {field: config.get(field) for field in (*_CONFIG_FIELDS, "WorkingDir")},
+        "exposed_ports": sorted(config.get("ExposedPorts") or {}),
+        "host_config": {field: host.get(field) for field in _HOST_CONFIG_FIELDS},
+        "mounts": [
+            {
+                key: mount.get(key)
+                for key in ("Type", "Name", "Source", "Destination", "Mode", "RW")
+                if key in mount
+            }
+            for mount in attrs.get("Mounts") or []
+        ],
+        "networks": sorted(networks),
+    }
+
+
+@task(
+    name="export_docker_config",
+    timeout_seconds=120,
+    cache_policy=NO_CACHE,
+    persist_result=False,  # the result holds container env (secrets): never written to disk
+    **_RETRY,
+)
+def export_docker_config(target: DockerTarget) -> dict[str, Any]:
+    """Each inventory service's container configuration (see ``container_config``).
+
+    Returns ``{"host": ..., "containers": {service: config}, "missing": [service, ...]}``;
+    a service whose container does not exist is listed in ``missing`` instead of failing the
+    export. The values include secrets (env): pass the result only to ``store_config_export``.
+    """
+    client = docker_client(target)
+    containers: dict[str, Any] = {}
+    missing: list[str] = []
+    try:
+        for service in target.services:
+            try:
+                with docker_errors(f"container {service.container}"):
+                    attrs = client.api.inspect_container(service.container)
+            except PermanentError as exc:
+                if "not found" not in str(exc):
+                    raise
+                missing.append(service.name)
+                continue
+            containers[service.name] = container_config(attrs)
+    finally:
+        client.close()
+    return {"host": redact(docker_host(target)), "containers": containers, "missing": missing}

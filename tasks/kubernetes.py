@@ -1,4 +1,4 @@
-"""Kubernetes: pod and deployment health, pod resource use, pod logs, and exec in a pod.
+"""Kubernetes: pod/deployment health, resource use, logs, exec in a pod, ConfigMap/Secret export.
 
 Built on the official ``kubernetes`` client. Connection: ``kubernetes.api_url`` (+ ``token``
 reference, ``verify_tls``) wins; else a kubeconfig (``kubernetes.kubeconfig`` / ``context``,
@@ -27,6 +27,7 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import stream as kube_stream
 from kubernetes.utils.quantity import parse_quantity
 from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from opsflow.durations import format_duration
 from opsflow.errors import InputError, PermanentError, TransientError, retry_on_transient
@@ -530,3 +531,47 @@ def pod_exec_capture(
         finally:
             ws.close()
     return int(code), bytes(out), bytes(err)
+
+
+# --- configuration export -------------------------------------------------------------------
+
+_SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "selfLink")
+
+
+def exportable(api: kubernetes.client.ApiClient, obj: Any) -> dict[str, Any]:
+    """An object as JSON ready to re-apply: server-managed metadata removed."""
+    data: dict[str, Any] = api.sanitize_for_serialization(obj)
+    meta = data.get("metadata") or {}
+    for field in _SERVER_FIELDS:
+        meta.pop(field, None)
+    return data
+
+
+@task(
+    name="export_kubernetes_config",
+    timeout_seconds=120,
+    cache_policy=NO_CACHE,
+    persist_result=False,  # the result holds Secret values: never written to disk
+    **_RETRY,
+)
+def export_kubernetes_config(target: KubernetesTarget) -> dict[str, Any]:
+    """All ConfigMaps and Secrets of the target's namespace, as re-appliable JSON objects.
+
+    Returns ``{"namespace": ..., "configmaps": [...], "secrets": [...]}``. The values include
+    Secret data: pass the result only to ``store_config_export`` (which encrypts it).
+    """
+    with kube_api(target) as api:
+        core = kubernetes.client.CoreV1Api(api)
+        with kube_errors(api, f"configmaps in namespace {target.namespace}"):
+            configmaps = core.list_namespaced_config_map(
+                target.namespace, _request_timeout=REQUEST_TIMEOUT
+            ).items
+        with kube_errors(api, f"secrets in namespace {target.namespace}"):
+            secrets = core.list_namespaced_secret(
+                target.namespace, _request_timeout=REQUEST_TIMEOUT
+            ).items
+        return {
+            "namespace": target.namespace,
+            "configmaps": [exportable(api, item) for item in configmaps],
+            "secrets": [exportable(api, item) for item in secrets],
+        }

@@ -4,14 +4,26 @@ The SQL and the parsing of its answer do not depend on how the SQL is run: ``col
 takes an ``execute(sql) -> rows`` callable. ``via: direct`` runs it over psycopg 3;
 ``docker_exec`` / ``kubectl_exec`` will run the same SQL through ``psql -tA`` in the
 container or pod (``psql_argv`` builds the command, ``parse_psql_rows`` reads its output).
+
+Backups: ``dump_postgres`` streams ``pg_dump`` (plain SQL, ``--no-owner``) through compression
+into a backup store without buffering, with per-table row counts taken from the very snapshot
+that is dumped (``via: direct``) for the DR drill to compare against.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from glob import glob
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,10 +31,21 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from opsflow.errors import PermanentError, TransientError, retry_on_transient
-from opsflow.inventory import Database, DirectAccess, DockerExecAccess, Thresholds
+from opsflow.inventory import (
+    BackupStore,
+    Database,
+    DirectAccess,
+    DockerExecAccess,
+    DockerTarget,
+    Thresholds,
+)
 from opsflow.redaction import redact, register_secret
 from opsflow.results import CheckResult, Status, grade
 from opsflow.secrets import resolve
+from tasks.docker import docker_client, exec_capture, exec_stream
+from tasks.dumps import DumpResult, choose_key, dump_extension, store_dump
+from tasks.storage import open_store
+from tasks.streams import Codec, iter_file
 
 CONNECT_TIMEOUT_S = 10
 STATEMENT_TIMEOUT_MS = 15_000
@@ -239,4 +262,298 @@ def check_postgres(db: Database, thresholds: Thresholds, field: str) -> CheckRes
         summary=summary,
         details=details,
         duration_ms=int((time.monotonic() - started) * 1000),
+    )
+
+
+# --- dump (backup) ---------------------------------------------------------------------------
+
+DUMP_TIMEOUT_S = 6 * 3600
+DUMP_EXIT_WAIT_S = 60
+COUNT_TIMEOUT = "10min"
+_STDERR_TAIL = 4000
+
+ROW_COUNTS_SQL = """\
+select n.nspname || '.' || c.relname,
+       (xpath('/row/c/text()', query_to_xml(
+            format('select count(*) as c from %I.%I', n.nspname, c.relname),
+            false, true, '')))[1]::text::bigint
+from pg_class c join pg_namespace n on n.oid = c.relnamespace
+where c.relkind in ('r', 'p')
+  and n.nspname not in ('pg_catalog', 'information_schema')
+  and n.nspname not like 'pg_toast%'
+  and n.nspname not like 'pg_temp%'
+order by 1"""
+
+_DUMP_TRANSIENT_MARKERS = (
+    "could not connect",
+    "connection refused",
+    "timeout expired",
+    "server closed the connection",
+    "connection to server",
+    "could not obtain lock",
+    "too many connections",
+    "the database system is starting up",
+    "the database system is shutting down",
+)
+
+
+def pg_dump_binary() -> str:
+    """``pg_dump`` on PATH, else the newest one under /usr/lib/postgresql/*/bin."""
+    found = shutil.which("pg_dump")
+    if found:
+        return found
+    candidates = sorted(
+        glob("/usr/lib/postgresql/*/bin/pg_dump"), key=lambda p: int(Path(p).parts[-3])
+    )
+    if not candidates:
+        raise PermanentError(
+            "pg_dump is not installed on this worker (fix: install the PostgreSQL client, "
+            "e.g. `apt-get install postgresql-client`, matching or newer than the server)"
+        )
+    return candidates[-1]
+
+
+def pg_dump_argv(conninfo: str | None = None, snapshot: str | None = None) -> list[str]:
+    """Plain-format dump without ownership; never prompts for a password."""
+    argv = ["pg_dump", "--format=plain", "--no-owner", "--no-password"]
+    if snapshot:
+        argv.append(f"--snapshot={snapshot}")
+    if conninfo:
+        argv.append(f"--dbname={conninfo}")
+    return argv
+
+
+def split_password(dsn: str, field: str) -> tuple[str, str | None]:
+    """A DSN without its password (for the command line) and the password (for PGPASSWORD)."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise PermanentError(
+            f"{field}.dsn: the DSN cannot be parsed (fix: use postgresql://user@host:port/db "
+            "or key=value form)"
+        ) from None
+    password = params.pop("password", None)
+    if password:
+        register_secret(str(password))
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    conninfo = psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+    return conninfo, str(password) if password else None
+
+
+def _dump_error(what: str, code: int, stderr: str, timed_out: bool, timeout_s: float) -> Exception:
+    tail = redact(stderr.strip())[-1000:] or "(no stderr)"
+    if timed_out:
+        return PermanentError(
+            f"{what} did not finish within {timeout_s:.0f}s and was stopped; nothing was stored "
+            "(fix: look for locks held by other sessions, or raise the dump timeout)"
+        )
+    if code < 0:
+        return TransientError(f"{what} was killed by signal {-code}; nothing was stored: {tail}")
+    lowered = tail.lower()
+    if any(marker in lowered for marker in _PERMANENT_MARKERS):
+        return PermanentError(f"{what} failed (exit {code}); nothing was stored: {tail}")
+    if any(marker in lowered for marker in _DUMP_TRANSIENT_MARKERS):
+        return TransientError(f"{what} failed (exit {code}); nothing was stored: {tail}")
+    return PermanentError(f"{what} failed (exit {code}); nothing was stored: {tail}")
+
+
+def stream_process(
+    argv: list[str], env: dict[str, str], what: str, timeout_s: float = DUMP_TIMEOUT_S
+) -> Iterator[bytes]:
+    """Yield a process's stdout in chunks; raise after the last chunk if it did not exit 0.
+
+    stderr goes to a temporary file (its tail ends up, redacted, in the error). The process
+    is killed when ``timeout_s`` passes or when the consumer stops reading (closing this
+    generator), so an abandoned dump never lingers.
+    """
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errfile, env=env
+        )
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout_s, stop)
+        timer.daemon = True
+        timer.start()
+        try:
+            assert proc.stdout is not None
+            yield from iter_file(proc.stdout)
+            code = proc.wait(timeout=DUMP_EXIT_WAIT_S)
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stdout is not None:
+                proc.stdout.close()
+        if code != 0 or timed_out.is_set():
+            errfile.seek(0, os.SEEK_END)
+            errfile.seek(max(errfile.tell() - _STDERR_TAIL, 0))
+            stderr = errfile.read().decode("utf-8", errors="replace")
+            raise _dump_error(what, code, stderr, timed_out.is_set(), timeout_s)
+
+
+@contextmanager
+def _closing(chunks: Iterator[bytes]) -> Iterator[Iterator[bytes]]:
+    """Close a chunk generator on the way out, so its process stops even when the consumer
+    failed (instead of whenever the generator is garbage-collected)."""
+    try:
+        yield chunks
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+
+
+@contextmanager
+def _exported_snapshot(dsn: str, where: str, field: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """Open a repeatable-read transaction, export its snapshot and count rows in it.
+
+    pg_dump then dumps that same snapshot (``--snapshot``), so the row counts recorded in the
+    manifest describe exactly the data in the dump. The transaction stays open until the dump
+    ended.
+    """
+    conninfo = psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
+    try:
+        conn = psycopg.connect(conninfo, autocommit=False)
+    except psycopg.Error as exc:
+        raise classify(exc, where, field) from None
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        try:
+            conn.execute(f"set local statement_timeout = '{COUNT_TIMEOUT}'")
+            row = conn.execute("select pg_export_snapshot()").fetchone()
+            counts = {str(name): int(n) for name, n in conn.execute(ROW_COUNTS_SQL).fetchall()}
+        except psycopg.Error as exc:
+            raise classify(exc, where, field) from None
+        assert row is not None
+        yield str(row[0]), counts
+    finally:
+        conn.close()
+
+
+def _dump_direct(
+    db: Database, store: BackupStore, env_name: str, when: datetime, codec: Codec, field: str
+) -> DumpResult:
+    assert db.dsn is not None  # the inventory model requires it for postgres
+    dsn = resolve(db.dsn, field=f"{field}.dsn")
+    where = f"database {db.name!r} ({_where(dsn)})"
+    conninfo, password = split_password(dsn, field)
+    env = {**os.environ, "PGCONNECT_TIMEOUT": str(CONNECT_TIMEOUT_S)}
+    if password:
+        env["PGPASSWORD"] = password
+    started = time.monotonic()
+    backend = open_store(store)
+    key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
+    with _exported_snapshot(dsn, where, field) as (snapshot, counts):
+        argv = pg_dump_argv(conninfo, snapshot)
+        argv[0] = pg_dump_binary()
+        # closing(): a store that fails mid-upload stops (kills) pg_dump right away
+        with _closing(stream_process(argv, env, f"pg_dump of {where}")) as chunks:
+            return store_dump(
+                store,
+                key,
+                chunks,
+                database=db.name,
+                kind="postgres",
+                via="direct",
+                codec=codec,
+                row_counts=counts,
+                started=started,
+                created_at=when,
+                backend=backend,
+            )
+
+
+def _dump_docker_exec(
+    db: Database,
+    store: BackupStore,
+    env_name: str,
+    when: datetime,
+    codec: Codec,
+    field: str,
+    docker: DockerTarget,
+) -> DumpResult:
+    assert isinstance(db.via, DockerExecAccess) and db.dsn is not None
+    dsn = resolve(db.dsn, field=f"{field}.dsn")
+    conninfo, _password = split_password(dsn, field)
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = str(params.get("user") or "postgres")
+    dbname = str(params.get("dbname") or user)
+    container = db.via.docker_exec
+    where = f"database {db.name!r} ({dbname} in container {container})"
+    started = time.monotonic()
+    backend = open_store(store)
+    key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
+    client = docker_client(docker)
+    try:
+        # In the container the local socket is used (as `docker exec … pg_dump -U user db`).
+        code, out, err = exec_capture(
+            client, container, psql_argv(ROW_COUNTS_SQL, dbname, user), timeout=900
+        )
+        if code != 0:
+            text = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
+            raise PermanentError(f"counting rows of {where} failed (exit {code}): {text}")
+        counts = {
+            row[0]: int(row[1])
+            for row in parse_psql_rows(out.decode("utf-8", errors="replace"))
+            if len(row) == 2
+        }
+        argv = [*pg_dump_argv(), "-U", user, "-d", dbname]
+        with _closing(exec_stream(client, container, argv)) as chunks:
+            return store_dump(
+                store,
+                key,
+                chunks,
+                database=db.name,
+                kind="postgres",
+                via="docker_exec",
+                codec=codec,
+                row_counts=counts,
+                started=started,
+                created_at=when,
+                backend=backend,
+            )
+    finally:
+        client.close()
+
+
+@task(
+    name="dump_postgres",
+    timeout_seconds=DUMP_TIMEOUT_S + 600,
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    cache_policy=NO_CACHE,  # a backup is taken now, never reused
+)
+def dump_postgres(
+    db: Database,
+    store: BackupStore,
+    env_name: str,
+    when: datetime,
+    codec: Codec = "zstd",
+    field: str = "database",
+    docker: DockerTarget | None = None,
+) -> DumpResult:
+    """Stream ``pg_dump`` (plain, --no-owner) -> compress -> store, with manifest and row counts.
+
+    ``via: direct`` runs the local pg_dump on a snapshot exported by a repeatable-read
+    transaction (row counts come from the same snapshot; the password goes through PGPASSWORD,
+    never the command line). ``via: docker_exec`` runs pg_dump in the container through
+    ``docker exec`` over the local socket. The object is stored under
+    ``backup_key(env_name, db.name, when, "sql.zst")`` and is visible only when complete.
+    """
+    if isinstance(db.via, DirectAccess):
+        return _dump_direct(db, store, env_name, when, codec, field)
+    if isinstance(db.via, DockerExecAccess):
+        return _dump_docker_exec(db, store, env_name, when, codec, field, docker or DockerTarget())
+    raise PermanentError(
+        f"{field}.via: backing up PostgreSQL through kubectl_exec is not yet supported "
+        "(fix: use via: direct with a DSN reachable from the worker, or docker_exec)"
     )

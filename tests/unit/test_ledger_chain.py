@@ -77,3 +77,22 @@ def test_pending_approval_follows_events(tmp_path: Path) -> None:
     assert ledger.pending_approval("r") is not None
     ledger.record_approval(event="approved", actor="bob", reason="ok", **common)
     assert ledger.pending_approval("r") is None
+
+
+def test_catalog_shows_each_backup_once_in_its_latest_state(tmp_path: Path) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    common = {
+        "env": "prod",
+        "database": "main",
+        "kind": "postgres",
+        "store_url": "file:///b",
+        "bytes": 10,
+        "sha256": "a" * 64,
+    }
+    first = ledger.record_backup(key="k1", status="complete", created_at=utcnow(), **common)
+    ledger.record_backup(key="k2", status="complete", created_at=utcnow(), **common)
+    ledger.mark_verified(first, verified_at=utcnow(), flow_run_id="drill", how="dr-drill")
+    catalog = ledger.catalog(env="prod")
+    assert [(r.key, r.status) for r in catalog] == [("k2", "complete"), ("k1", "verified")]
+    assert len(ledger.backups(env="prod")) == 3  # the chain keeps every event
+    assert ledger.verify().ok

@@ -1,0 +1,677 @@
+"""Restore (seeds 001 restore-database.sh, 002 Restore procedures, 004 recovery procedures):
+put a catalogued backup back, the "overwrite? yes/no" of the seed being a recorded approval.
+
+Order: plan (backup id, object key, sha256, size, target, mode) -> approval on protected
+environments (before anything is touched; rejection or timeout changes nothing) -> scale the
+application down -> per database: stream the backup into a fresh database (``swap``, the
+default) or into the dropped-and-recreated database (``drop-recreate``, after reading the whole
+object once to check its sha256) -> row counts against the manifest -> swap -> scale back up
+(always, also after a failure) -> health check of the restored database.
+
+``target_db`` restores one database elsewhere (another database on the same server, or another
+SQLite file) and touches neither the original nor the application.
+
+Outcome: a markdown report artifact ``restore-<env>``, a ledger run with one step per action.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from prefect import flow
+from prefect.states import Completed, Failed, State
+from pydantic import BaseModel, Field
+
+from flows.backup import require_store
+from flows.common import RunbookRun
+from opsflow.approvals import request_approval
+from opsflow.errors import ApprovalRejected, InputError
+from opsflow.inventory import Database, DirectAccess, Environment
+from opsflow.ledger import BackupRow, Ledger
+from opsflow.plans import Plan, PlanStep
+from opsflow.redaction import redact
+from opsflow.reports import publish_markdown
+from tasks.postgres import check_postgres
+from tasks.restores import (
+    RestoreSource,
+    ScaleState,
+    codec_of,
+    database_name,
+    drop_postgres_database,
+    restore_postgres,
+    restore_sqlite,
+    scale_down_app,
+    scale_up_app,
+    scratch_name,
+    swap_postgres_database,
+    verify_postgres_restore,
+)
+from tasks.sqlite import check_sqlite
+from tasks.storage import manifest_key, verify_backup
+
+RUNBOOK = "restore"
+CATALOG_SCAN = 10_000
+GOOD = ("complete", "verified")
+Mode = Literal["swap", "drop-recreate"]
+MODES: tuple[str, ...] = ("swap", "drop-recreate")
+
+
+# --- choosing backups (pure) -----------------------------------------------------------------
+
+
+def catalog_sources(rows: list[BackupRow]) -> dict[str, list[RestoreSource]]:
+    """Good backups per database, newest first; a backup with a ``verified`` row is verified."""
+    by_id: dict[str, RestoreSource] = {}
+    for row in sorted(rows, key=lambda r: r.id or 0):
+        if row.status not in GOOD:
+            continue
+        details = row.details or {}
+        earlier = by_id.get(row.backup_id)
+        by_id[row.backup_id] = RestoreSource(
+            backup_id=row.backup_id,
+            database=row.database,
+            kind=row.kind,
+            store_url=row.store_url,
+            key=row.key,
+            sha256=row.sha256,
+            bytes=row.bytes,
+            codec=codec_of(row.key, details.get("codec")),
+            via=str(details.get("via") or ""),
+            created_at=row.created_at,
+            manifest_key=str(details.get("manifest_key") or manifest_key(row.key)),
+            row_counts={str(k): int(v) for k, v in (details.get("row_counts") or {}).items()},
+            verified=row.status == "verified" or bool(earlier and earlier.verified),
+        )
+    grouped: dict[str, list[RestoreSource]] = {}
+    for source in by_id.values():
+        grouped.setdefault(source.database, []).append(source)
+    for sources in grouped.values():
+        sources.sort(key=lambda s: (s.created_at, s.backup_id), reverse=True)
+    return grouped
+
+
+def choose_sources(
+    env_name: str,
+    env: Environment,
+    rows: list[BackupRow],
+    database: str = "all",
+    backup_id: str | None = None,
+) -> list[tuple[int, Database, RestoreSource]]:
+    """(inventory index, database, backup) to restore; InputError when something is missing."""
+    catalog = catalog_sources(rows)
+    names = [db.name for db in env.databases]
+    if database != "all" and database not in names:
+        raise InputError(
+            "database",
+            f"{database!r} is not a database of {env_name}",
+            f"choose one of: {', '.join(names) or '(none listed)'} or all",
+        )
+    chosen: list[tuple[int, Database, RestoreSource]] = []
+    for index, db in enumerate(env.databases):
+        if database not in ("all", db.name):
+            continue
+        sources = catalog.get(db.name, [])
+        if backup_id:
+            match = [s for s in sources if s.backup_id == backup_id]
+            if not match:
+                if database == "all" and len(env.databases) > 1:
+                    continue
+                raise InputError(
+                    "backup_id",
+                    f"no complete backup {backup_id!r} of {db.name} in {env_name} is catalogued",
+                    f"list them with `opsflow backups list --env {env_name}`",
+                )
+            chosen.append((index, db, match[0]))
+        elif sources:
+            chosen.append((index, db, sources[0]))
+        else:
+            raise InputError(
+                "database",
+                f"{db.name} in {env_name} has no complete backup in the catalog",
+                f"run `opsflow run backup --env {env_name}` first, or restore another database",
+            )
+    if not chosen:
+        raise InputError(
+            "backup_id" if backup_id else "database",
+            f"nothing to restore in {env_name}"
+            + (f": backup {backup_id!r} is not catalogued" if backup_id else ""),
+            f"list the backups with `opsflow backups list --env {env_name}`",
+        )
+    return chosen
+
+
+def _size(size: int) -> str:
+    return f"{size / 1e6:.2f} MB" if size >= 10_000 else f"{size} bytes"
+
+
+def build_restore_plan(
+    env_name: str,
+    env: Environment,
+    chosen: list[tuple[int, Database, RestoreSource]],
+    *,
+    mode: str = "swap",
+    target_db: str | None = None,
+    stamp: str = "<stamp>",
+) -> Plan:
+    """The ordered steps of a restore (pure: no I/O; bad parameters raise InputError here)."""
+    if mode not in MODES:
+        raise InputError("mode", f"unknown mode {mode!r}", "use swap (default) or drop-recreate")
+    if target_db is not None and len(chosen) != 1:
+        raise InputError(
+            "target_db",
+            "restoring elsewhere works for one database at a time",
+            "also pass database=<name>",
+        )
+    steps: list[PlanStep] = []
+    notes: list[str] = []
+    if env.protected and env.approvals is not None:
+        steps.append(
+            PlanStep(
+                action="request_approval",
+                target=env_name,
+                why=f"protected environment: one of {', '.join(env.approvals.approvers)} "
+                "must approve (not the requester) before anything is touched",
+            )
+        )
+    scale = target_db is None and _scales(env)
+    if scale:
+        steps.append(
+            PlanStep(
+                action="scale_down_app",
+                target=_app_target(env),
+                why="nothing may write during the restore (the replica count / running "
+                "containers are remembered)",
+                changes=True,
+            )
+        )
+    health: list[PlanStep] = []
+    for _index, db, source in chosen:
+        backup = (
+            f"backup {source.backup_id} (`{source.key}`, sha256 {source.sha256}, "
+            f"{_size(source.bytes)}, taken {source.created_at:%Y-%m-%d %H:%M} UTC"
+            f"{', verified by a drill' if source.verified else ''})"
+        )
+        if db.kind == "sqlite":
+            target = target_db or str(db.path)
+            steps.append(
+                PlanStep(
+                    action="restore_sqlite",
+                    target=target,
+                    why=f"stream {backup} into a temp file next to {target}, check "
+                    "integrity_check and row counts, then rename it over the target (the old "
+                    f"file stays as {target}.before-{stamp})",
+                    changes=True,
+                )
+            )
+        elif target_db is not None:
+            steps.append(
+                PlanStep(
+                    action="restore_postgres",
+                    target=f"{db.name} -> new database {target_db}",
+                    why=f"stream {backup} into the new database {target_db} on the same server; "
+                    "the original database is not touched",
+                    changes=True,
+                )
+            )
+        elif mode == "swap":
+            scratch = f"<db>_restore_{stamp}"
+            steps += [
+                PlanStep(
+                    action="restore_postgres",
+                    target=f"{db.name} -> {scratch}",
+                    why=f"stream {backup} into a fresh database {scratch}; its sha256 is "
+                    "checked at the end of the stream, before the live database is touched",
+                    changes=True,
+                ),
+                PlanStep(
+                    action="verify_postgres_restore",
+                    target=scratch,
+                    why="row count of every table equals the backup's manifest",
+                ),
+                PlanStep(
+                    action="swap_postgres_database",
+                    target=db.name,
+                    why=f"rename the live database to <db>_before_{stamp} (kept for rollback) "
+                    f"and {scratch} into its place, in one transaction",
+                    changes=True,
+                ),
+            ]
+        else:
+            steps += [
+                PlanStep(
+                    action="verify_backup",
+                    target=source.key,
+                    why="read the whole object once and check its sha256 before dropping anything",
+                ),
+                PlanStep(
+                    action="restore_postgres",
+                    target=db.name,
+                    why=f"DROP the live database, recreate it empty (same owner and encoding) "
+                    f"and stream {backup} into it; it is empty until the stream ends and stays "
+                    "empty if the restore fails (no copy is kept)",
+                    changes=True,
+                ),
+                PlanStep(
+                    action="verify_postgres_restore",
+                    target=db.name,
+                    why="row count of every table equals the backup's manifest",
+                ),
+            ]
+        if target_db is None:
+            check = "check_postgres" if db.kind == "postgres" else "check_sqlite"
+            health.append(
+                PlanStep(action=check, target=db.name, why="the restored database is healthy")
+            )
+    if scale:
+        steps.append(
+            PlanStep(
+                action="scale_up_app",
+                target=_app_target(env),
+                why="back to the previous replica count / start the stopped containers "
+                "(also when a step above fails)",
+                changes=True,
+            )
+        )
+    steps += health
+    if target_db is not None:
+        notes.append(
+            f"Restoring into {target_db}: the original database and the application are not "
+            "touched (no scaling)."
+        )
+    elif not _scales(env):
+        notes.append(
+            "The environment lists no Kubernetes deployment or Docker services: nothing is "
+            "scaled down; make sure nothing writes to the database during the restore."
+        )
+    if any(db.kind == "sqlite" for _i, db, _s in chosen) and mode != "swap":
+        notes.append("SQLite files are always restored by an atomic rename (mode is ignored).")
+    if mode == "swap" and target_db is None:
+        notes.append(
+            f"After a successful swap the previous data stays in <db>_before_{stamp}; drop it "
+            "once the application works (`drop database ...`)."
+        )
+    return Plan(
+        runbook=RUNBOOK,
+        env=env_name,
+        steps=steps,
+        parameters={
+            "database": ",".join(db.name for _i, db, _s in chosen),
+            "mode": mode,
+            "target_db": target_db or "",
+        },
+        notes=notes,
+    )
+
+
+def _scales(env: Environment) -> bool:
+    k8s = env.kubernetes is not None and bool(env.kubernetes.deployment)
+    return k8s or (env.docker is not None and bool(env.docker.services))
+
+
+def _app_target(env: Environment) -> str:
+    if env.kubernetes is not None and env.kubernetes.deployment:
+        return f"deployment {env.kubernetes.namespace}/{env.kubernetes.deployment}"
+    if env.docker is not None:
+        return "containers " + ", ".join(s.container for s in env.docker.services)
+    return "-"
+
+
+def plan_restore(
+    env_name: str,
+    env: Environment,
+    rows: list[BackupRow] | None = None,
+    database: str = "all",
+    backup_id: str | None = None,
+    target_db: str | None = None,
+    mode: str = "swap",
+    stamp: str = "<stamp>",
+) -> Plan:
+    """The restore plan; without ``rows`` the catalog is read from the ledger (read only)."""
+    if rows is None:
+        rows = Ledger().backups(env=env_name, limit=CATALOG_SCAN)
+    chosen = choose_sources(env_name, env, rows, database, backup_id)
+    return build_restore_plan(env_name, env, chosen, mode=mode, target_db=target_db, stamp=stamp)
+
+
+# --- applying ----------------------------------------------------------------------------------
+
+
+class DatabaseRestore(BaseModel):
+    database: str
+    kind: str
+    backup_id: str
+    key: str
+    sha256: str
+    target: str = ""
+    status: Literal["restored", "failed", "skipped"] = "skipped"
+    seconds: float = 0.0
+    bytes: int = 0
+    raw_bytes: int = 0
+    aside: str = ""
+    health: str = ""
+    error: str | None = None
+
+
+class RestoreReport(BaseModel):
+    env: str
+    mode: str
+    target_db: str | None = None
+    databases: list[DatabaseRestore] = Field(default_factory=list)
+    scaled: str = ""
+    scaled_back: str = ""
+    errors: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(d.status == "failed" for d in self.databases)
+
+
+class _Steps:
+    """Run a task call, record it as a ledger step, and keep the error text."""
+
+    def __init__(self, run: RunbookRun) -> None:
+        self.run = run
+
+    def __call__(self, step: str, target: str, call: Callable[[], Any]) -> Any:
+        started = time.monotonic()
+        try:
+            value = call()
+        except Exception as exc:
+            self.record(step, target, "failed", redact(str(exc)), started)
+            raise
+        self.record(step, target, "complete", _summary(value), started)
+        return value
+
+    def record(self, step: str, target: str, status: str, summary: str, started: float) -> None:
+        self.run.ledger.record_step(
+            flow_run_id=self.run.flow_run_id,
+            runbook=self.run.runbook,
+            env=self.run.env_name,
+            step=step,
+            target=target,
+            status=status,
+            summary=summary[:2000],
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        log = self.run.logger.error if status == "failed" else self.run.logger.info
+        log("%s %s: %s %s", step, target, status, summary)
+
+
+def _summary(value: Any) -> str:
+    if isinstance(value, BaseModel):
+        return redact(str(value.model_dump(mode="json")))[:500]
+    return redact(str(value))[:500]
+
+
+def _restore_one(
+    run: RunbookRun,
+    steps: _Steps,
+    index: int,
+    db: Database,
+    source: RestoreSource,
+    mode: str,
+    target_db: str | None,
+    stamp: str,
+) -> DatabaseRestore:
+    outcome = DatabaseRestore(
+        database=db.name,
+        kind=db.kind,
+        backup_id=source.backup_id,
+        key=source.key,
+        sha256=source.sha256,
+    )
+    store = require_store(run.env_name, run.env)
+    field = f"environments.{run.env_name}.databases[{index}]"
+    started = time.monotonic()
+    if db.kind == "sqlite":
+        outcome.target = target_db or str(db.path)
+        result = steps(
+            "restore_sqlite",
+            outcome.target,
+            lambda: restore_sqlite(
+                db=db, store=store, source=source, target=outcome.target, stamp=stamp
+            ),
+        )
+        outcome.aside = f"{result.target}.before-{stamp}"
+    else:
+        docker = run.env.docker
+        live = database_name(db, field)
+        if target_db is not None:
+            into, replace = target_db, False
+        elif mode == "swap":
+            into, replace = scratch_name(live, "restore", stamp), False
+        else:
+            into, replace = live, True
+            steps(
+                "verify_backup",
+                source.key,
+                lambda: verify_backup(store=store, key=source.key, expected_sha256=source.sha256),
+            )
+        outcome.target = into
+        result = steps(
+            "restore_postgres",
+            f"{db.name} -> {into}",
+            lambda: restore_postgres(
+                db=db,
+                store=store,
+                source=source,
+                into=into,
+                like=live,
+                field=field,
+                docker=docker,
+                replace=replace,
+            ),
+        )
+        checked = steps(
+            "verify_postgres_restore",
+            into,
+            lambda: verify_postgres_restore(
+                db=db, source=source, dbname=into, amcheck=False, field=field, docker=docker
+            ),
+        )
+        if not checked.ok:
+            if not replace and target_db is None:
+                steps(
+                    "drop_postgres_database",
+                    into,
+                    lambda: drop_postgres_database(db=db, dbname=into, field=field, docker=docker),
+                )
+            raise RuntimeError(
+                f"the restored copy of {db.name} does not match its backup: "
+                f"{'; '.join(checked.problems)}. The live database was not replaced."
+            )
+        if target_db is None and mode == "swap":
+            aside = scratch_name(live, "before", stamp)
+            steps(
+                "swap_postgres_database",
+                db.name,
+                lambda: swap_postgres_database(
+                    db=db, restored=into, aside=aside, field=field, docker=docker
+                ),
+            )
+            outcome.aside, outcome.target = aside, live
+    outcome.status = "restored"
+    outcome.bytes, outcome.raw_bytes = result.bytes, result.raw_bytes
+    outcome.seconds = round(time.monotonic() - started, 3)
+    return outcome
+
+
+def _health(run: RunbookRun, steps: _Steps, index: int, db: Database) -> str:
+    field = f"environments.{run.env_name}.databases[{index}]"
+    th = run.env.thresholds
+    if db.kind == "sqlite":
+        result = steps(
+            "check_sqlite", db.name, lambda: check_sqlite(db=db, thresholds=th, field=field)
+        )
+    elif isinstance(db.via, DirectAccess):
+        result = steps(
+            "check_postgres", db.name, lambda: check_postgres(db=db, thresholds=th, field=field)
+        )
+    else:
+        return "not checked (check_postgres needs via: direct); row counts matched the manifest"
+    return f"{result.status.value}: {result.summary}"
+
+
+def render_restore_report(report: RestoreReport, started: datetime) -> str:
+    verdict = "FAILED" if report.failed else "OK"
+    lines = [
+        f"# Restore: `{report.env}` **{verdict}**",
+        "",
+        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
+        f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
+        "",
+        "| database | backup | key | sha256 | target | status | MB | seconds | kept aside | "
+        "health |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in report.databases:
+        lines.append(
+            f"| {d.database} | {d.backup_id} | `{d.key}` | `{d.sha256[:16]}…` | {d.target} "
+            f"| {d.status} | {d.bytes / 1e6:.2f} | {d.seconds:.2f} | {d.aside or '-'} "
+            f"| {d.health or '-'} |"
+        )
+    lines += ["", "## Application", ""]
+    lines.append(f"- scaled down: {report.scaled or 'nothing'}")
+    lines.append(f"- scaled back: {report.scaled_back or 'nothing'}")
+    if report.errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- {e}" for e in report.errors]
+    return redact("\n".join(lines) + "\n")
+
+
+@flow(
+    name=RUNBOOK,
+    description="Restore a catalogued backup (latest by default): plan, approval on protected "
+    "environments, scale down, stream into a fresh database and swap, scale up, health check.",
+    timeout_seconds=12 * 3600,
+    log_prints=True,
+)
+def restore(
+    env: str = "local",
+    database: str = "all",
+    backup_id: str | None = None,
+    target_db: str | None = None,
+    mode: Mode = "swap",
+    dry_run: bool = False,
+    requested_by: str = "",
+    approval_timeout_seconds: int | None = None,
+) -> State[Any]:
+    """Restore databases of ``env`` from their backups.
+
+    Args:
+        env: environment name from the inventory.
+        database: inventory database name, or all.
+        backup_id: catalogued backup id (default: the newest complete or verified one).
+        target_db: restore into this new database (PostgreSQL) or file (SQLite) instead,
+            leaving the original and the application untouched (one database only).
+        mode: swap (restore into a fresh database, then swap it in) or drop-recreate.
+        dry_run: only publish the plan.
+        requested_by: who asked for this run (the approver must be someone else).
+        approval_timeout_seconds: how long to wait for approval (default: the inventory's).
+    """
+    run = RunbookRun.start(RUNBOOK, env, requested_by)
+    require_store(env, run.env)
+    stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
+    chosen = choose_sources(env, run.env, rows, database, backup_id)
+    plan = build_restore_plan(env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp)
+    run.publish_plan(plan)
+    report = RestoreReport(env=env, mode=mode, target_db=target_db, dry_run=dry_run)
+    if dry_run:
+        return Completed(message="dry run: plan published", data=report)
+    if run.env.protected and run.env.approvals is not None:
+        try:
+            request_approval(
+                flow_run_id=run.flow_run_id,
+                action=RUNBOOK,
+                env=env,
+                policy=run.env.approvals,
+                plan=plan,
+                requested_by=run.requested_by,
+                ledger=run.ledger,
+                log=run.logger.info,
+                timeout_seconds=approval_timeout_seconds,
+            )
+        except ApprovalRejected as exc:
+            run.finish("rejected", str(exc))
+            raise
+
+    steps = _Steps(run)
+    scale = target_db is None and _scales(run.env)
+    k8s, docker = run.env.kubernetes, run.env.docker
+    scaled = ScaleState(kind="none")
+    restored: list[tuple[int, Database]] = []
+    try:
+        if scale:
+            scaled = steps(
+                "scale_down_app",
+                _app_target(run.env),
+                lambda: scale_down_app(kubernetes_target=k8s, docker_target=docker),
+            )
+            report.scaled = f"{scaled.target} (was {scaled.replicas} replica(s))"
+            if scaled.kind == "docker":
+                report.scaled = f"stopped {', '.join(scaled.stopped) or 'nothing (none running)'}"
+        for index, db, source in chosen:
+            try:
+                outcome = _restore_one(run, steps, index, db, source, mode, target_db, stamp)
+            except Exception as exc:  # noqa: BLE001 - reported, and the remaining ones skipped
+                report.errors.append(f"{db.name}: {redact(str(exc))}")
+                report.databases.append(
+                    DatabaseRestore(
+                        database=db.name,
+                        kind=db.kind,
+                        backup_id=source.backup_id,
+                        key=source.key,
+                        sha256=source.sha256,
+                        status="failed",
+                        error=redact(str(exc)),
+                    )
+                )
+                break
+            report.databases.append(outcome)
+            restored.append((index, db))
+    except Exception as exc:  # noqa: BLE001 - scaling down failed: nothing was restored
+        report.errors.append(f"scale down: {redact(str(exc))}")
+    finally:
+        if scaled.kind != "none":
+            try:
+                report.scaled_back = steps(
+                    "scale_up_app",
+                    _app_target(run.env),
+                    lambda: scale_up_app(state=scaled, kubernetes_target=k8s, docker_target=docker),
+                )
+            except Exception as exc:  # noqa: BLE001 - reported loudly, the run fails
+                report.errors.append(
+                    f"scaling back up failed: {redact(str(exc))} (fix: scale "
+                    f"{scaled.target} back to {scaled.replicas} by hand)"
+                )
+
+    if target_db is None:
+        for index, db in restored:
+            outcome = next(d for d in report.databases if d.database == db.name)
+            try:
+                outcome.health = _health(run, steps, index, db)
+            except Exception as exc:  # noqa: BLE001 - a failed check fails the run
+                outcome.health = f"critical: {redact(str(exc))}"
+            if outcome.health.startswith("critical"):
+                report.errors.append(f"{db.name}: health check after restore: {outcome.health}")
+
+    report.seconds = round(run.elapsed, 3)
+    publish_markdown(run.key, render_restore_report(report, run.started_at), f"Restore of {env}")
+    done = [d.database for d in report.databases if d.status == "restored"]
+    summary = f"restored {', '.join(done) or 'nothing'}"
+    if report.errors:
+        summary += "; " + " | ".join(report.errors)
+    run.finish(
+        "failed" if report.failed else "complete",
+        summary,
+        {"databases": [d.model_dump(mode="json") for d in report.databases], "mode": mode},
+    )
+    if report.failed:
+        return Failed(message=f"restore of {env} failed: {summary}", data=report)
+    return Completed(message=f"restore of {env}: {summary}", data=report)

@@ -1,0 +1,190 @@
+"""What every database dump shares: a free key, compress + store, the manifest, a confirmation.
+
+``store_dump`` is the tail of each dump pipeline (``dump | compress | sha256 | store``): the
+producer's chunks are counted, compressed and handed to ``Store.put_stream``, which hashes them
+and makes the object visible only once complete. A producer that raises (a dump process that
+exits non-zero or is killed) leaves nothing visible. The JSON manifest is written next to the
+object only after it is stored; if that fails the object is deleted again, so a backup is
+either complete with its manifest or absent.
+
+``confirm_backup`` is the cheap check before cataloguing: HEAD the object and compare size and
+sha256 with what was streamed (``tasks.storage.verify_backup`` reads it end to end instead).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel, ConfigDict
+
+from opsflow.errors import InputError, PermanentError, retry_on_transient
+from opsflow.inventory import BackupStore
+from opsflow.redaction import redact_data
+from tasks.storage import Store, StoredObject, backup_key, manifest_key, open_store
+from tasks.streams import CODECS, EXTENSIONS, Codec, compress
+
+MANIFEST_VERSION = 1
+MAX_KEY_ATTEMPTS = 120
+
+
+class DumpResult(BaseModel):
+    """One stored backup: where it is, what it holds and how long it took."""
+
+    model_config = ConfigDict(frozen=True)
+
+    database: str
+    kind: str
+    via: str
+    store_url: str
+    key: str
+    manifest_key: str
+    codec: str
+    bytes: int
+    raw_bytes: int
+    sha256: str
+    seconds: float
+    created_at: datetime
+    row_counts: dict[str, int]
+
+    @property
+    def rate_mb_s(self) -> float:
+        """Dump throughput: uncompressed MB (10^6 bytes) per second."""
+        return self.raw_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Counted(Iterator[bytes]):
+    """Pass chunks through, counting their bytes."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self.size = 0
+
+    def __iter__(self) -> _Counted:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.size += len(chunk)
+        return chunk
+
+
+def dump_extension(kind: str, codec: str) -> str:
+    """``sql.zst`` for a PostgreSQL dump with zstd, ``sqlite.gz`` for SQLite with gzip."""
+    if codec not in CODECS:
+        raise InputError("codec", f"unknown codec {codec!r}", f"use one of {', '.join(CODECS)}")
+    base = "sql" if kind == "postgres" else "sqlite"
+    return base + EXTENSIONS[codec]
+
+
+def choose_key(backend: Store, env: str, db: str, when: datetime, ext: str) -> str:
+    """``backup_key(env, db, when, ext)``, moved on by a second while that key is taken.
+
+    Two backups started within the same second must not replace each other.
+    """
+    for step in range(MAX_KEY_ATTEMPTS):
+        key = backup_key(env, db, when + timedelta(seconds=step), ext)
+        if backend.head(key) is None:
+            return key
+    raise PermanentError(f"no free backup key for {env}/{db} near {when:%Y-%m-%d %H:%M:%S}")
+
+
+def store_dump(
+    store: BackupStore,
+    key: str,
+    chunks: Iterable[bytes],
+    *,
+    database: str,
+    kind: str,
+    via: str,
+    codec: Codec,
+    row_counts: Mapping[str, int],
+    started: float,
+    created_at: datetime,
+    backend: Store | None = None,
+) -> DumpResult:
+    """Compress ``chunks`` into the store at ``key``, then write its manifest.
+
+    ``row_counts`` is read after the stream ended (a producer may fill it as it goes).
+    """
+    backend = backend or open_store(store)
+    counted = _Counted(chunks)
+    stored = backend.put_stream(key, compress(counted, codec))
+    seconds = time.monotonic() - started
+    if stored.sha256 is None:
+        backend.delete(key)
+        raise PermanentError(f"{stored.url}: the store did not report a sha256")
+    result = DumpResult(
+        database=database,
+        kind=kind,
+        via=via,
+        store_url=store.url,
+        key=key,
+        manifest_key=manifest_key(key),
+        codec=codec,
+        bytes=stored.size,
+        raw_bytes=counted.size,
+        sha256=stored.sha256,
+        seconds=round(seconds, 3),
+        created_at=created_at,
+        row_counts=dict(row_counts),
+    )
+    try:
+        backend.put_json(result.manifest_key, manifest(result))
+    except BaseException:
+        backend.delete(key)  # a backup without its manifest is not a backup
+        raise
+    return result
+
+
+def manifest(result: DumpResult) -> dict[str, Any]:
+    """The JSON manifest stored next to a backup (no secrets: no DSN, no paths with them)."""
+    data = {
+        "opsflow_manifest": MANIFEST_VERSION,
+        "database": result.database,
+        "kind": result.kind,
+        "via": result.via,
+        "key": result.key,
+        "sha256": result.sha256,
+        "bytes": result.bytes,
+        "raw_bytes": result.raw_bytes,
+        "codec": result.codec,
+        "created_at": result.created_at.astimezone(UTC).isoformat(),
+        "duration_s": result.seconds,
+        "row_counts": result.row_counts,
+    }
+    return dict(redact_data(data))
+
+
+@task(
+    name="confirm_backup",
+    timeout_seconds=120,
+    retries=2,
+    retry_delay_seconds=[1, 4],
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_on_transient,
+    cache_policy=NO_CACHE,
+)
+def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> StoredObject:
+    """HEAD a stored backup and its manifest: present, same size and sha256, else PermanentError."""
+    backend = open_store(store)
+    found = backend.head(key)
+    if found is None:
+        raise PermanentError(f"backup {backend.url}/{key} is not in the store after writing it")
+    if found.size != size:
+        raise PermanentError(
+            f"backup {found.url} holds {found.size} bytes, {size} were written; "
+            "do not use it, take a new backup"
+        )
+    if found.sha256 != sha256:
+        raise PermanentError(
+            f"backup {found.url} has sha256 {found.sha256}, {sha256} was written; "
+            "do not use it, take a new backup"
+        )
+    if backend.head(manifest_key(key)) is None:
+        raise PermanentError(f"backup {found.url} has no manifest at {manifest_key(key)}")
+    return found
