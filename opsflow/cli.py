@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -119,10 +121,44 @@ def run(
         where = f"server {api}" if api else "a temporary local server (no server configured)"
         err.print(f"running {runbook} on {env} through {where}")
     requested_by = as_user or get_settings().user
-    state = book.flow(
-        env=env, dry_run=dry_run, requested_by=requested_by, return_state=True, **params
-    )
+    with transfer_progress(enabled=not as_json and err.is_terminal):
+        state = book.flow(
+            env=env, dry_run=dry_run, requested_by=requested_by, return_state=True, **params
+        )
     sys.exit(_report_state(state, as_json))
+
+
+@contextmanager
+def transfer_progress(enabled: bool) -> Iterator[None]:
+    """A live bar per transfer (dump, upload, restore) while an in-process run streams data."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
+
+    from opsflow.progress import add_listener, remove_listener
+
+    bars = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TextColumn("{task.completed:,.0f} bytes"),
+        TransferSpeedColumn(),
+        console=err,
+        transient=True,
+    )
+    ids: dict[str, Any] = {}
+
+    def update(label: str, done: int, _elapsed: float) -> None:
+        if label not in ids:
+            ids[label] = bars.add_task(label, total=None)
+        bars.update(ids[label], completed=done)
+
+    add_listener(update)
+    try:
+        with bars:
+            yield
+    finally:
+        remove_listener(update)
 
 
 def _report_state(state: Any, as_json: bool) -> int:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict
 
 from opsflow.errors import InputError, PermanentError, retry_on_transient
 from opsflow.inventory import BackupStore
+from opsflow.progress import TransferProgress
 from opsflow.redaction import redact_data
 from tasks.storage import Store, StoredObject, backup_key, manifest_key, open_store
 from tasks.streams import CODECS, EXTENSIONS, Codec, compress
@@ -60,9 +61,10 @@ class DumpResult(BaseModel):
 class _Counted(Iterator[bytes]):
     """Pass chunks through, counting their bytes."""
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
+    def __init__(self, chunks: Iterable[bytes], progress: TransferProgress | None = None) -> None:
         self._chunks = iter(chunks)
         self.size = 0
+        self._progress = progress
 
     def __iter__(self) -> _Counted:
         return self
@@ -70,6 +72,8 @@ class _Counted(Iterator[bytes]):
     def __next__(self) -> bytes:
         chunk = next(self._chunks)
         self.size += len(chunk)
+        if self._progress is not None:
+            self._progress(len(chunk))
         return chunk
 
 
@@ -112,7 +116,7 @@ def store_dump(
     ``row_counts`` is read after the stream ended (a producer may fill it as it goes).
     """
     backend = backend or open_store(store)
-    counted = _Counted(chunks)
+    counted = _Counted(chunks, TransferProgress(f"dump {database}"))
     stored = backend.put_stream(key, compress(counted, codec))
     seconds = time.monotonic() - started
     if stored.sha256 is None:
