@@ -1,8 +1,10 @@
 """``make bench``: start a Prefect server and 50 slow HTTP targets, run the three benchmarks of
-issue 3, print the table and write ``benchmarks/results/latest.json``. Everything started here
-is stopped here, also on Ctrl-C or SIGTERM.
+issue 3 and the three of issue 4 (backup, restore and DR drill of a >= 1 GB pgbench database),
+print the table and write ``benchmarks/results/latest.json``. Everything started here is
+stopped here, also on Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
-Usage: ``python -m benchmarks [--only health,overhead,trigger]``
+Usage: ``python -m benchmarks [--only health,overhead,trigger,backup,restore,drill]
+[--scale 70] [--small-scale 10] [--keep-db]``
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from benchmarks.common import Row, drain_prefect_workers, free_port
 from benchmarks.targets import start_slow_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("health", "overhead", "trigger")
+ALL = ("health", "overhead", "trigger", "backup", "restore", "drill")
+BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
 
 
@@ -75,7 +78,7 @@ def isolate(workdir: Path) -> None:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="opsflow benchmarks (issue 3)", show_lines=False)
+    out = Table(title="opsflow benchmarks (issues 3 and 4)", show_lines=False)
     for column in ("benchmark", "measure", "value", "baseline", "ratio", "goal", "result"):
         out.add_column(column, no_wrap=column in ("measure", "value", "baseline", "ratio"))
     previous = ""
@@ -91,6 +94,20 @@ def table(rows: list[Row]) -> Table:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--only", default=",".join(ALL), help="comma list of " + ", ".join(ALL))
+    parser.add_argument(
+        "--scale", type=int, default=70, help="pgbench scale of the big database (70: ~1.05 GB)"
+    )
+    parser.add_argument(
+        "--small-scale",
+        type=int,
+        default=10,
+        help="pgbench scale of the second size for the backup's peak RSS (0: skip it)",
+    )
+    parser.add_argument(
+        "--keep-db",
+        action="store_true",
+        help="keep the pgbench databases for the next run (reused when complete)",
+    )
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(selected) - set(ALL)
@@ -145,6 +162,19 @@ def main(argv: list[str] | None = None) -> int:
                 trig = trigger.run(workdir)
                 report["trigger_latency"] = trig.as_dict()
                 rows += trig.rows()
+            if set(selected) & set(BACKUP_SIDE):
+                from benchmarks.backup_suite import run_backup_side
+
+                rows += run_backup_side(
+                    stack,
+                    workdir,
+                    selected,
+                    report,
+                    console,
+                    args.scale,
+                    args.small_scale,
+                    args.keep_db,
+                )
             console.print("stopping the processes started for the benchmark...")
         ok = True
     finally:

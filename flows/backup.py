@@ -81,7 +81,7 @@ def _via(db: Database) -> str:
         return "direct"
     if isinstance(db.via, DockerExecAccess):
         return f"docker_exec {db.via.docker_exec}"
-    return "kubectl_exec"
+    return f"kubectl_exec {db.via.kubectl_exec}"
 
 
 def require_store(env_name: str, env: Environment) -> BackupStore:
@@ -110,10 +110,10 @@ def plan_backup(env_name: str, env: Environment, codec: str = "zstd") -> Plan:
             why = f"SQLite online backup of {db.path}, {codec}, to {store.url}"
             action = "dump_sqlite"
         steps.append(PlanStep(action=action, target=db.name, why=why, changes=True))
-        if how == "kubectl_exec":
+        if how.startswith("kubectl_exec") and env.kubernetes is None:
             notes.append(
-                f"{db.name}: backing up through kubectl_exec is not supported yet; "
-                "this database will fail (use via: direct or docker_exec)"
+                f"{db.name}: via kubectl_exec needs the environment's kubernetes connection "
+                "(namespace, api_url or kubeconfig); this database will fail without it"
             )
     for target in env.redis:
         steps.append(
@@ -185,6 +185,7 @@ def _dump_database(
             codec=codec,
             field=field,
             docker=run.env.docker,
+            kubernetes=run.env.kubernetes,
             return_state=True,
         )
     else:

@@ -161,20 +161,33 @@ def _drill_postgres(
     """(verify result, scratch name, torn down, teardown error)."""
     field = f"environments.{run.env_name}.databases[{index}]"
     store = require_store(run.env_name, run.env)
-    docker = run.env.docker
+    docker, kube = run.env.docker, run.env.kubernetes
     live = database_name(db, field)
     scratch = scratch_name(live, "drill", stamp)
     try:
         restored: RestoreResult = restore_postgres(
-            db=db, store=store, source=source, into=scratch, like=live, field=field, docker=docker
+            db=db,
+            store=store,
+            source=source,
+            into=scratch,
+            like=live,
+            field=field,
+            docker=docker,
+            kubernetes=kube,
         )
         run.logger.info("%s: restored %d bytes into %s", db.name, restored.raw_bytes, scratch)
         checked: VerifyResult = verify_postgres_restore(
-            db=db, source=source, dbname=scratch, amcheck=True, field=field, docker=docker
+            db=db,
+            source=source,
+            dbname=scratch,
+            amcheck=True,
+            field=field,
+            docker=docker,
+            kubernetes=kube,
         )
     finally:
         teardown = drop_postgres_database(
-            db=db, dbname=scratch, field=field, docker=docker, return_state=True
+            db=db, dbname=scratch, field=field, docker=docker, kubernetes=kube, return_state=True
         )
     error = (
         None if teardown.is_completed() else redact(str(teardown.result(raise_on_failure=False)))

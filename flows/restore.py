@@ -29,7 +29,7 @@ from flows.backup import require_store
 from flows.common import RunbookRun
 from opsflow.approvals import request_approval
 from opsflow.errors import ApprovalRejected, InputError
-from opsflow.inventory import Database, DirectAccess, Environment
+from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
@@ -281,6 +281,19 @@ def build_restore_plan(
             f"Restoring into {target_db}: the original database and the application are not "
             "touched (no scaling)."
         )
+    elif _scales(env) and env.kubernetes is not None:
+        scaled_db = [
+            db.name
+            for _i, db, _s in chosen
+            if isinstance(db.via, KubectlExecAccess)
+            and db.via.kubectl_exec == env.kubernetes.deployment
+        ]
+        if scaled_db:
+            notes.append(
+                f"{', '.join(scaled_db)} run(s) in deployment {env.kubernetes.deployment}, which "
+                "is scaled down for the restore: the restore will find no Ready pod and fail "
+                "(fix: point kubernetes.deployment at the application, not the database)"
+            )
     elif not _scales(env):
         notes.append(
             "The environment lists no Kubernetes deployment or Docker services: nothing is "
@@ -439,7 +452,7 @@ def _restore_one(
         )
         outcome.aside = f"{result.target}.before-{stamp}"
     else:
-        docker = run.env.docker
+        docker, kube = run.env.docker, run.env.kubernetes
         live = database_name(db, field)
         if target_db is not None:
             into, replace = target_db, False
@@ -464,6 +477,7 @@ def _restore_one(
                 like=live,
                 field=field,
                 docker=docker,
+                kubernetes=kube,
                 replace=replace,
             ),
         )
@@ -471,7 +485,13 @@ def _restore_one(
             "verify_postgres_restore",
             into,
             lambda: verify_postgres_restore(
-                db=db, source=source, dbname=into, amcheck=False, field=field, docker=docker
+                db=db,
+                source=source,
+                dbname=into,
+                amcheck=False,
+                field=field,
+                docker=docker,
+                kubernetes=kube,
             ),
         )
         if not checked.ok:
@@ -479,7 +499,9 @@ def _restore_one(
                 steps(
                     "drop_postgres_database",
                     into,
-                    lambda: drop_postgres_database(db=db, dbname=into, field=field, docker=docker),
+                    lambda: drop_postgres_database(
+                        db=db, dbname=into, field=field, docker=docker, kubernetes=kube
+                    ),
                 )
             raise RuntimeError(
                 f"the restored copy of {db.name} does not match its backup: "
@@ -491,7 +513,12 @@ def _restore_one(
                 "swap_postgres_database",
                 db.name,
                 lambda: swap_postgres_database(
-                    db=db, restored=into, aside=aside, field=field, docker=docker
+                    db=db,
+                    restored=into,
+                    aside=aside,
+                    field=field,
+                    docker=docker,
+                    kubernetes=kube,
                 ),
             )
             outcome.aside, outcome.target = aside, live

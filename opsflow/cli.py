@@ -117,6 +117,7 @@ def run(
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
+    _check_params(book.flow, runbook, params)
     if not as_json:
         where = f"server {api}" if api else "a temporary local server (no server configured)"
         err.print(f"running {runbook} on {env} through {where}")
@@ -159,6 +160,24 @@ def transfer_progress(enabled: bool) -> Iterator[None]:
             yield
     finally:
         remove_listener(update)
+
+
+def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
+    """Unknown names and values of the wrong type are bad input, refused before any run."""
+    reserved = {"env", "dry_run", "requested_by"}
+    accepted = sorted(set(flow.parameters.properties) - reserved)
+    for name in params:
+        if name not in accepted:
+            hint = f"use one of: {', '.join(accepted)}" if accepted else "it takes none"
+            fail(
+                EXIT_BAD_INPUT,
+                f"--param {name}: {runbook} has no parameter {name!r} "
+                f"(fix: {hint}; --env, --dry-run and --as are options)",
+            )
+    try:
+        flow.validate_parameters(params)
+    except Exception as exc:  # noqa: BLE001 - Prefect's validation error, shown to the operator
+        fail(EXIT_BAD_INPUT, f"--param: {exc}")
 
 
 def _report_state(state: Any, as_json: bool) -> int:

@@ -37,6 +37,8 @@ from opsflow.inventory import (
     DirectAccess,
     DockerExecAccess,
     DockerTarget,
+    KubectlExecAccess,
+    KubernetesTarget,
     Thresholds,
 )
 from opsflow.redaction import redact, register_secret
@@ -44,6 +46,7 @@ from opsflow.results import CheckResult, Status, grade
 from opsflow.secrets import resolve
 from tasks.docker import docker_client, exec_capture, exec_stream
 from tasks.dumps import DumpResult, choose_key, dump_extension, store_dump
+from tasks.kubernetes import find_pod, kube_api, pod_exec_capture, pod_exec_stream
 from tasks.storage import open_store
 from tasks.streams import Codec, iter_file
 
@@ -470,6 +473,64 @@ def _dump_direct(
             )
 
 
+def _container_login(dsn_ref: str, field: str) -> tuple[str, str]:
+    """(user, dbname) from the DSN; its password is registered for redaction and dropped: in
+    the container pg_dump/psql log in over the local socket (like ``pg_dump -U user db``)."""
+    dsn = resolve(dsn_ref, field=f"{field}.dsn")
+    conninfo, _password = split_password(dsn, field)
+    params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    user = str(params.get("user") or "postgres")
+    return user, str(params.get("dbname") or user)
+
+
+# (argv, timeout) -> (exit code, stdout, stderr), and argv -> stdout chunks, in the container
+Capture = Callable[[list[str], float], tuple[int, bytes, bytes]]
+Stream = Callable[[list[str]], Iterator[bytes]]
+
+
+def _dump_in_container(
+    db: Database,
+    store: BackupStore,
+    env_name: str,
+    when: datetime,
+    codec: Codec,
+    via: str,
+    where: str,
+    login: tuple[str, str],
+    capture: Capture,
+    stream: Stream,
+) -> DumpResult:
+    """Count rows with psql, then stream ``pg_dump -U user -d db`` out of the container."""
+    user, dbname = login
+    started = time.monotonic()
+    backend = open_store(store)
+    key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
+    code, out, err = capture(psql_argv(ROW_COUNTS_SQL, dbname, user), 900)
+    if code != 0:
+        text = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
+        raise PermanentError(f"counting rows of {where} failed (exit {code}): {text}")
+    counts = {
+        row[0]: int(row[1])
+        for row in parse_psql_rows(out.decode("utf-8", errors="replace"))
+        if len(row) == 2
+    }
+    argv = [*pg_dump_argv(), "-U", user, "-d", dbname]
+    with _closing(stream(argv)) as chunks:
+        return store_dump(
+            store,
+            key,
+            chunks,
+            database=db.name,
+            kind="postgres",
+            via=via,
+            codec=codec,
+            row_counts=counts,
+            started=started,
+            created_at=when,
+            backend=backend,
+        )
+
+
 def _dump_docker_exec(
     db: Database,
     store: BackupStore,
@@ -480,47 +541,69 @@ def _dump_docker_exec(
     docker: DockerTarget,
 ) -> DumpResult:
     assert isinstance(db.via, DockerExecAccess) and db.dsn is not None
-    dsn = resolve(db.dsn, field=f"{field}.dsn")
-    conninfo, _password = split_password(dsn, field)
-    params = psycopg.conninfo.conninfo_to_dict(conninfo)
-    user = str(params.get("user") or "postgres")
-    dbname = str(params.get("dbname") or user)
+    login = _container_login(db.dsn, field)
     container = db.via.docker_exec
-    where = f"database {db.name!r} ({dbname} in container {container})"
-    started = time.monotonic()
-    backend = open_store(store)
-    key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
+    where = f"database {db.name!r} ({login[1]} in container {container})"
     client = docker_client(docker)
     try:
-        # In the container the local socket is used (as `docker exec … pg_dump -U user db`).
-        code, out, err = exec_capture(
-            client, container, psql_argv(ROW_COUNTS_SQL, dbname, user), timeout=900
+        return _dump_in_container(
+            db,
+            store,
+            env_name,
+            when,
+            codec,
+            "docker_exec",
+            where,
+            login,
+            lambda argv, timeout: exec_capture(client, container, argv, timeout=timeout),
+            lambda argv: exec_stream(client, container, argv),
         )
-        if code != 0:
-            text = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
-            raise PermanentError(f"counting rows of {where} failed (exit {code}): {text}")
-        counts = {
-            row[0]: int(row[1])
-            for row in parse_psql_rows(out.decode("utf-8", errors="replace"))
-            if len(row) == 2
-        }
-        argv = [*pg_dump_argv(), "-U", user, "-d", dbname]
-        with _closing(exec_stream(client, container, argv)) as chunks:
-            return store_dump(
-                store,
-                key,
-                chunks,
-                database=db.name,
-                kind="postgres",
-                via="docker_exec",
-                codec=codec,
-                row_counts=counts,
-                started=started,
-                created_at=when,
-                backend=backend,
-            )
     finally:
         client.close()
+
+
+def kubernetes_for(
+    db: Database, kubernetes: KubernetesTarget | None, field: str
+) -> KubernetesTarget:
+    """The environment's Kubernetes connection, required for ``via: kubectl_exec``."""
+    if kubernetes is None:
+        env_field = field.rsplit(".databases", 1)[0]
+        raise PermanentError(
+            f"{field}.via: {db.name} is reached through kubectl_exec but {env_field}.kubernetes "
+            "is not set (fix: add kubernetes: {namespace: NS, api_url: ...} or a kubeconfig "
+            "to the environment)"
+        )
+    return kubernetes
+
+
+def _dump_kubectl_exec(
+    db: Database,
+    store: BackupStore,
+    env_name: str,
+    when: datetime,
+    codec: Codec,
+    field: str,
+    kubernetes: KubernetesTarget | None,
+) -> DumpResult:
+    assert isinstance(db.via, KubectlExecAccess) and db.dsn is not None
+    target = kubernetes_for(db, kubernetes, field)
+    login = _container_login(db.dsn, field)
+    container, ns = db.via.container, target.namespace
+    with kube_api(target) as api:
+        pod = find_pod(api, ns, db.via.kubectl_exec)
+        where = f"database {db.name!r} ({login[1]} in pod {ns}/{pod})"
+        return _dump_in_container(
+            db,
+            store,
+            env_name,
+            when,
+            codec,
+            "kubectl_exec",
+            where,
+            login,
+            lambda argv, timeout: pod_exec_capture(api, ns, pod, argv, timeout, container),
+            lambda argv: pod_exec_stream(api, ns, pod, argv, container),
+        )
 
 
 @task(
@@ -540,20 +623,20 @@ def dump_postgres(
     codec: Codec = "zstd",
     field: str = "database",
     docker: DockerTarget | None = None,
+    kubernetes: KubernetesTarget | None = None,
 ) -> DumpResult:
     """Stream ``pg_dump`` (plain, --no-owner) -> compress -> store, with manifest and row counts.
 
     ``via: direct`` runs the local pg_dump on a snapshot exported by a repeatable-read
     transaction (row counts come from the same snapshot; the password goes through PGPASSWORD,
     never the command line). ``via: docker_exec`` runs pg_dump in the container through
-    ``docker exec`` over the local socket. The object is stored under
+    ``docker exec`` over the local socket; ``via: kubectl_exec`` likewise in a Ready pod of the
+    deployment (or the pod) through the Kubernetes exec websocket (``kubernetes``: the
+    environment's connection). The object is stored under
     ``backup_key(env_name, db.name, when, "sql.zst")`` and is visible only when complete.
     """
     if isinstance(db.via, DirectAccess):
         return _dump_direct(db, store, env_name, when, codec, field)
     if isinstance(db.via, DockerExecAccess):
         return _dump_docker_exec(db, store, env_name, when, codec, field, docker or DockerTarget())
-    raise PermanentError(
-        f"{field}.via: backing up PostgreSQL through kubectl_exec is not yet supported "
-        "(fix: use via: direct with a DSN reachable from the worker, or docker_exec)"
-    )
+    return _dump_kubectl_exec(db, store, env_name, when, codec, field, kubernetes)

@@ -3,7 +3,8 @@ came back, and scale the application down and up around it.
 
 The stream is the reverse of ``tasks.dumps``: ``store.get_stream(key, expected_sha256=catalog
 sha256)`` -> ``decompress`` -> ``psql`` (``via: direct``: a local ``psql`` with the password in
-PGPASSWORD; ``via: docker_exec``: ``psql`` in the container through ``docker exec``). Nothing
+PGPASSWORD; ``via: docker_exec``: ``psql`` in the container through ``docker exec``;
+``via: kubectl_exec``: ``psql`` in a Ready pod through the Kubernetes exec websocket). Nothing
 is restored into the live database directly: PostgreSQL backups go into a fresh database
 (``<db>_restore_<stamp>``) that is swapped in only after the stream ended, its sha256 matched
 and its row counts equal the manifest's; SQLite backups go into a temp file next to the target,
@@ -56,8 +57,21 @@ from opsflow.inventory import (
 from opsflow.redaction import redact, register_secret
 from opsflow.secrets import resolve
 from tasks.docker import docker_client, docker_errors, exec_capture, exec_feed
-from tasks.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
-from tasks.postgres import CONNECT_TIMEOUT_S, ROW_COUNTS_SQL, classify, parse_psql_rows
+from tasks.kubernetes import (
+    REQUEST_TIMEOUT,
+    find_pod,
+    kube_api,
+    kube_errors,
+    pod_exec_capture,
+    pod_exec_feed,
+)
+from tasks.postgres import (
+    CONNECT_TIMEOUT_S,
+    ROW_COUNTS_SQL,
+    classify,
+    kubernetes_for,
+    parse_psql_rows,
+)
 from tasks.storage import Store, open_store
 from tasks.streams import Codec, decompress
 
@@ -101,7 +115,8 @@ class RestoreSource(BaseModel):
     @property
     def exact_counts(self) -> bool:
         """Counts taken in the dumped snapshot (direct pg_dump, SQLite copy) must match exactly;
-        docker_exec counts were taken just before the dump and may differ under writes."""
+        docker_exec/kubectl_exec counts were taken just before the dump and may differ under
+        writes."""
         return self.kind == "sqlite" or self.via in ("direct", "file")
 
 
@@ -243,7 +258,9 @@ class _Stream:
 
 @dataclass
 class PgAccess:
-    """How to reach one inventory PostgreSQL database for restore work (direct or docker_exec)."""
+    """How to reach one inventory PostgreSQL database for restore work: direct, or by exec in
+    ``container`` (a Docker container, or with ``kubernetes`` a pod or the deployment whose
+    Ready pod runs it, ``kube_container`` naming the container in the pod)."""
 
     name: str
     dbname: str
@@ -253,13 +270,21 @@ class PgAccess:
     password: str | None = None
     container: str | None = None
     docker: DockerTarget | None = None
+    kubernetes: KubernetesTarget | None = None
+    kube_container: str | None = None
 
     @property
     def user(self) -> str:
         return self.params.get("user") or "postgres"
 
     @classmethod
-    def of(cls, db: Database, field: str, docker: DockerTarget | None = None) -> PgAccess:
+    def of(
+        cls,
+        db: Database,
+        field: str,
+        docker: DockerTarget | None = None,
+        kubernetes: KubernetesTarget | None = None,
+    ) -> PgAccess:
         if db.kind != "postgres" or db.dsn is None:
             raise PermanentError(f"{field}: {db.name} is not a PostgreSQL database")
         dsn = resolve(db.dsn, field=f"{field}.dsn")
@@ -293,12 +318,52 @@ class PgAccess:
                 container=db.via.docker_exec,
                 docker=docker or DockerTarget(),
             )
-        raise PermanentError(
-            f"{field}.via: restoring PostgreSQL through kubectl_exec is not yet supported "
-            "(fix: use via: direct with a DSN reachable from the worker, or docker_exec)"
+        target = kubernetes_for(db, kubernetes, field)
+        ref = db.via.kubectl_exec
+        return cls(
+            db.name,
+            dbname,
+            f"{dbname} in {target.namespace}/{ref}",
+            field,
+            params,
+            container=ref,
+            kubernetes=target,
+            kube_container=db.via.container,
         )
 
     # -- plumbing ------------------------------------------------------------------------------
+    def _capture(self, argv: list[str], timeout: float) -> tuple[int, bytes, bytes]:
+        """Run ``argv`` in the container (docker exec / kubectl exec); output in memory."""
+        assert self.container is not None
+        if self.kubernetes is not None:
+            ns = self.kubernetes.namespace
+            with kube_api(self.kubernetes) as api:
+                pod = find_pod(api, ns, self.container)
+                return pod_exec_capture(api, ns, pod, argv, timeout, self.kube_container)
+        client = docker_client(self.docker or DockerTarget())
+        try:
+            return exec_capture(client, self.container, argv, timeout=timeout)
+        finally:
+            client.close()
+
+    def _exec_feed(
+        self, argv: list[str], chunks: Iterable[bytes], timeout: float
+    ) -> tuple[int, bytes, bytes]:
+        """Stream ``chunks`` into ``argv``'s stdin in the container; (code, out, err tails)."""
+        assert self.container is not None
+        if self.kubernetes is not None:
+            ns = self.kubernetes.namespace
+            with kube_api(self.kubernetes) as api:
+                pod = find_pod(api, ns, self.container)
+                return pod_exec_feed(
+                    api, ns, pod, argv, chunks, container=self.kube_container, timeout=timeout
+                )
+        client = docker_client(self.docker or DockerTarget())
+        try:
+            return exec_feed(client, self.container, argv, chunks, timeout)
+        finally:
+            client.close()
+
     def conninfo(self, dbname: str) -> str:
         params = {**self.params, "dbname": dbname}
         params.setdefault("connect_timeout", str(CONNECT_TIMEOUT_S))
@@ -336,12 +401,7 @@ class PgAccess:
             except psycopg.Error as exc:
                 raise classify(exc, where, self.field) from None
             return [tuple("" if v is None else str(v) for v in row) for row in rows]
-        argv = self._psql(dbname, "-tA", "-c", sql)
-        client = docker_client(self.docker or DockerTarget())
-        try:
-            code, out, err = exec_capture(client, self.container, argv, timeout=timeout)
-        finally:
-            client.close()
+        code, out, err = self._capture(self._psql(dbname, "-tA", "-c", sql), timeout)
         if code != 0:
             text = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
             raise PermanentError(f"{where}: psql failed (exit {code}): {text}")
@@ -352,11 +412,11 @@ class PgAccess:
         argv = self._psql(dbname, "-q", "--single-transaction", "-f", "-")
         what = f"psql restore into {dbname} ({self.where})"
         if self.container is not None:
-            self._feed_docker(argv, chunks, timeout, what)
+            self._feed_exec(argv, chunks, timeout, what)
         else:
             _feed_process(argv, self._env(), chunks, timeout, what)
 
-    def _feed_docker(
+    def _feed_exec(
         self, argv: list[str], chunks: Iterable[bytes], timeout: float, what: str
     ) -> None:
         failure: list[BaseException] = []
@@ -368,12 +428,7 @@ class PgAccess:
                 failure.append(exc)
                 yield _ABORT
 
-        assert self.container is not None
-        client = docker_client(self.docker or DockerTarget())
-        try:
-            code, _out, err = exec_feed(client, self.container, argv, guarded(), timeout)
-        finally:
-            client.close()
+        code, _out, err = self._exec_feed(argv, guarded(), timeout)
         if failure:
             raise failure[0]
         if code != 0:
@@ -446,13 +501,10 @@ class PgAccess:
         """Run ``pg_amcheck --install-missing``: ("ok"|"corrupt"|"unavailable", detail)."""
         if self.container is not None:
             argv = ["pg_amcheck", "--install-missing", "-U", self.user, dbname]
-            client = docker_client(self.docker or DockerTarget())
             try:
-                code, out, err = exec_capture(client, self.container, argv, VERIFY_TIMEOUT_S)
+                code, out, err = self._capture(argv, VERIFY_TIMEOUT_S)
             except PermanentError as exc:
                 return "unavailable", str(exc)
-            finally:
-                client.close()
             text = (out + err).decode("utf-8", errors="replace")
         else:
             binary = _binary("pg_amcheck")
@@ -540,6 +592,7 @@ def restore_postgres(
     like: str,
     field: str = "database",
     docker: DockerTarget | None = None,
+    kubernetes: KubernetesTarget | None = None,
     replace: bool = False,
 ) -> RestoreResult:
     """Create the empty database ``into`` (owner, encoding and locale of ``like``) and stream
@@ -551,7 +604,7 @@ def restore_postgres(
     flow verified the object end to end before).
     """
     started = time.monotonic()
-    access = PgAccess.of(db, field, docker)
+    access = PgAccess.of(db, field, docker, kubernetes)
     check_pg_name(into, "target database")
     if replace:
         options, owner = access.properties(into)
@@ -619,11 +672,12 @@ def verify_postgres_restore(
     amcheck: bool = True,
     field: str = "database",
     docker: DockerTarget | None = None,
+    kubernetes: KubernetesTarget | None = None,
 ) -> VerifyResult:
     """Row counts per table of ``dbname`` against the manifest; ``pg_amcheck`` when asked and
     available. Returns ``ok=False`` with the problems (it raises only when it cannot check)."""
     started = time.monotonic()
-    access = PgAccess.of(db, field, docker)
+    access = PgAccess.of(db, field, docker, kubernetes)
     counts = access.row_counts(dbname)
     problems, warnings = compare_counts(source.row_counts, counts, source.exact_counts)
     checks = [f"row counts of {len(source.row_counts)} table(s) against the manifest"]
@@ -655,12 +709,13 @@ def swap_postgres_database(
     aside: str,
     field: str = "database",
     docker: DockerTarget | None = None,
+    kubernetes: KubernetesTarget | None = None,
 ) -> str:
     """Put ``restored`` in place of the inventory database; the original is kept as ``aside``.
 
     Idempotent: when ``restored`` is gone and ``aside`` exists the swap already happened.
     """
-    access = PgAccess.of(db, field, docker)
+    access = PgAccess.of(db, field, docker, kubernetes)
     check_pg_name(aside, "aside database")
     if not access.exists(restored) and access.exists(aside):
         return access.dbname
@@ -670,10 +725,14 @@ def swap_postgres_database(
 
 @task(name="drop_postgres_database", timeout_seconds=600, **_RETRY)
 def drop_postgres_database(
-    db: Database, dbname: str, field: str = "database", docker: DockerTarget | None = None
+    db: Database,
+    dbname: str,
+    field: str = "database",
+    docker: DockerTarget | None = None,
+    kubernetes: KubernetesTarget | None = None,
 ) -> None:
     """Drop ``dbname`` (closing its connections); refuses the inventory database itself."""
-    access = PgAccess.of(db, field, docker)
+    access = PgAccess.of(db, field, docker, kubernetes)
     if dbname == access.dbname:
         raise PermanentError(f"refusing to drop {dbname}: it is the live database of {db.name}")
     access.drop(dbname)
