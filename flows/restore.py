@@ -37,18 +37,16 @@ from opsflow.reports import publish_markdown
 from tasks.postgres import check_postgres
 from tasks.restores import (
     RestoreSource,
-    ScaleState,
     codec_of,
     database_name,
     drop_postgres_database,
     restore_postgres,
     restore_sqlite,
-    scale_down_app,
-    scale_up_app,
     scratch_name,
     swap_postgres_database,
     verify_postgres_restore,
 )
+from tasks.scaling import ScaleState, scale_down_app, scale_up_app
 from tasks.sqlite import check_sqlite
 from tasks.storage import manifest_key, verify_backup
 
