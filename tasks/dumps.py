@@ -14,7 +14,7 @@ sha256 with what was streamed (``tasks.storage.verify_backup`` reads it end to e
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,7 @@ from opsflow.inventory import BackupStore
 from opsflow.progress import TransferProgress
 from opsflow.redaction import redact_data
 from tasks.storage import Store, StoredObject, backup_key, manifest_key, open_store
-from tasks.streams import CODECS, EXTENSIONS, Codec, compress
+from tasks.streams import CODECS, EXTENSIONS, Codec, Counted, compress
 
 MANIFEST_VERSION = 1
 MAX_KEY_ATTEMPTS = 120
@@ -56,25 +56,6 @@ class DumpResult(BaseModel):
     def rate_mb_s(self) -> float:
         """Dump throughput: uncompressed MB (10^6 bytes) per second."""
         return self.raw_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
-
-
-class _Counted(Iterator[bytes]):
-    """Pass chunks through, counting their bytes."""
-
-    def __init__(self, chunks: Iterable[bytes], progress: TransferProgress | None = None) -> None:
-        self._chunks = iter(chunks)
-        self.size = 0
-        self._progress = progress
-
-    def __iter__(self) -> _Counted:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = next(self._chunks)
-        self.size += len(chunk)
-        if self._progress is not None:
-            self._progress(len(chunk))
-        return chunk
 
 
 def dump_extension(kind: str, codec: str) -> str:
@@ -116,7 +97,7 @@ def store_dump(
     ``row_counts`` is read after the stream ended (a producer may fill it as it goes).
     """
     backend = backend or open_store(store)
-    counted = _Counted(chunks, TransferProgress(f"dump {database}"))
+    counted = Counted(chunks, TransferProgress(f"dump {database}"))
     stored = backend.put_stream(key, compress(counted, codec))
     seconds = time.monotonic() - started
     if stored.sha256 is None:

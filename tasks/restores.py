@@ -52,6 +52,7 @@ from opsflow.inventory import (
     DockerTarget,
     KubernetesTarget,
 )
+from opsflow.progress import TransferProgress
 from opsflow.redaction import redact, register_secret
 from opsflow.secrets import resolve
 from tasks.docker import docker_client, exec_capture, exec_feed
@@ -69,7 +70,7 @@ from tasks.postgres import (
     parse_psql_rows,
 )
 from tasks.storage import Store, open_store
-from tasks.streams import Codec, decompress
+from tasks.streams import Codec, Counted, decompress
 
 RESTORE_TIMEOUT_S = 6 * 3600
 ADMIN_TIMEOUT_S = 120.0
@@ -200,20 +201,6 @@ def _binary(name: str) -> str | None:
 # --- the restore stream ----------------------------------------------------------------------
 
 
-class _Counter(Iterator[bytes]):
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self.size = 0
-
-    def __iter__(self) -> _Counter:
-        return self
-
-    def __next__(self) -> bytes:
-        chunk = next(self._chunks)
-        self.size += len(chunk)
-        return chunk
-
-
 @dataclass
 class _Stream:
     """``get_stream`` (sha256 checked at the end) -> count -> decompress -> count."""
@@ -223,8 +210,8 @@ class _Stream:
 
     def __post_init__(self) -> None:
         self.raw = self.backend.get_stream(self.source.key, expected_sha256=self.source.sha256)
-        self.stored = _Counter(self.raw)
-        self.plain = _Counter(self._decompressed())
+        self.stored = Counted(self.raw, TransferProgress(f"restore {self.source.key}"))
+        self.plain = Counted(self._decompressed())
 
     def _decompressed(self) -> Iterator[bytes]:
         try:

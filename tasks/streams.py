@@ -35,7 +35,7 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Literal, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
@@ -88,6 +88,27 @@ def rechunk(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
             buffer = bytearray(rest)
     if buffer:
         yield bytes(buffer)
+
+
+class Counted(Iterator[bytes]):
+    """Pass chunks through, counting their bytes (and telling ``progress`` each chunk's size)."""
+
+    def __init__(
+        self, chunks: Iterable[bytes], progress: Callable[[int], None] | None = None
+    ) -> None:
+        self._chunks = iter(chunks)
+        self.size = 0
+        self._progress = progress
+
+    def __iter__(self) -> Counted:
+        return self
+
+    def __next__(self) -> bytes:
+        chunk = next(self._chunks)
+        self.size += len(chunk)
+        if self._progress is not None:
+            self._progress(len(chunk))
+        return chunk
 
 
 class Hashed(Iterator[bytes]):
