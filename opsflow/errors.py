@@ -76,3 +76,13 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     except Exception as exc:  # noqa: BLE001 - the state's exception is what we classify
         return is_transient(exc)
     return False
+
+
+TRANSIENT_RETRIES: dict[str, Any] = {
+    "retries": 2,
+    "retry_delay_seconds": [1, 4],
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": retry_on_transient,
+}
+"""The retry policy of every task: ``@task(..., **TRANSIENT_RETRIES)`` — two retries after 1 s
+and 4 s (with jitter), and only for transient failures."""

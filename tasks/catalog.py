@@ -11,7 +11,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from opsflow.durations import format_duration
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import Environment
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.redaction import redact
@@ -97,10 +97,7 @@ def _freshness(
 @task(
     name="check_backup_freshness",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
 )
 def check_backup_freshness(

@@ -26,7 +26,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from opsflow.errors import InputError, PermanentError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
 from opsflow.inventory import BackupStore, inventory_path
 from opsflow.redaction import redact_data
 from tasks.dumps import MANIFEST_VERSION, DumpResult, choose_key
@@ -161,10 +161,7 @@ def config_manifest(
 @task(
     name="store_config_export",
     timeout_seconds=600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # inputs hold secrets: never hashed, cached or persisted
     persist_result=False,
 )

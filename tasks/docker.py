@@ -29,7 +29,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from opsflow.durations import format_duration
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
@@ -39,10 +39,7 @@ DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"
 API_TIMEOUT = 10.0
 STATS_TIMEOUT = 15.0
 _RETRY: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_on_transient,
+    **TRANSIENT_RETRIES,
 }
 _STDOUT, _STDERR = 1, 2
 _ERR_TAIL = 4096

@@ -22,7 +22,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict
 
-from opsflow.errors import InputError, PermanentError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
 from opsflow.inventory import BackupStore
 from opsflow.progress import TransferProgress
 from opsflow.redaction import redact_data
@@ -148,10 +148,7 @@ def manifest(result: DumpResult) -> dict[str, Any]:
 @task(
     name="confirm_backup",
     timeout_seconds=120,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,
 )
 def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> StoredObject:

@@ -43,7 +43,7 @@ from prefect import task
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import Endpoint, MetricsSource, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
@@ -167,10 +167,7 @@ def _grade_body(
     name="check_endpoint",
     task_run_name="check_endpoint-{endpoint.name}",
     timeout_seconds=120,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def check_endpoint(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """GET a health endpoint; grade status code, latency and the JSON ``status`` field.
@@ -342,10 +339,7 @@ def memory_pct(families: list[Metric]) -> dict[str, Any] | None:
     name="check_metrics",
     task_run_name="check_metrics-{source.name}",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     """Scrape a Prometheus endpoint; grade error rate, p95 latency and memory (see module doc)."""

@@ -39,7 +39,12 @@ from websocket import (
 )
 
 from opsflow.durations import format_duration
-from opsflow.errors import InputError, PermanentError, TransientError, retry_on_transient
+from opsflow.errors import (
+    TRANSIENT_RETRIES,
+    InputError,
+    PermanentError,
+    TransientError,
+)
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
@@ -48,10 +53,7 @@ from tasks.logs import grade_errors, summarize_errors
 
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
 _RETRY: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_on_transient,
+    **TRANSIENT_RETRIES,
 }
 BAD_WAITING = {
     "CrashLoopBackOff",

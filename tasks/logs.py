@@ -27,7 +27,7 @@ from prefect import task
 from pydantic import BaseModel, Field
 
 from opsflow.durations import format_duration
-from opsflow.errors import PermanentError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError
 from opsflow.inventory import LogFile, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status
@@ -174,10 +174,7 @@ def _lines_from(handle: BinaryIO, offset: int) -> Iterator[str]:
     name="scan_log_file",
     task_run_name="scan_log_file-{log.path}",
     timeout_seconds=300,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def scan_log_file(log: LogFile, window: timedelta, thresholds: Thresholds) -> CheckResult:
     """Error lines (``log.pattern``) in the last ``window`` of a log file, graded.

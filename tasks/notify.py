@@ -17,7 +17,12 @@ from urllib.parse import urlsplit
 import httpx
 from prefect import task
 
-from opsflow.errors import OpsflowError, PermanentError, TransientError, retry_on_transient
+from opsflow.errors import (
+    TRANSIENT_RETRIES,
+    OpsflowError,
+    PermanentError,
+    TransientError,
+)
 from opsflow.inventory import Notify
 from opsflow.redaction import redact
 from opsflow.secrets import is_reference, resolve
@@ -103,10 +108,7 @@ def notify_block(reference: str, subject: str, body: str, field: str) -> None:
 @task(
     name="send_notification",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def send_notification(
     targets: list[Notify], subject: str, body: str, env: str | None = None

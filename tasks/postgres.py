@@ -30,7 +30,7 @@ import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import (
     BackupStore,
     Database,
@@ -234,10 +234,7 @@ def _where(dsn: str) -> str:
 @task(
     name="check_postgres",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
 )
 def check_postgres(db: Database, thresholds: Thresholds, field: str) -> CheckResult:
@@ -609,10 +606,7 @@ def _dump_kubectl_exec(
 @task(
     name="dump_postgres",
     timeout_seconds=DUMP_TIMEOUT_S + 600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a backup is taken now, never reused
 )
 def dump_postgres(

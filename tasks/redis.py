@@ -22,7 +22,12 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from opsflow.errors import OpsflowError, PermanentError, TransientError, retry_on_transient
+from opsflow.errors import (
+    TRANSIENT_RETRIES,
+    OpsflowError,
+    PermanentError,
+    TransientError,
+)
 from opsflow.inventory import BackupStore, RedisTarget, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, worst
@@ -130,10 +135,7 @@ def _classify(exc: redis.RedisError, where: str, field: str) -> Exception:
 @task(
     name="check_redis",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
 )
 def check_redis(target: RedisTarget, thresholds: Thresholds, field: str) -> CheckResult:
@@ -433,10 +435,7 @@ def keyspace_counts(info: dict[str, Any]) -> dict[str, int]:
 @task(
     name="dump_redis",
     timeout_seconds=RDB_TIMEOUT_S + 600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a backup is taken now, never reused
 )
 def dump_redis(

@@ -43,7 +43,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import (
     BackupStore,
     Database,
@@ -80,10 +80,7 @@ _ERR_TAIL = 4000
 _ABORT = b"\n\\.\n\\opsflow_restore_aborted\n"  # ends any COPY, then an invalid command: rollback
 _PG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]{0,62}$")
 _RETRY: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_on_transient,
+    **TRANSIENT_RETRIES,
     "cache_policy": NO_CACHE,
 }
 

@@ -18,7 +18,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from opsflow.errors import TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, TransientError
 from opsflow.inventory import DockerTarget, KubernetesTarget
 from tasks.docker import docker_client, docker_errors
 from tasks.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
@@ -26,10 +26,7 @@ from tasks.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
 SCALE_WAIT_S = 300.0
 REPLICAS_ANNOTATION = "opsflow.io/replicas-before-restore"
 _RETRY: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_on_transient,
+    **TRANSIENT_RETRIES,
     "cache_policy": NO_CACHE,
 }
 

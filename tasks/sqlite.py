@@ -13,7 +13,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Thresholds
 from opsflow.results import CheckResult, Status
 from tasks.dumps import DumpResult, choose_key, dump_extension, store_dump
@@ -56,10 +56,7 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
 @task(
     name="check_sqlite",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
 )
 def check_sqlite(db: Database, thresholds: Thresholds, field: str) -> CheckResult:
@@ -182,10 +179,7 @@ def snapshot_sqlite(source: Path, target: Path, deadline: float) -> dict[str, in
 @task(
     name="dump_sqlite",
     timeout_seconds=BACKUP_TIMEOUT_S + 600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
     cache_policy=NO_CACHE,  # a backup is taken now, never reused
 )
 def dump_sqlite(

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from opsflow.errors import InputError, PermanentError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
 from opsflow.inventory import BackupStore
 from tasks.streams import CHUNK_SIZE
 
@@ -278,10 +278,7 @@ def select_expired(
 @task(
     name="apply_retention",
     timeout_seconds=600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def apply_retention(
     store: BackupStore,
@@ -309,10 +306,7 @@ def apply_retention(
 @task(
     name="verify_backup",
     timeout_seconds=6 * 3600,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def verify_backup(store: BackupStore, key: str, expected_sha256: str) -> StoredObject:
     """Read a stored backup end to end and check its sha256 and size; PermanentError if not."""

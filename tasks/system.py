@@ -14,7 +14,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 from prefect import task
 
-from opsflow.errors import PermanentError, TransientError, retry_on_transient
+from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import Endpoint, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade
@@ -32,10 +32,7 @@ def disk_thresholds(thresholds: Thresholds) -> tuple[float, float]:
     name="check_disk",
     task_run_name="check_disk-{path}",
     timeout_seconds=30,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
     """Percent used of the filesystem holding ``path`` (as ``df`` counts it) vs thresholds."""
@@ -157,10 +154,7 @@ def grade_certificate(days_left: float, thresholds: Thresholds) -> Status:
     name="check_tls_certificate",
     task_run_name="check_tls_certificate-{endpoint.name}",
     timeout_seconds=60,
-    retries=2,
-    retry_delay_seconds=[1, 4],
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_on_transient,
+    **TRANSIENT_RETRIES,
 )
 def check_tls_certificate(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """Days until the https endpoint's certificate expires, and whether it is trusted."""
