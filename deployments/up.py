@@ -77,6 +77,16 @@ def start_embedded_server(
     raise RuntimeError(f"the Prefect server did not start; see {log_path}:\n{tail}")
 
 
+def drain_prefect_workers(timeout: float = 15) -> None:
+    """Send the logs and events this process still holds to the server; call before stopping
+    it (otherwise they are retried against a dead server when the interpreter exits)."""
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
+
+
 def stop_server(proc: subprocess.Popen[bytes]) -> None:
     """Stop a process started in its own session: SIGINT twice, then SIGTERM, then SIGKILL."""
     for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
