@@ -27,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.common import Row, drain_prefect_workers, free_port
+from benchmarks.common import Row, free_port
 from benchmarks.targets import start_slow_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         with ExitStack() as stack:
-            from deployments.up import start_embedded_server, stop_server
+            from deployments.up import drain_prefect_workers, start_embedded_server, stop_server
 
             port = free_port()
             server = start_embedded_server(workdir / "prefect-server", port, console)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import shlex
 import subprocess
 import sys
@@ -85,12 +86,18 @@ class ChildRun:
 
     wall_s: float  # process start to exit: interpreter, imports, flow, teardown
     maxrss_mb: float  # ru_maxrss of the child from wait4 (its own peak, or a waited descendant's)
+    cpu_s: float  # user + system CPU of the process and the children it waited for (pg_dump, psql)
     data: dict[str, Any]
     tasks_s: dict[str, float] = field(default_factory=dict)
 
     @property
     def call_s(self) -> float:
         return float(self.data["call_s"])
+
+    @property
+    def call_cpu_s(self) -> float:
+        """CPU of the flow call alone (no interpreter start or imports), pg_dump/psql included."""
+        return float(self.data["call_cpu_s"])
 
     @property
     def hwm_mb(self) -> float:
@@ -108,6 +115,8 @@ class ChildRun:
             "import_s": round(float(self.data["import_s"]), 3),
             "vm_hwm_mb": round(self.hwm_mb, 1),
             "ru_maxrss_mb": round(self.maxrss_mb, 1),
+            "cpu_s": round(self.cpu_s, 3),
+            "call_cpu_s": round(self.call_cpu_s, 3),
             "state": self.data["state"],
             "tasks_s": {k: round(v, 3) for k, v in self.tasks_s.items()},
             "report": self.report,
@@ -163,7 +172,7 @@ def run_flow(workdir: Path, which: str, env: str, *extra: str) -> ChildRun:
     data = json.loads(lines[-1])
     if data["state"] != "Completed":
         raise RuntimeError(f"{which} flow on {env} ended {data['state']}: {data['message']}")
-    run = ChildRun(wall, usage.ru_maxrss / 1024, data)
+    run = ChildRun(wall, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime, data)
     run.tasks_s = task_seconds(data["flow_run_id"])
     return run
 
@@ -182,11 +191,18 @@ def idle_rss_mb(workdir: Path) -> float:
     return int(json.loads(line[len(MARKER) :])["VmHWM"]) / 1024
 
 
-def _bash(script: str, timeout: float = CHILD_TIMEOUT_S) -> float:
-    """Run a bash pipeline (pipefail) in its own process group; its wall time in seconds.
+@dataclass
+class Shell:
+    seconds: float
+    cpu_s: float  # user + system CPU of bash and its pipeline (pg_dump, zstd, psql)
+
+
+def _bash(script: str, timeout: float = CHILD_TIMEOUT_S) -> Shell:
+    """Run a bash pipeline (pipefail) in its own process group; its wall and CPU time.
 
     The whole group (bash, pg_dump, zstd, psql) is stopped on a timeout, Ctrl-C or SIGTERM.
     """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.Popen(
         ["bash", "-c", "set -o pipefail; " + script],
@@ -203,7 +219,9 @@ def _bash(script: str, timeout: float = CHILD_TIMEOUT_S) -> float:
     wall = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"shell baseline failed ({proc.returncode}): {err[-2000:]}")
-    return wall
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return Shell(wall, cpu)
 
 
 def _decompressed_size(path: Path) -> int:
@@ -231,6 +249,7 @@ def _conn(server: PgServer) -> str:
 @dataclass
 class ShellBackup:
     seconds: float
+    cpu_s: float
     raw_bytes: int
     stored_bytes: int
 
@@ -241,8 +260,8 @@ def shell_backup(db: PgbenchDb, out: Path) -> ShellBackup:
         f"{_tool('pg_dump')} {_conn(db.server)} {shlex.quote(db.name)} "
         f"| zstd -3 -q > {shlex.quote(str(out))}"
     )
-    seconds = _bash(script)
-    shell = ShellBackup(seconds, _decompressed_size(out), out.stat().st_size)
+    run = _bash(script)
+    shell = ShellBackup(run.seconds, run.cpu_s, _decompressed_size(out), out.stat().st_size)
     out.unlink()
     return shell
 
@@ -334,6 +353,13 @@ class BackupFigures:
             ),
             Row(
                 name,
+                "client CPU of the flow call (+ pg_dump), p50",
+                f"{median([r.call_cpu_s for r in big.flows]):.1f} s",
+                f"{median([x.cpu_s for x in big.shell]):.1f} s",
+                "(shell: pg_dump + zstd)",
+            ),
+            Row(
+                name,
                 f"flow: whole flow call, p50 of {n}",
                 f"{big.call_rate:.1f} MB/s",
                 f"{shell:.1f} MB/s",
@@ -410,12 +436,12 @@ class RestoreFigures:
     scale: int
     raw_bytes: int
     stored_bytes: int
-    shell_s: list[float] = field(default_factory=list)
+    shell: list[Shell] = field(default_factory=list)
     flows: list[ChildRun] = field(default_factory=list)
 
     @property
     def shell_rate(self) -> float:
-        return median([mb(self.raw_bytes) / s for s in self.shell_s])
+        return median([mb(self.raw_bytes) / s.seconds for s in self.shell])
 
     @property
     def task_rate(self) -> float:
@@ -435,7 +461,7 @@ class RestoreFigures:
             "scale": self.scale,
             "raw_bytes": self.raw_bytes,
             "stored_bytes": self.stored_bytes,
-            "shell_s": [round(s, 3) for s in self.shell_s],
+            "shell": [vars(s) for s in self.shell],
             "shell_mb_s_p50": round(self.shell_rate, 1),
             "flow_restore_task_mb_s_p50": round(self.task_rate, 1),
             "flow_call_mb_s_p50": round(self.call_rate, 1),
@@ -459,6 +485,13 @@ class RestoreFigures:
             ),
             Row(
                 name,
+                "client CPU of the flow call (+ psql), p50",
+                f"{median([f.call_cpu_s for f in self.flows]):.1f} s",
+                f"{median([x.cpu_s for x in self.shell]):.1f} s",
+                "(shell: zstd -d + psql)",
+            ),
+            Row(
+                name,
                 f"flow: whole call (+ row-count verify), p50 of {n}",
                 f"{self.call_rate:.1f} MB/s",
                 f"{shell:.1f} MB/s",
@@ -476,7 +509,7 @@ class RestoreFigures:
         ]
 
 
-def run_restore(workdir: Path, db: PgbenchDb, repetitions: int = 3) -> RestoreFigures:
+def run_restore(workdir: Path, db: PgbenchDb, repetitions: int = 4) -> RestoreFigures:
     path, raw = latest_backup(workdir, db)
     figures = RestoreFigures(db.scale, raw, path.stat().st_size)
     server = db.server
@@ -486,19 +519,26 @@ def run_restore(workdir: Path, db: PgbenchDb, repetitions: int = 3) -> RestoreFi
         f"zstd -d < {shlex.quote(str(path))} "
         f"| {_tool('psql')} -X -q -v ON_ERROR_STOP=1 {_conn(server)} {shell_target} >/dev/null"
     )
+    expected = db.scale * 100_000
+
+    def shell() -> None:
+        figures.shell.append(_bash(script))
+        counted = server.execute("select count(*) from pgbench_accounts", shell_target)[0][0]
+        if counted != expected:
+            raise RuntimeError(f"the shell restore holds {counted} accounts, not {expected}")
+
+    def flow() -> None:
+        figures.flows.append(run_flow(workdir, "restore", env_name(db), flow_target))
+        if figures.flows[-1].report["databases"][0]["status"] != "restored":
+            raise RuntimeError(f"the restore flow did not restore: {figures.flows[-1].report}")
+
     try:
-        for _ in range(repetitions):  # interleaved; each copy is dropped before the next one
-            for name in (shell_target, flow_target):
-                server.drop(name)
-            figures.shell_s.append(_bash(script))
-            expected = db.scale * 100_000
-            counted = server.execute("select count(*) from pgbench_accounts", shell_target)[0][0]
-            if counted != expected:
-                raise RuntimeError(f"the shell restore holds {counted} accounts, not {expected}")
-            server.drop(shell_target)
-            figures.flows.append(run_flow(workdir, "restore", env_name(db), flow_target))
-            if figures.flows[-1].report["databases"][0]["status"] != "restored":
-                raise RuntimeError(f"the restore flow did not restore: {figures.flows[-1].report}")
+        for i in range(repetitions):  # alternating order, each from a clean checkpoint
+            for measure in (shell, flow) if i % 2 == 0 else (flow, shell):
+                for name in (shell_target, flow_target):
+                    server.drop(name)
+                server.execute("checkpoint")  # the previous copy's writes do not bill this one
+                measure()
     finally:
         for name in (shell_target, flow_target):
             server.drop(name)
@@ -573,6 +613,7 @@ def run_drill(workdir: Path, db: PgbenchDb) -> DrillFigures:
     from opsflow.ledger import Ledger
 
     latest_backup(workdir, db)  # a backup to drill (taken now when none was)
+    db.server.execute("checkpoint")  # earlier benchmarks' writes do not bill the drill
     flow = run_flow(workdir, "drill", env_name(db))
     row = Ledger().drills(env=env_name(db), limit=1)[0]
     ledger_row = {

@@ -98,13 +98,3 @@ def wait_task_runs_recorded(flow_run_id: Any, count: int, timeout: float = 120) 
                 return time.perf_counter()
             time.sleep(0.1)
     raise RuntimeError(f"flow run {flow_run_id}: {count} task runs not recorded in {timeout} s")
-
-
-def drain_prefect_workers(timeout: float = 15) -> None:
-    """Send the logs and events this process still holds to the server; call before stopping
-    it (otherwise they are retried against a dead server when the interpreter exits)."""
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=timeout)

@@ -10,6 +10,7 @@ The environment (inventory, ledger, Prefect API) comes from the parent.
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,13 @@ def memory_kb() -> dict[str, int]:
         if key in ("VmHWM", "VmRSS"):
             figures[key] = int(value.split()[0])
     return figures
+
+
+def cpu_s() -> float:
+    """User + system CPU of this process and of the children it waited for (pg_dump, psql)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def main(argv: list[str]) -> int:
@@ -47,12 +55,12 @@ def main(argv: list[str]) -> int:
     if which == "backup":
         from flows.backup import backup
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         state = backup(env=env, requested_by="benchmark", return_state=True)
     elif which == "restore":
         from flows.restore import restore
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         state = restore(
             env=env,
             database="pgbench",
@@ -63,17 +71,18 @@ def main(argv: list[str]) -> int:
     elif which == "drill":
         from flows.dr_drill import dr_drill
 
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), cpu_s()
         state = dr_drill(env=env, requested_by="benchmark", return_state=True)
     else:
         raise SystemExit(f"unknown flow {which!r}")
-    call_s = time.perf_counter() - started
+    call_s, call_cpu_s = time.perf_counter() - started, cpu_s() - cpu
     report: Any = state.result(raise_on_failure=False)
     out = {
         "flow": which,
         "state": state.name,
         "message": state.message,
         "call_s": call_s,
+        "call_cpu_s": call_cpu_s,
         "import_s": started - imported,
         "flow_run_id": str(state.state_details.flow_run_id),
         "report": report.model_dump(mode="json") if hasattr(report, "model_dump") else repr(report),
