@@ -266,6 +266,7 @@ def _catalog(
             "raw_bytes": dump.raw_bytes,
             "manifest_key": dump.manifest_key,
             "row_counts": dump.row_counts,
+            "table_checksums": dump.table_checksums,
         },
     )
     return DatabaseBackup(

@@ -3,7 +3,8 @@ newest backup of every database restores, and how long that takes.
 
 Per database: the newest complete (or verified) backup in the catalog is restored into a
 scratch target (PostgreSQL: a database ``<db>_drill_<stamp>`` on the same server; SQLite: a
-temp file), checked (row counts per table against the manifest, ``pg_amcheck`` /
+temp file), checked (row counts per table against the manifest, content checksums of the
+inventory's ``checksum_tables`` against those recorded at backup time, ``pg_amcheck`` /
 ``PRAGMA quick_check``) and torn down again, always. Measured: **RTO** = restore + verify wall
 time, **RPO** = age of that backup; both against the environment's ``recovery`` targets. A
 backup that passed its checks is marked ``verified`` in the catalog; every database gets a
@@ -57,6 +58,10 @@ class DatabaseDrill(BaseModel):
     rto_seconds: float = 0.0
     rpo_seconds: float = 0.0
     checks: list[str] = Field(default_factory=list)
+    checksums: dict[str, dict[str, str]] = Field(
+        default_factory=dict,
+        description="per checksum table: the md5 recorded at backup time and the restored one",
+    )
     problems: list[str] = Field(default_factory=list)
     warnings: list[str] = Field(default_factory=list)
     torn_down: bool = False
@@ -117,7 +122,8 @@ def plan_dr_drill(
             PlanStep(
                 action="verify_postgres_restore",
                 target=scratch,
-                why="row counts per table against the manifest, pg_amcheck when available",
+                why="row counts per table and checksums of checksum_tables against the "
+                "catalog, pg_amcheck when available",
             ),
             PlanStep(
                 action="drop_postgres_database",
@@ -195,6 +201,16 @@ def _drill_postgres(
     return checked, scratch, teardown.is_completed(), error
 
 
+def compared_checksums(
+    recorded: dict[str, str], restored: dict[str, str]
+) -> dict[str, dict[str, str]]:
+    """``{table: {backup, restored}}`` for the report and the ledger ("" when missing)."""
+    return {
+        table: {"backup": checksum, "restored": restored.get(table, "")}
+        for table, checksum in sorted(recorded.items())
+    }
+
+
 def render_drill_report(report: DrillReport, started: datetime) -> str:
     verdict = "FAILED" if report.failed else "PASSED"
     lines = [
@@ -213,6 +229,20 @@ def render_drill_report(report: DrillReport, started: datetime) -> str:
             f"{format_duration(d.rto_seconds)} | {format_duration(d.rpo_seconds)} | "
             f"{'; '.join(d.checks) or '-'} | {'yes' if d.torn_down else 'NO'} |"
         )
+    compared = [(d.database, t, c) for d in report.databases for t, c in d.checksums.items()]
+    if compared:
+        lines += [
+            "",
+            "## Table checksums",
+            "",
+            "| database | table | at backup | restored | match |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {table} | `{c['backup']}` | `{c['restored'] or 'missing'}` | "
+            f"{'yes' if c['backup'] == c['restored'] else 'NO'} |"
+            for name, table, c in compared
+        ]
     problems = [(d.database, p) for d in report.databases for p in d.problems]
     if problems:
         lines += ["", "## Problems", ""] + [f"- **{name}**: {p}" for name, p in problems]
@@ -292,6 +322,7 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
                     )
             drill.rto_seconds = round(time.monotonic() - started, 3)
             drill.checks, drill.warnings = checked.checks, checked.warnings
+            drill.checksums = compared_checksums(source.table_checksums, checked.table_checksums)
             drill.problems += checked.problems
         except Exception as exc:  # noqa: BLE001 - the drill reports it and fails
             drill.rto_seconds = round(time.monotonic() - started, 3)
@@ -318,6 +349,7 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
                 "key": source.key,
                 "scratch": drill.scratch,
                 "checks": drill.checks,
+                "checksums": drill.checksums,
                 "problems": drill.problems,
                 "warnings": drill.warnings,
                 "torn_down": drill.torn_down,

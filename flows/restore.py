@@ -81,6 +81,9 @@ def catalog_sources(rows: list[BackupRow]) -> dict[str, list[RestoreSource]]:
             created_at=row.created_at,
             manifest_key=str(details.get("manifest_key") or manifest_key(row.key)),
             row_counts={str(k): int(v) for k, v in (details.get("row_counts") or {}).items()},
+            table_checksums={
+                str(k): str(v) for k, v in (details.get("table_checksums") or {}).items()
+            },
             verified=row.status == "verified" or bool(earlier and earlier.verified),
         )
     grouped: dict[str, list[RestoreSource]] = {}

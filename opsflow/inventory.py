@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Discriminator,
@@ -202,12 +203,33 @@ Access = Annotated[
 ]
 
 
+_TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$")
+
+
+def _check_table_name(value: str) -> str:
+    if not _TABLE_NAME.match(value):
+        raise ValueError(
+            f"{value!r} is not a table name (fix: write a simple identifier such as "
+            "pgbench_accounts, or schema.table such as public.pgbench_accounts: letters, "
+            "digits, '_' or '$', at most 63 characters each, starting with a letter or '_')"
+        )
+    return value
+
+
+TableName = Annotated[str, AfterValidator(_check_table_name)]
+
+
 class Database(_Model):
     name: str
     kind: Literal["postgres", "sqlite"]
     dsn: str | None = Field(None, description="PostgreSQL DSN, usually env:VAR or secret:NAME")
     path: str | None = Field(None, description="SQLite file path")
     via: Access = Field(default_factory=DirectAccess)
+    checksum_tables: list[TableName] = Field(
+        default_factory=list,
+        description="tables whose content checksum is recorded at backup time and compared "
+        "by the DR drill",
+    )
 
     @field_validator("dsn")
     @classmethod
@@ -225,6 +247,16 @@ class Database(_Model):
                 raise ValueError("a sqlite database needs `path` (fix: add path: file.db)")
             if not isinstance(self.via, DirectAccess):
                 raise ValueError("a sqlite database is reached directly (fix: remove `via`)")
+            if self.checksum_tables:
+                raise ValueError(
+                    "checksum_tables is supported for postgres databases only "
+                    "(fix: remove checksum_tables from this sqlite database)"
+                )
+        dupes = sorted({t for t in self.checksum_tables if self.checksum_tables.count(t) > 1})
+        if dupes:
+            raise ValueError(
+                f"checksum_tables lists {dupes} more than once (fix: list each table once)"
+            )
         return self
 
 

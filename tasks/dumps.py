@@ -20,7 +20,7 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
 from opsflow.inventory import BackupStore
@@ -51,6 +51,7 @@ class DumpResult(BaseModel):
     seconds: float
     created_at: datetime
     row_counts: dict[str, int]
+    table_checksums: dict[str, str] = Field(default_factory=dict)
 
     @property
     def rate_mb_s(self) -> float:
@@ -91,10 +92,12 @@ def store_dump(
     started: float,
     created_at: datetime,
     backend: Store | None = None,
+    table_checksums: Mapping[str, str] | None = None,
 ) -> DumpResult:
     """Compress ``chunks`` into the store at ``key``, then write its manifest.
 
     ``row_counts`` is read after the stream ended (a producer may fill it as it goes).
+    ``table_checksums`` (``{table: md5}``) is recorded as given.
     """
     backend = backend or open_store(store)
     counted = Counted(chunks, TransferProgress(f"dump {database}"))
@@ -117,6 +120,7 @@ def store_dump(
         seconds=round(seconds, 3),
         created_at=created_at,
         row_counts=dict(row_counts),
+        table_checksums=dict(table_checksums or {}),
     )
     try:
         backend.put_json(result.manifest_key, manifest(result))
@@ -141,6 +145,7 @@ def manifest(result: DumpResult) -> dict[str, Any]:
         "created_at": result.created_at.astimezone(UTC).isoformat(),
         "duration_s": result.seconds,
         "row_counts": result.row_counts,
+        "table_checksums": result.table_checksums,
     }
     return dict(redact_data(data))
 

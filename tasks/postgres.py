@@ -6,8 +6,10 @@ takes an ``execute(sql) -> rows`` callable. ``via: direct`` runs it over psycopg
 container or pod (``psql_argv`` builds the command, ``parse_psql_rows`` reads its output).
 
 Backups: ``dump_postgres`` streams ``pg_dump`` (plain SQL, ``--no-owner``) through compression
-into a backup store without buffering, with per-table row counts taken from the very snapshot
-that is dumped (``via: direct``) for the DR drill to compare against.
+into a backup store without buffering, with per-table row counts and content checksums of the
+inventory's ``checksum_tables`` taken from the very snapshot that is dumped (``via: direct``;
+with psql just before the dump for ``docker_exec``/``kubectl_exec``) for the DR drill to
+compare against.
 """
 
 from __future__ import annotations
@@ -284,6 +286,52 @@ where c.relkind in ('r', 'p')
   and n.nspname not like 'pg_temp%'
 order by 1"""
 
+
+def quote_table(name: str) -> str:
+    """``schema.table`` or ``table`` as quoted SQL identifiers (exact, case-sensitive names)."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+
+
+def _sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def checksum_sql(tables: Sequence[str]) -> str:
+    """One row ``(name, md5)`` per table: md5 of its rows as text, sorted, newline-joined.
+
+    The same SQL runs at backup time (in the dump's snapshot for ``via: direct``) and on the
+    restored copy, so equal checksums mean equal table content.
+    """
+    return "\nunion all\n".join(
+        f"select {_sql_literal(name)}, "
+        "md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) "
+        f"from {quote_table(name)} t"
+        for name in tables
+    )
+
+
+def missing_tables_sql(tables: Sequence[str]) -> str:
+    """The names among ``tables`` that do not resolve to a relation (``to_regclass``)."""
+    values = ", ".join(
+        f"({_sql_literal(name)}, {_sql_literal(quote_table(name))})" for name in tables
+    )
+    return f"select n from (values {values}) v(n, q) where to_regclass(q) is null order by n"
+
+
+def parse_checksums(rows: Sequence[Row]) -> dict[str, str]:
+    """``{table: md5}`` from the rows of ``checksum_sql`` (native or psql text values)."""
+    return {str(row[0]): str(row[1]).strip() for row in rows if len(row) == 2}
+
+
+def _missing_tables_error(field: str, where: str, missing: list[str]) -> Exception:
+    names = ", ".join(missing)
+    what = f"table {names} does not exist" if len(missing) == 1 else f"tables {names} do not exist"
+    return PermanentError(
+        f"{field}.checksum_tables: {what} in {where}; nothing was stored "
+        f"(fix: correct or remove {names} in {field}.checksum_tables)"
+    )
+
+
 _DUMP_TRANSIENT_MARKERS = (
     "could not connect",
     "connection refused",
@@ -409,13 +457,23 @@ def _closing(chunks: Iterator[bytes]) -> Iterator[Iterator[bytes]]:
             close()
 
 
-@contextmanager
-def _exported_snapshot(dsn: str, where: str, field: str) -> Iterator[tuple[str, dict[str, int]]]:
-    """Open a repeatable-read transaction, export its snapshot and count rows in it.
+@dataclass(frozen=True)
+class Snapshot:
+    """An exported snapshot and what was measured in it."""
 
-    pg_dump then dumps that same snapshot (``--snapshot``), so the row counts recorded in the
-    manifest describe exactly the data in the dump. The transaction stays open until the dump
-    ended.
+    name: str
+    row_counts: dict[str, int]
+    table_checksums: dict[str, str]
+
+
+@contextmanager
+def _exported_snapshot(db: Database, dsn: str, where: str, field: str) -> Iterator[Snapshot]:
+    """Open a repeatable-read transaction, export its snapshot, count rows and checksum the
+    ``checksum_tables`` in it.
+
+    pg_dump then dumps that same snapshot (``--snapshot``), so the row counts and checksums
+    recorded in the manifest describe exactly the data in the dump. The transaction stays open
+    until the dump ended.
     """
     conninfo = psycopg.conninfo.make_conninfo(dsn, connect_timeout=CONNECT_TIMEOUT_S)
     try:
@@ -429,10 +487,17 @@ def _exported_snapshot(dsn: str, where: str, field: str) -> Iterator[tuple[str, 
             conn.execute(f"set local statement_timeout = '{COUNT_TIMEOUT}'")
             row = conn.execute("select pg_export_snapshot()").fetchone()
             counts = {str(name): int(n) for name, n in conn.execute(ROW_COUNTS_SQL).fetchall()}
+            checksums: dict[str, str] = {}
+            if db.checksum_tables:
+                tables = db.checksum_tables
+                missing = [str(r[0]) for r in conn.execute(missing_tables_sql(tables))]
+                if missing:
+                    raise _missing_tables_error(field, where, missing)
+                checksums = parse_checksums(conn.execute(checksum_sql(tables)).fetchall())
         except psycopg.Error as exc:
             raise classify(exc, where, field) from None
         assert row is not None
-        yield str(row[0]), counts
+        yield Snapshot(str(row[0]), counts, checksums)
     finally:
         conn.close()
 
@@ -450,8 +515,8 @@ def _dump_direct(
     started = time.monotonic()
     backend = open_store(store)
     key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
-    with _exported_snapshot(dsn, where, field) as (snapshot, counts):
-        argv = pg_dump_argv(conninfo, snapshot)
+    with _exported_snapshot(db, dsn, where, field) as snapshot:
+        argv = pg_dump_argv(conninfo, snapshot.name)
         argv[0] = pg_dump_binary()
         # closing(): a store that fails mid-upload stops (kills) pg_dump right away
         with _closing(stream_process(argv, env, f"pg_dump of {where}")) as chunks:
@@ -463,7 +528,8 @@ def _dump_direct(
                 kind="postgres",
                 via="direct",
                 codec=codec,
-                row_counts=counts,
+                row_counts=snapshot.row_counts,
+                table_checksums=snapshot.table_checksums,
                 started=started,
                 created_at=when,
                 backend=backend,
@@ -496,8 +562,10 @@ def _dump_in_container(
     login: tuple[str, str],
     capture: Capture,
     stream: Stream,
+    field: str = "database",
 ) -> DumpResult:
-    """Count rows with psql, then stream ``pg_dump -U user -d db`` out of the container."""
+    """Count rows (and checksum ``checksum_tables``) with psql, then stream
+    ``pg_dump -U user -d db`` out of the container."""
     user, dbname = login
     started = time.monotonic()
     backend = open_store(store)
@@ -511,6 +579,7 @@ def _dump_in_container(
         for row in parse_psql_rows(out.decode("utf-8", errors="replace"))
         if len(row) == 2
     }
+    checksums = _container_checksums(db, field, where, login, capture)
     argv = [*pg_dump_argv(), "-U", user, "-d", dbname]
     with _closing(stream(argv)) as chunks:
         return store_dump(
@@ -522,10 +591,31 @@ def _dump_in_container(
             via=via,
             codec=codec,
             row_counts=counts,
+            table_checksums=checksums,
             started=started,
             created_at=when,
             backend=backend,
         )
+
+
+def _container_checksums(
+    db: Database, field: str, where: str, login: tuple[str, str], capture: Capture
+) -> dict[str, str]:
+    """``{table: md5}`` of ``db.checksum_tables`` through psql in the container."""
+    if not db.checksum_tables:
+        return {}
+    user, dbname = login
+    results: list[list[tuple[str, ...]]] = []
+    for sql in (missing_tables_sql(db.checksum_tables), checksum_sql(db.checksum_tables)):
+        code, out, err = capture(psql_argv(sql, dbname, user), 900)
+        if code != 0:
+            text = redact(err.decode("utf-8", errors="replace").strip())[-1000:]
+            raise PermanentError(f"checksumming tables of {where} failed (exit {code}): {text}")
+        results.append(parse_psql_rows(out.decode("utf-8", errors="replace")))
+        if len(results) == 1 and results[0]:
+            missing = [row[0] for row in results[0]]
+            raise _missing_tables_error(field, where, missing)
+    return parse_checksums(results[1])
 
 
 def _dump_docker_exec(
@@ -554,6 +644,7 @@ def _dump_docker_exec(
             login,
             lambda argv, timeout: exec_capture(client, container, argv, timeout=timeout),
             lambda argv: exec_stream(client, container, argv),
+            field,
         )
     finally:
         client.close()
@@ -600,6 +691,7 @@ def _dump_kubectl_exec(
             login,
             lambda argv, timeout: pod_exec_capture(api, ns, pod, argv, timeout, container),
             lambda argv: pod_exec_stream(api, ns, pod, argv, container),
+            field,
         )
 
 
@@ -619,10 +711,12 @@ def dump_postgres(
     docker: DockerTarget | None = None,
     kubernetes: KubernetesTarget | None = None,
 ) -> DumpResult:
-    """Stream ``pg_dump`` (plain, --no-owner) -> compress -> store, with manifest and row counts.
+    """Stream ``pg_dump`` (plain, --no-owner) -> compress -> store, with manifest, row counts and
+    the checksums of ``db.checksum_tables`` (a table that does not exist fails the backup).
 
     ``via: direct`` runs the local pg_dump on a snapshot exported by a repeatable-read
-    transaction (row counts come from the same snapshot; the password goes through PGPASSWORD,
+    transaction (row counts and checksums come from the same snapshot; the password goes
+    through PGPASSWORD,
     never the command line). ``via: docker_exec`` runs pg_dump in the container through
     ``docker exec`` over the local socket; ``via: kubectl_exec`` likewise in a Ready pod of the
     deployment (or the pod) through the Kubernetes exec websocket (``kubernetes``: the

@@ -65,8 +65,11 @@ from tasks.kubernetes import (
 from tasks.postgres import (
     CONNECT_TIMEOUT_S,
     ROW_COUNTS_SQL,
+    checksum_sql,
     classify,
     kubernetes_for,
+    missing_tables_sql,
+    parse_checksums,
     parse_psql_rows,
 )
 from tasks.storage import Store, open_store
@@ -102,6 +105,7 @@ class RestoreSource(BaseModel):
     created_at: datetime
     manifest_key: str = ""
     row_counts: dict[str, int] = Field(default_factory=dict)
+    table_checksums: dict[str, str] = Field(default_factory=dict)
     verified: bool = False
 
     @property
@@ -129,6 +133,9 @@ class VerifyResult(BaseModel):
     warnings: list[str] = Field(default_factory=list)
     checks: list[str] = Field(default_factory=list)
     row_counts: dict[str, int] = Field(default_factory=dict)
+    table_checksums: dict[str, str] = Field(
+        default_factory=dict, description="md5 per checksum table of the restored copy"
+    )
     seconds: float = 0.0
 
 
@@ -466,6 +473,16 @@ class PgAccess:
             if len(row) == 2
         }
 
+    def table_checksums(self, dbname: str, tables: list[str]) -> dict[str, str]:
+        """``{table: md5}`` of the ``tables`` that exist in ``dbname`` (missing ones left out)."""
+        if not tables:
+            return {}
+        missing = {row[0] for row in self.run_sql(missing_tables_sql(tables), dbname)}
+        present = [t for t in tables if t not in missing]
+        if not present:
+            return {}
+        return parse_checksums(self.run_sql(checksum_sql(present), dbname, VERIFY_TIMEOUT_S))
+
     def amcheck(self, dbname: str) -> tuple[str, str]:
         """Run ``pg_amcheck --install-missing``: ("ok"|"corrupt"|"unavailable", detail)."""
         if self.container is not None:
@@ -633,6 +650,26 @@ def compare_counts(
     return [], [d + " (counts taken outside the dump's snapshot)" for d in differences]
 
 
+def compare_checksums(
+    expected: dict[str, str], found: dict[str, str], exact: bool
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from per-table content checksums, like ``compare_counts``: a missing
+    table or a different checksum is a problem when the checksums were taken in the dumped
+    snapshot, a warning otherwise."""
+    differences = []
+    for table, checksum in sorted(expected.items()):
+        if table not in found:
+            differences.append(f"checksum table {table} is missing in the restored copy")
+        elif found[table] != checksum:
+            differences.append(
+                f"table {table} content checksum {found[table]} differs from the backup's "
+                f"{checksum}"
+            )
+    if exact:
+        return differences, []
+    return [], [d + " (checksum taken outside the dump's snapshot)" for d in differences]
+
+
 @task(name="verify_postgres_restore", timeout_seconds=VERIFY_TIMEOUT_S * 2 + 300, **_RETRY)
 def verify_postgres_restore(
     db: Database,
@@ -643,8 +680,9 @@ def verify_postgres_restore(
     docker: DockerTarget | None = None,
     kubernetes: KubernetesTarget | None = None,
 ) -> VerifyResult:
-    """Row counts per table of ``dbname`` against the manifest; ``pg_amcheck`` when asked and
-    available. Returns ``ok=False`` with the problems (it raises only when it cannot check)."""
+    """Row counts per table of ``dbname`` and the content checksums of the backup's checksum
+    tables against the catalog; ``pg_amcheck`` when asked and available. Returns ``ok=False``
+    with the problems (it raises only when it cannot check)."""
     started = time.monotonic()
     access = PgAccess.of(db, field, docker, kubernetes)
     counts = access.row_counts(dbname)
@@ -652,6 +690,12 @@ def verify_postgres_restore(
     checks = [f"row counts of {len(source.row_counts)} table(s) against the manifest"]
     if not source.row_counts:
         warnings.append("the manifest holds no row counts: only the restore itself was checked")
+    checksums = access.table_checksums(dbname, sorted(source.table_checksums))
+    if source.table_checksums:
+        more, warned = compare_checksums(source.table_checksums, checksums, source.exact_counts)
+        problems += more
+        warnings += warned
+        checks.append(f"content checksums of {len(source.table_checksums)} table(s)")
     if amcheck:
         status, detail = access.amcheck(dbname)
         if status == "corrupt":
@@ -667,6 +711,7 @@ def verify_postgres_restore(
         warnings=warnings,
         checks=checks,
         row_counts=counts,
+        table_checksums=checksums,
         seconds=round(time.monotonic() - started, 3),
     )
 
