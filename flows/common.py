@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -106,6 +107,22 @@ class RunbookRun:
                 duration_ms=result.duration_ms,
                 details=result.details,
             )
+
+    def notifier(self) -> Callable[[str, str], None] | None:
+        """Send (subject, body) to the environment's notify targets; None when it has none.
+
+        A failed notification is logged, never fatal: it must not block an approval."""
+        if not self.env.notify:
+            return None
+        from tasks.notify import send_notification
+
+        def send(subject: str, body: str) -> None:
+            try:
+                send_notification(self.env.notify, subject, body, env=self.env_name)
+            except Exception as exc:  # noqa: BLE001 - logged; the runbook goes on
+                self.logger.error("Notification failed: %s", exc)
+
+        return send
 
     def finish(self, status: str, summary: str, details: dict[str, Any] | None = None) -> None:
         self.ledger.record_run(

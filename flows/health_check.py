@@ -29,7 +29,6 @@ from tasks.docker import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
 from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
 from tasks.logs import scan_log_file
-from tasks.notify import send_notification
 from tasks.postgres import check_postgres
 from tasks.redis import check_redis
 from tasks.sqlite import check_sqlite
@@ -288,19 +287,12 @@ def health_check(
     counts = ", ".join(f"{sum(r.status == s for r in results)} {s.value}" for s in Status)
     run.finish(overall.value, f"{overall.value}: {counts}", {"checks": len(results)})
 
-    if overall != Status.HEALTHY and notify and run.env.notify:
-        _notify(run, overall, markdown)
+    send = run.notifier() if notify else None
+    if overall != Status.HEALTHY and send is not None:
+        send(f"opsflow: {env} is {overall.value.upper()}", markdown)
     message = f"{env} is {overall.value} ({counts})"
     if overall == Status.CRITICAL:
         return Failed(message=message, data=report, name="Critical")
     if overall == Status.DEGRADED:
         return Completed(message=message, data=report, name="Degraded")
     return Completed(message=message, data=report)
-
-
-def _notify(run: RunbookRun, overall: Status, markdown: str) -> None:
-    subject = f"opsflow: {run.env_name} is {overall.value.upper()}"
-    try:
-        send_notification(run.env.notify, subject, markdown)
-    except Exception as exc:  # noqa: BLE001 - a failed notification must not hide the result
-        run.logger.error("Notification failed: %s", exc)

@@ -623,6 +623,7 @@ def restore(
                 requested_by=run.requested_by,
                 ledger=run.ledger,
                 log=run.logger.info,
+                notify=run.notifier(),
                 timeout_seconds=approval_timeout_seconds,
             )
         except ApprovalRejected as exc:

@@ -15,6 +15,7 @@ import pytest
 
 from tests.e2e.test_health_check_e2e import opsflow
 from tests.fixtures.e2e_env import REPO, Workspace
+from tests.fixtures.http_targets import WebhookReceiver
 
 pytestmark = pytest.mark.e2e
 
@@ -110,8 +111,12 @@ def wait_for_event(run: GatedRun, event: str, timeout: float = 30) -> None:
     raise AssertionError(f"no {event!r} event, saw {run.events()}")
 
 
-def test_approved_through_api_by_second_identity(gated: GatedRun, prefect_api: str) -> None:
+def test_approved_through_api_by_second_identity(
+    gated: GatedRun, prefect_api: str, webhook_receiver_server: WebhookReceiver
+) -> None:
     assert gated.events() == ["requested"]
+    asked = [m["body"] for m in webhook_receiver_server.received if gated.run_id in str(m["body"])]
+    assert asked and "approval needed" in asked[0]["subject"], webhook_receiver_server.received
     assert not gated.marker.exists()
     body = resume(prefect_api, gated.run_id, True, "bob", "CHG-1234 reviewed")
     assert body["status"] == "ACCEPT", body

@@ -37,6 +37,7 @@ def approval_probe(env: str, requested_by: str, marker: str, timeout_seconds: in
         requested_by=requested_by,
         ledger=run.ledger,
         log=run.logger.info,
+        notify=run.notifier(),
         timeout_seconds=timeout_seconds,
     )
     Path(marker).write_text("changed")
