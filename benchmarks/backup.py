@@ -34,7 +34,8 @@ import yaml
 
 from benchmarks.common import Row, median, stop_process_group, verdict
 from benchmarks.flow_child import MARKER
-from benchmarks.pgdb import PgbenchDb, PgServer, bin_dir
+from benchmarks.pgdb import PgbenchDb, PgServer
+from tests.support.postgres_cluster import postgres_bin_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 RATIO_GOAL = 0.9
@@ -236,7 +237,7 @@ def _decompressed_size(path: Path) -> int:
 
 
 def _tool(name: str) -> str:
-    return shlex.quote(str(bin_dir() / name))
+    return shlex.quote(str(postgres_bin_dir() / name))
 
 
 def _conn(server: PgServer) -> str:

@@ -5,18 +5,14 @@ from __future__ import annotations
 import math
 import os
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tests.support.net import free_port
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["Row", "free_port", "median", "percentile", "stop_process_group"]
 
 
 def percentile(values: list[float], pct: float) -> float:

@@ -12,33 +12,24 @@ interrupted) is dropped and built again.
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from glob import glob
-from pathlib import Path
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from benchmarks.common import free_port
+from tests.support.postgres_cluster import (
+    postgres_answers,
+    postgres_bin_dir,
+    run_checked,
+    throwaway_cluster,
+)
 
 MACHINE = ("127.0.0.1", 5432)
 PREFIX = "opsflow_bench_pgbench"
 BUILD_TIMEOUT_S = 1800
-
-
-def bin_dir() -> Path:
-    """The newest installed PostgreSQL's binaries (pg_dump, psql, pgbench, initdb, pg_ctl)."""
-    dirs = sorted(glob("/usr/lib/postgresql/*/bin"), key=lambda d: int(Path(d).parent.name))
-    if not dirs:
-        raise RuntimeError("PostgreSQL binaries not found under /usr/lib/postgresql/*/bin")
-    return Path(dirs[-1])
 
 
 @dataclass(frozen=True)
@@ -76,56 +67,14 @@ class PgServer:
         return [str(r[0]) for r in rows]
 
 
-def _answers(host: str, port: int) -> bool:
-    try:
-        with psycopg.connect(
-            host=host, port=port, user="postgres", dbname="postgres", connect_timeout=3
-        ) as conn:
-            conn.execute("select 1")
-        return True
-    except psycopg.Error:
-        return False
-
-
-def _as_postgres(argv: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
-
-
-def _run(argv: list[str], what: str, timeout: float = 120) -> None:
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{what} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
-
-
 @contextmanager
 def postgres_server() -> Iterator[PgServer]:
     """The machine's PostgreSQL when it answers, else a throwaway cluster (stopped on exit)."""
-    if _answers(*MACHINE):
+    if postgres_answers(*MACHINE):
         yield PgServer(*MACHINE, own=False)
         return
-    bins = bin_dir()
-    base = Path(tempfile.mkdtemp(prefix="opsflow-bench-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(base, user="postgres", group="postgres")
-    data, port = base / "data", free_port()
-    pg_ctl = str(bins / "pg_ctl")
-    try:
-        _run(
-            _as_postgres([str(bins / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]),
-            "initdb",
-        )
-        options = f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off"
-        _run(
-            _as_postgres(
-                [pg_ctl, "-D", str(data), "-l", str(base / "log"), "-o", options, "-w", "start"]
-            ),
-            "pg_ctl start",
-        )
+    with throwaway_cluster(prefix="opsflow-bench-pg-") as port:
         yield PgServer("127.0.0.1", port, own=True)
-    finally:
-        if (data / "postmaster.pid").exists():
-            _run(_as_postgres([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), "pg_ctl stop")
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def tag(scale: int) -> str:
@@ -161,8 +110,16 @@ def pgbench_database(server: PgServer, scale: int) -> PgbenchDb:
     if not reused:
         server.drop(name)
         server.execute(sql.SQL("create database {}").format(sql.Identifier(name)))
-        pgbench = [str(bin_dir() / "pgbench"), "-i", "-s", str(scale), "-q", *server.args(), name]
-        _run(pgbench, f"pgbench -i -s {scale}", timeout=BUILD_TIMEOUT_S)
+        pgbench = [
+            str(postgres_bin_dir() / "pgbench"),
+            "-i",
+            "-s",
+            str(scale),
+            "-q",
+            *server.args(),
+            name,
+        ]
+        run_checked(pgbench, f"pgbench -i -s {scale}", timeout=BUILD_TIMEOUT_S)
         server.execute(
             sql.SQL("comment on database {} is {}").format(
                 sql.Identifier(name), sql.Literal(tag(scale))

@@ -29,7 +29,7 @@ from prefect.cache_policies import NO_CACHE
 from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
 from opsflow.inventory import BackupStore, inventory_path
 from opsflow.redaction import redact_data
-from tasks.dumps import MANIFEST_VERSION, DumpResult, choose_key
+from tasks.dumps import DumpResult, choose_key, manifest
 from tasks.storage import manifest_key, open_store
 from tasks.streams import decrypt, encrypt, resolve_key
 
@@ -138,20 +138,10 @@ def count_parts(parts: Mapping[str, Any]) -> dict[str, int]:
 def config_manifest(
     result: DumpResult, parts: Mapping[str, Any], encryption_key_ref: str
 ) -> dict[str, Any]:
-    """The manifest of an export: where, how big, which key reference, what (names only)."""
+    """The manifest of an export: the backup manifest, plus which key reference encrypted it
+    and what it holds (names and counts only)."""
     data = {
-        "opsflow_manifest": MANIFEST_VERSION,
-        "database": result.database,
-        "kind": result.kind,
-        "via": result.via,
-        "key": result.key,
-        "sha256": result.sha256,
-        "bytes": result.bytes,
-        "raw_bytes": result.raw_bytes,
-        "codec": result.codec,
-        "created_at": result.created_at.astimezone(UTC).isoformat(),
-        "duration_s": result.seconds,
-        "row_counts": result.row_counts,
+        **manifest(result),
         "encryption": {"cipher": CIPHER, "key_reference": encryption_key_ref},
         "contents": describe_parts(parts),
     }

@@ -502,34 +502,9 @@ def pod_exec_capture(
     Uses the exec websocket (v5.channel.k8s.io, so stdin can be closed; v4 servers get stdin
     without an end-of-input signal). Output is held in memory: for small commands.
     """
-    core = kubernetes.client.CoreV1Api(api)
     what = f"exec {argv[0]!r} in pod {namespace}/{pod}"
-    kwargs: dict[str, Any] = {"container": container} if container else {}
+    ws = _exec_socket(api, namespace, pod, argv, container, stdin is not None, what)
     with kube_errors(api, what):
-        try:
-            ws = kube_stream(
-                core.connect_get_namespaced_pod_exec,
-                pod,
-                namespace,
-                command=argv,
-                stderr=True,
-                stdout=True,
-                stdin=stdin is not None,
-                tty=False,
-                _preload_content=False,
-                binary=True,
-                _request_timeout=REQUEST_TIMEOUT,
-                **kwargs,
-            )
-        except ApiException as exc:
-            if exc.status:
-                raise
-            text = redact(str(exc.reason or exc))  # websocket handshake: status only in the text
-            if "404" in text:
-                raise PermanentError(f"{what}: pod not found ({text})") from None
-            if "401" in text or "403" in text:
-                raise PermanentError(f"{what}: not allowed ({text})") from None
-            raise TransientError(f"{what}: {text}") from None
         try:
             if stdin is not None:
                 ws.write_stdin(stdin)

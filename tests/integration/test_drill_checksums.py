@@ -26,10 +26,14 @@ from flows.restore import RestoreReport, restore
 from opsflow.ledger import BackupRow
 from tasks.storage import manifest_key
 from tests.fixtures.kube_api import KubeCluster
-from tests.fixtures.restores import RESTORE_DSN_VAR, RestoreLab
+from tests.fixtures.restores import (
+    RESTORE_DSN_VAR,
+    RestoreLab,
+    container_sql,
+    start_pgbench_container,
+)
 from tests.integration.test_dr_drill import artifact_text
 from tests.integration.test_kubectl_exec import DB_PASSWORD, LocalKubelet, local_kubelet
-from tests.integration.test_restore_flow import _container_postgres, _container_sql
 
 pytestmark = pytest.mark.integration
 
@@ -280,11 +284,9 @@ def test_checksums_through_docker_exec(
     from tests.support.images import ensure_postgres_image
 
     lab = restore_lab
-    container = docker_test_containers(ensure_postgres_image(docker_engine_client))
-    _container_postgres(container)
-    _container_sql(container, "postgres", "create database app")
-    code, out = container.exec_run(["pgbench", "-i", "-s", "1", "-q", "-U", "postgres", "app"])
-    assert code == 0, out.decode(errors="replace")
+    container = start_pgbench_container(
+        docker_test_containers(ensure_postgres_image(docker_engine_client))
+    )
     monkeypatch.setenv(RESTORE_DSN_VAR, "postgresql://postgres@localhost/app")
     (lab.root / "inventory.yaml").write_text(f"""
 environments:
@@ -299,7 +301,7 @@ environments:
     backup_store: {{url: "file://{lab.store_dir}"}}
 """)
     expected = {
-        table: _container_sql(
+        table: container_sql(
             container,
             "app",
             "select md5(coalesce(string_agg(t::text, E'\\n' order by t::text), '')) "

@@ -10,7 +10,8 @@ from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import RedisTarget, Thresholds
 from opsflow.results import Status
 from tasks.redis import check_redis
-from tests.fixtures.databases import RedisServer, free_port
+from tests.fixtures.databases import RedisServer
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
 FIELD = "environments.test.redis[0]"

@@ -23,7 +23,8 @@ from opsflow.inventory import BackupStore, RedisTarget
 from tasks.redis import dump_redis
 from tasks.storage import open_store
 from tasks.streams import decompress
-from tests.fixtures.databases import RedisServer, free_port
+from tests.fixtures.databases import RedisServer
+from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
 FIELD = "environments.prod.redis[0]"

@@ -28,7 +28,13 @@ from flows.dr_drill import dr_drill
 from flows.restore import RestoreReport, restore
 from opsflow.ledger import BackupRow
 from tests.fixtures.kube_api import KubeCluster
-from tests.fixtures.restores import PGBENCH_TABLES, RESTORE_DSN_VAR, RestoreLab
+from tests.fixtures.restores import (
+    PGBENCH_TABLES,
+    RESTORE_DSN_VAR,
+    RestoreLab,
+    container_sql,
+    start_pgbench_container,
+)
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -247,30 +253,9 @@ def test_docker_services_are_stopped_for_the_restore_and_started_again(
     assert report.scaled_back == f"started {web.name}"
 
 
-def _container_postgres(container: Container) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        container.reload()
-        if container.status == "exited":
-            break
-        code, _ = container.exec_run(["psql", "-U", "postgres", "-tAc", "select 1"])
-        if code == 0:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"PostgreSQL in {container.name} did not start: {container.logs()!r}")
-
-
-def _container_sql(container: Container, dbname: str, statement: str) -> str:
-    code, out = container.exec_run(
-        ["psql", "-X", "-U", "postgres", "-tA", "-d", dbname, "-c", statement]
-    )
-    assert code == 0, out.decode(errors="replace")
-    return str(out.decode().strip())
-
-
 def _container_checksums(container: Container, dbname: str = "app") -> dict[str, str]:
     return {
-        table: _container_sql(
+        table: container_sql(
             container,
             dbname,
             f"select md5(coalesce(string_agg(t::text, ',' order by t::text), '')) from {table} t",
@@ -289,11 +274,9 @@ def test_restore_and_drill_through_docker_exec(
     from tests.support.images import ensure_postgres_image
 
     lab = restore_lab
-    container = docker_test_containers(ensure_postgres_image(docker_engine_client))
-    _container_postgres(container)
-    _container_sql(container, "postgres", "create database app")
-    code, out = container.exec_run(["pgbench", "-i", "-s", "1", "-q", "-U", "postgres", "app"])
-    assert code == 0, out.decode(errors="replace")
+    container = start_pgbench_container(
+        docker_test_containers(ensure_postgres_image(docker_engine_client))
+    )
     monkeypatch.setenv(RESTORE_DSN_VAR, "postgresql://postgres@localhost/app")
     (lab.root / "inventory.yaml").write_text(f"""
 environments:
@@ -309,8 +292,8 @@ environments:
     backed_up = _container_checksums(container)
     state = backup(env="dock", requested_by="tester", return_state=True)
     assert state.is_completed(), state.message
-    _container_sql(container, "app", "delete from pgbench_accounts where aid <= 1000")
-    _container_sql(container, "app", "update pgbench_branches set bbalance = bbalance + 42")
+    container_sql(container, "app", "delete from pgbench_accounts where aid <= 1000")
+    container_sql(container, "app", "update pgbench_branches set bbalance = bbalance + 42")
     changed = _container_checksums(container)
 
     state, report = run_restore(env="dock")
@@ -324,9 +307,7 @@ environments:
     assert state.is_completed(), state.message
     [drill] = lab.ledger().drills(env="dock")
     assert drill.outcome == "passed" and drill.rto_seconds > 0
-    names = _container_sql(
-        container, "postgres", "select string_agg(datname, ',') from pg_database"
-    )
+    names = container_sql(container, "postgres", "select string_agg(datname, ',') from pg_database")
     assert not [n for n in names.split(",") if "_drill_" in n or "_restore_" in n], names
 
 
