@@ -128,11 +128,15 @@ def main(argv: list[str] | None = None) -> int:
     ok = False
     try:
         with ExitStack() as stack:
-            from deployments.up import drain_prefect_workers, start_embedded_server, stop_server
+            from deployments.up import (
+                drain_prefect_workers,
+                start_embedded_server,
+                stop_process_group,
+            )
 
             port = free_port()
             server = start_embedded_server(workdir / "prefect-server", port, console)
-            stack.callback(stop_server, server)
+            stack.callback(stop_process_group, server)
             stack.callback(drain_prefect_workers)  # runs first: callbacks unwind in reverse
             api = f"http://127.0.0.1:{port}/api"
             os.environ["PREFECT_API_URL"] = api

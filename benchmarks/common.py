@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import signal
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from deployments.up import stop_process_group
 from tests.support.net import free_port
 
 __all__ = ["Row", "free_port", "median", "percentile", "stop_process_group"]
@@ -31,21 +29,6 @@ def median(values: list[float]) -> float:
     if len(ordered) % 2:
         return ordered[mid]
     return (ordered[mid - 1] + ordered[mid]) / 2
-
-
-def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
-    """SIGINT twice (Prefect runners need two), then SIGTERM, then SIGKILL the whole group."""
-    for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
 
 
 @dataclass

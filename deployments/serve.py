@@ -9,28 +9,16 @@ server rejects an unknown environment before a run starts.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-import yaml
 from prefect import Flow, serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.flows import load_flow_from_entrypoint
 from prefect.schedules import Cron, Schedule
 
+from deployments.runbooks import PROJECT_DIR, read_deployment_specs
 from opsflow.errors import InputError
 from opsflow.inventory import load_inventory
-
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-PREFECT_YAML = PROJECT_DIR / "prefect.yaml"
-
-
-def read_deployment_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
-    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    specs = data.get("deployments") or []
-    if not isinstance(specs, list) or not specs:
-        raise ValueError(f"{path}: no deployments listed (fix: add entries under `deployments:`)")
-    return specs
 
 
 def _schedules(spec: dict[str, Any]) -> list[Schedule]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 from rich.console import Console
@@ -72,7 +73,7 @@ def start_embedded_server(
             if _healthy(api):
                 return proc
             time.sleep(0.5)
-    stop_server(proc)
+    stop_process_group(proc)
     tail = log_path.read_text(errors="replace")[-2000:]
     raise RuntimeError(f"the Prefect server did not start; see {log_path}:\n{tail}")
 
@@ -87,8 +88,11 @@ def drain_prefect_workers(timeout: float = 15) -> None:
         worker.drain_all(timeout=timeout)
 
 
-def stop_server(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a process started in its own session: SIGINT twice, then SIGTERM, then SIGKILL."""
+def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15) -> None:
+    """Stop a process started in its own session (``start_new_session=True``) and its children:
+    SIGINT twice (Prefect runners and workers need two), then SIGTERM, then SIGKILL, waiting up
+    to ``timeout`` seconds after each. The one way opsflow, its tests and its benchmarks stop a
+    server, a runner or a worker."""
     for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         if proc.poll() is not None:
             return
@@ -97,7 +101,7 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
         except ProcessLookupError:
             return
         try:
-            proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             continue
 
@@ -134,6 +138,6 @@ def run_up(port: int, console: Console) -> int:
         console.print("stopping...")
     finally:
         if proc is not None:
-            stop_server(proc)
+            stop_process_group(proc)
             console.print("Prefect server stopped")
     return 0

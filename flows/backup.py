@@ -22,22 +22,23 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from connectors.stores.objects import DumpResult
+from connectors.streams import CODECS
 from flows.common import RunbookRun
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
+from opsflow.units import format_bytes, format_rate
+from tasks.backups import apply_retention, confirm_backup
 from tasks.catalog import GOOD_STATUSES
 from tasks.config_export import export_inventory, store_config_export
-from tasks.docker import export_docker_config
-from tasks.dumps import DumpResult, confirm_backup
-from tasks.kubernetes import export_kubernetes_config
-from tasks.postgres import dump_postgres
+from tasks.docker.config import export_docker_config
+from tasks.kubernetes.config import export_kubernetes_config
+from tasks.postgres.backup import dump_postgres
 from tasks.redis import dump_redis
 from tasks.sqlite import dump_sqlite
-from tasks.storage import apply_retention
-from tasks.streams import CODECS
 
 RUNBOOK = "backup"
 CATALOG_SCAN = 10_000
@@ -55,7 +56,7 @@ class DatabaseBackup(BaseModel):
     raw_bytes: int = 0
     sha256: str | None = None
     seconds: float = 0.0
-    rate_mb_s: float = 0.0
+    rate_mib_s: float = 0.0
     backup_id: str | None = None
     error: str | None = None
 
@@ -279,7 +280,7 @@ def _catalog(
         raw_bytes=dump.raw_bytes,
         sha256=dump.sha256,
         seconds=dump.seconds,
-        rate_mb_s=round(dump.rate_mb_s, 1),
+        rate_mib_s=round(dump.rate_mib_s, 1),
         backup_id=row.backup_id,
     )
 
@@ -287,10 +288,6 @@ def _catalog(
 def _verified_keys(run: RunbookRun, store: BackupStore) -> list[str]:
     rows = run.ledger.backups(env=run.env_name, limit=CATALOG_SCAN)
     return sorted({r.key for r in rows if r.store_url == store.url and r.status in GOOD_STATUSES})
-
-
-def _mb(size: int) -> str:
-    return f"{size / 1e6:.2f} MB"
 
 
 def render_backup_report(report: BackupReport, started: datetime) -> str:
@@ -301,16 +298,17 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
         "",
         f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s. "
         f"{len(done)}/{len(report.backups)} database(s) backed up to `{report.store_url}`, "
-        f"{_mb(sum(b.bytes for b in done))} stored.",
+        f"{format_bytes(sum(b.bytes for b in done))} stored.",
         "",
-        "| database | kind | via | status | stored | dumped | ratio | seconds | MB/s | key |",
+        "| database | kind | via | status | stored | dumped | ratio | seconds | rate | key |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for b in report.backups:
         ratio = f"{b.raw_bytes / b.bytes:.1f}x" if b.bytes else "-"
         lines.append(
-            f"| {b.database} | {b.kind} | {b.via} | {b.status} | {_mb(b.bytes)} "
-            f"| {_mb(b.raw_bytes)} | {ratio} | {b.seconds:.2f} | {b.rate_mb_s:.1f} "
+            f"| {b.database} | {b.kind} | {b.via} | {b.status} | {format_bytes(b.bytes)} "
+            f"| {format_bytes(b.raw_bytes)} | {ratio} | {b.seconds:.2f} "
+            f"| {format_rate(b.raw_bytes, b.seconds)} "
             f"| `{b.key or '-'}` |"
         )
     failures = [b for b in report.backups if b.error]
@@ -326,7 +324,7 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
         lines.append("- nothing was old enough to delete")
     lines += [
         "",
-        "MB/s is the dump rate (uncompressed bytes per second, 1 MB = 10^6 bytes).",
+        "rate is the dump rate (uncompressed bytes per second; 1 MiB = 1024 KiB = 2^20 bytes).",
     ]
     return redact("\n".join(lines) + "\n")
 
@@ -406,12 +404,12 @@ def backup(
         report.backups.append(outcome)
         if outcome.status == "complete":
             run.logger.info(
-                "%s: %s stored at %s in %.1fs (%.1f MB/s)",
+                "%s: %s stored at %s in %.1fs (%s)",
                 name,
-                _mb(outcome.bytes),
+                format_bytes(outcome.bytes),
                 outcome.key,
                 outcome.seconds,
-                outcome.rate_mb_s,
+                format_rate(outcome.raw_bytes, outcome.seconds),
             )
         else:
             run.logger.error("%s: backup failed: %s", name, outcome.error)
@@ -422,7 +420,7 @@ def backup(
             step=step,
             target=name,
             status=outcome.status,
-            summary=outcome.error or f"{_mb(outcome.bytes)} at {outcome.key}",
+            summary=outcome.error or f"{format_bytes(outcome.bytes)} at {outcome.key}",
             duration_ms=int(outcome.seconds * 1000),
             details={"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes},
         )

@@ -24,26 +24,20 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from connectors.postgres import database_name, scratch_name
 from flows.backup import require_store
 from flows.common import RunbookRun
 from flows.restore import CATALOG_SCAN, catalog_sources
+from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
 from opsflow.inventory import Database, Environment
 from opsflow.ledger import utcnow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
-from tasks.restores import (
-    RestoreResult,
-    RestoreSource,
-    VerifyResult,
-    database_name,
-    drill_sqlite,
-    drop_postgres_database,
-    restore_postgres,
-    scratch_name,
-    verify_postgres_restore,
-)
+from opsflow.results import RestoreResult, VerifyResult
+from tasks.postgres.restore import drop_postgres_database, restore_postgres, verify_postgres_restore
+from tasks.sqlite import drill_sqlite
 
 RUNBOOK = "dr-drill"
 

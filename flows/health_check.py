@@ -25,11 +25,11 @@ from opsflow.plans import Plan, PlanStep
 from opsflow.reports import publish_markdown, publish_table, render_health_report, result_rows
 from opsflow.results import CheckResult, Status, worst
 from tasks.catalog import check_backup_freshness
-from tasks.docker import check_containers, scan_container_logs
+from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
-from tasks.kubernetes import check_pod_resources, check_pods, scan_pod_logs
+from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.logs import scan_log_file
-from tasks.postgres import check_postgres
+from tasks.postgres.checks import check_postgres
 from tasks.redis import check_redis
 from tasks.sqlite import check_sqlite
 from tasks.system import check_disk, check_tls_certificate

@@ -25,30 +25,29 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from connectors.postgres import database_name, scratch_name
+from connectors.stores.base import manifest_key
 from flows.backup import require_store
 from flows.common import RunbookRun
 from opsflow.approvals import request_approval
+from opsflow.catalog import RestoreSource, codec_of
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
-from tasks.postgres import check_postgres
-from tasks.restores import (
-    RestoreSource,
-    codec_of,
-    database_name,
+from opsflow.units import format_bytes
+from tasks.backups import verify_backup
+from tasks.postgres.checks import check_postgres
+from tasks.postgres.restore import (
     drop_postgres_database,
     restore_postgres,
-    restore_sqlite,
-    scratch_name,
     swap_postgres_database,
     verify_postgres_restore,
 )
 from tasks.scaling import ScaleState, scale_down_app, scale_up_app
-from tasks.sqlite import check_sqlite
-from tasks.storage import manifest_key, verify_backup
+from tasks.sqlite import check_sqlite, restore_sqlite
 
 RUNBOOK = "restore"
 CATALOG_SCAN = 10_000
@@ -144,10 +143,6 @@ def choose_sources(
     return chosen
 
 
-def _size(size: int) -> str:
-    return f"{size / 1e6:.2f} MB" if size >= 10_000 else f"{size} bytes"
-
-
 def build_restore_plan(
     env_name: str,
     env: Environment,
@@ -192,7 +187,7 @@ def build_restore_plan(
     for _index, db, source in chosen:
         backup = (
             f"backup {source.backup_id} (`{source.key}`, sha256 {source.sha256}, "
-            f"{_size(source.bytes)}, taken {source.created_at:%Y-%m-%d %H:%M} UTC"
+            f"{format_bytes(source.bytes)}, taken {source.created_at:%Y-%m-%d %H:%M} UTC"
             f"{', verified by a drill' if source.verified else ''})"
         )
         if db.kind == "sqlite":
@@ -553,14 +548,14 @@ def render_restore_report(report: RestoreReport, started: datetime) -> str:
         f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
         f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
         "",
-        "| database | backup | key | sha256 | target | status | MB | seconds | kept aside | "
+        "| database | backup | key | sha256 | target | status | size | seconds | kept aside | "
         "health |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in report.databases:
         lines.append(
             f"| {d.database} | {d.backup_id} | `{d.key}` | `{d.sha256[:16]}…` | {d.target} "
-            f"| {d.status} | {d.bytes / 1e6:.2f} | {d.seconds:.2f} | {d.aside or '-'} "
+            f"| {d.status} | {format_bytes(d.bytes)} | {d.seconds:.2f} | {d.aside or '-'} "
             f"| {d.health or '-'} |"
         )
     lines += ["", "## Application", ""]

@@ -78,11 +78,24 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
-TRANSIENT_RETRIES: dict[str, Any] = {
-    "retries": 2,
-    "retry_delay_seconds": [1, 4],
-    "retry_jitter_factor": 0.5,
-    "retry_condition_fn": retry_on_transient,
-}
-"""The retry policy of every task: ``@task(..., **TRANSIENT_RETRIES)`` — two retries after 1 s
-and 4 s (with jitter), and only for transient failures."""
+def _policy(retries: int, delays: list[float]) -> dict[str, Any]:
+    return {
+        "retries": retries,
+        "retry_delay_seconds": delays,
+        "retry_jitter_factor": 0.5,
+        "retry_condition_fn": retry_on_transient,
+    }
+
+
+PROBE_RETRIES = _policy(2, [1, 4])
+"""A quick probe (a health check of one target): two retries soon after, so a blip does not
+page anyone, and the check still reports within seconds."""
+
+API_RETRIES = _policy(3, [2, 8, 20])
+"""An API call that changes or reads state (Docker/Kubernetes/S3 metadata, admin SQL, scaling,
+notifications): three retries spread over half a minute, long enough for a 503 or a leader
+election to pass."""
+
+TRANSFER_RETRIES = _policy(2, [10, 60])
+"""A long transfer (a dump, a restore, reading a backup end to end): a retry starts the transfer
+over, so wait for the cause (a restarting server, a throttled store) to pass first."""

@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from opsflow.units import format_bytes, format_rate
+
 Listener = Callable[[str, int, float], None]  # label, bytes done, seconds elapsed
 LOG_EVERY = 256 * 1024 * 1024
 
@@ -63,6 +65,4 @@ class TransferProgress:
 
     def describe(self) -> str:
         elapsed = max(time.monotonic() - self.started, 1e-9)
-        return (
-            f"{self.bytes / 1e6:,.0f} MB in {elapsed:.0f}s ({self.bytes / 1e6 / elapsed:.0f} MB/s)"
-        )
+        return f"{format_bytes(self.bytes)} in {elapsed:.0f}s ({format_rate(self.bytes, elapsed)})"

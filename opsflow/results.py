@@ -47,3 +47,65 @@ class CheckResult(BaseModel):
         """A check that could not run at all is critical, with the reason as summary."""
         text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         return cls(check=check, target=target, status=Status.CRITICAL, summary=text)
+
+
+# --- restores ----------------------------------------------------------------------------
+
+
+class RestoreResult(BaseModel):
+    database: str
+    target: str
+    backup_id: str
+    key: str
+    bytes: int
+    raw_bytes: int
+    seconds: float
+
+
+class VerifyResult(BaseModel):
+    target: str
+    ok: bool
+    problems: list[str] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    checks: list[str] = Field(default_factory=list)
+    row_counts: dict[str, int] = Field(default_factory=dict)
+    table_checksums: dict[str, str] = Field(
+        default_factory=dict, description="md5 per checksum table of the restored copy"
+    )
+    seconds: float = 0.0
+
+
+def compare_counts(
+    expected: dict[str, int], found: dict[str, int], exact: bool
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from per-table row counts: missing tables and different counts are
+    problems when the manifest's counts come from the dumped snapshot, warnings otherwise."""
+    differences = []
+    for table, count in sorted(expected.items()):
+        if table not in found:
+            differences.append(f"table {table} is missing (backup had {count} rows)")
+        elif found[table] != count:
+            differences.append(f"table {table} has {found[table]} rows, the backup had {count}")
+    if exact:
+        return differences, []
+    return [], [d + " (counts taken outside the dump's snapshot)" for d in differences]
+
+
+def compare_checksums(
+    expected: dict[str, str], found: dict[str, str], exact: bool
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) from per-table content checksums, like ``compare_counts``: a missing
+    table or a different checksum is a problem when the checksums were taken in the dumped
+    snapshot, a warning otherwise."""
+    differences = []
+    for table, checksum in sorted(expected.items()):
+        if table not in found:
+            differences.append(f"checksum table {table} is missing in the restored copy")
+        elif found[table] != checksum:
+            differences.append(
+                f"table {table} content checksum {found[table]} differs from the backup's "
+                f"{checksum}"
+            )
+    if exact:
+        return differences, []
+    return [], [d + " (checksum taken outside the dump's snapshot)" for d in differences]

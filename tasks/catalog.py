@@ -5,17 +5,16 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime, timedelta
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from opsflow.durations import format_duration
-from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
+from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Environment
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status
+from tasks.policy import probe_task
 
 GOOD_STATUSES = frozenset({"complete", "verified"})
 SCAN_LIMIT = 1000
@@ -94,12 +93,7 @@ def _freshness(
     )
 
 
-@task(
-    name="check_backup_freshness",
-    timeout_seconds=60,
-    **TRANSIENT_RETRIES,
-    cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
-)
+@probe_task("check_backup_freshness", timeout_seconds=60)
 def check_backup_freshness(
     env_name: str, env: Environment, ledger_url: str | None
 ) -> list[CheckResult]:

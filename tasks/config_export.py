@@ -1,9 +1,9 @@
 """Configuration export: Kubernetes ConfigMaps/Secrets, Docker container configs, the inventory.
 
-The parts are collected by ``tasks.kubernetes.export_kubernetes_config``,
-``tasks.docker.export_docker_config`` and ``export_inventory`` and handed to
+The parts are collected by ``tasks.kubernetes.config.export_kubernetes_config``,
+``tasks.docker.config.export_docker_config`` and ``export_inventory`` and handed to
 ``store_config_export``, which serialises them to one JSON document, encrypts it in memory
-(AES-256-GCM, ``tasks.streams.encrypt``) with the key referenced by the environment's
+(AES-256-GCM, ``connectors.streams.encrypt``) with the key referenced by the environment's
 ``backup_store.encryption_key`` and stores only the ciphertext, at
 ``<env>/config/<YYYY>/<MM>/<stamp>.json.enc``. There is no unencrypted fallback: without a key
 reference the export refuses to run.
@@ -23,15 +23,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
+from connectors.stores import open_store
+from connectors.stores.base import manifest_key
+from connectors.stores.objects import DumpResult, choose_key, manifest
+from connectors.streams import decrypt, encrypt, resolve_key
+from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import BackupStore, inventory_path
 from opsflow.redaction import redact_data
-from tasks.dumps import DumpResult, choose_key, manifest
-from tasks.storage import manifest_key, open_store
-from tasks.streams import decrypt, encrypt, resolve_key
+from tasks.policy import api_task
 
 CONFIG_SERIES = "config"
 CONFIG_EXTENSION = "json.enc"
@@ -148,12 +147,10 @@ def config_manifest(
     return dict(redact_data(data))
 
 
-@task(
-    name="store_config_export",
+@api_task(
+    "store_config_export",
     timeout_seconds=600,
-    **TRANSIENT_RETRIES,
-    cache_policy=NO_CACHE,  # inputs hold secrets: never hashed, cached or persisted
-    persist_result=False,
+    persist_result=False,  # inputs hold secrets: never hashed, cached or persisted
 )
 def store_config_export(
     env_name: str,

@@ -39,14 +39,14 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
-from prefect import task
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
-from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
+from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Endpoint, MetricsSource, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
+from tasks.policy import probe_task
 
 DEFAULT_ACCEPTED = ("healthy", "ok", "up", "pass")
 DEGRADED_WORDS = ("degraded", "warn", "warning")
@@ -163,12 +163,7 @@ def _grade_body(
     return worst(statuses), notes, details
 
 
-@task(
-    name="check_endpoint",
-    task_run_name="check_endpoint-{endpoint.name}",
-    timeout_seconds=120,
-    **TRANSIENT_RETRIES,
-)
+@probe_task("check_endpoint", timeout_seconds=120, task_run_name="check_endpoint-{endpoint.name}")
 def check_endpoint(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """GET a health endpoint; grade status code, latency and the JSON ``status`` field.
 
@@ -335,12 +330,7 @@ def memory_pct(families: list[Metric]) -> dict[str, Any] | None:
     }
 
 
-@task(
-    name="check_metrics",
-    task_run_name="check_metrics-{source.name}",
-    timeout_seconds=60,
-    **TRANSIENT_RETRIES,
-)
+@probe_task("check_metrics", timeout_seconds=60, task_run_name="check_metrics-{source.name}")
 def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     """Scrape a Prometheus endpoint; grade error rate, p95 latency and memory (see module doc)."""
     started = time.perf_counter()

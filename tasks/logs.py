@@ -23,14 +23,14 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import BinaryIO
 
-from prefect import task
 from pydantic import BaseModel, Field
 
 from opsflow.durations import format_duration
-from opsflow.errors import TRANSIENT_RETRIES, PermanentError
+from opsflow.errors import PermanentError
 from opsflow.inventory import LogFile, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status
+from tasks.policy import probe_task
 
 TOP_N = 5
 MAX_MESSAGE = 200
@@ -170,12 +170,7 @@ def _lines_from(handle: BinaryIO, offset: int) -> Iterator[str]:
         yield raw.decode("utf-8", "replace")
 
 
-@task(
-    name="scan_log_file",
-    task_run_name="scan_log_file-{log.path}",
-    timeout_seconds=300,
-    **TRANSIENT_RETRIES,
-)
+@probe_task("scan_log_file", timeout_seconds=300, task_run_name="scan_log_file-{log.path}")
 def scan_log_file(log: LogFile, window: timedelta, thresholds: Thresholds) -> CheckResult:
     """Error lines (``log.pattern``) in the last ``window`` of a log file, graded.
 

@@ -15,10 +15,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from prefect import task
 
 from opsflow.errors import (
-    TRANSIENT_RETRIES,
     OpsflowError,
     PermanentError,
     TransientError,
@@ -26,6 +24,7 @@ from opsflow.errors import (
 from opsflow.inventory import Notify
 from opsflow.redaction import redact
 from opsflow.secrets import is_reference, resolve
+from tasks.policy import api_task
 
 WEBHOOK_TIMEOUT = 10.0
 
@@ -105,11 +104,7 @@ def notify_block(reference: str, subject: str, body: str, field: str) -> None:
         ) from None
 
 
-@task(
-    name="send_notification",
-    timeout_seconds=60,
-    **TRANSIENT_RETRIES,
-)
+@api_task("send_notification", timeout_seconds=60)
 def send_notification(
     targets: list[Notify], subject: str, body: str, env: str | None = None
 ) -> list[str]:

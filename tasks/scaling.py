@@ -14,21 +14,16 @@ from typing import Any, Literal
 
 import docker.errors
 import kubernetes.client
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field
 
-from opsflow.errors import TRANSIENT_RETRIES, TransientError
+from connectors.docker import docker_client, docker_errors
+from connectors.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
+from opsflow.errors import TransientError
 from opsflow.inventory import DockerTarget, KubernetesTarget
-from tasks.docker import docker_client, docker_errors
-from tasks.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
+from tasks.policy import api_task
 
 SCALE_WAIT_S = 300.0
 REPLICAS_ANNOTATION = "opsflow.io/replicas-before-restore"
-_RETRY: dict[str, Any] = {
-    **TRANSIENT_RETRIES,
-    "cache_policy": NO_CACHE,
-}
 
 
 class ScaleState(BaseModel):
@@ -75,7 +70,7 @@ def _wait_replicas(
         time.sleep(0.5)
 
 
-@task(name="scale_down_app", timeout_seconds=SCALE_WAIT_S + 300, **_RETRY)
+@api_task("scale_down_app", timeout_seconds=SCALE_WAIT_S + 300)
 def scale_down_app(
     kubernetes_target: KubernetesTarget | None,
     docker_target: DockerTarget | None,
@@ -151,7 +146,7 @@ def scale_down_app(
     return ScaleState(kind="none")
 
 
-@task(name="scale_up_app", timeout_seconds=SCALE_WAIT_S + 300, **_RETRY)
+@api_task("scale_up_app", timeout_seconds=SCALE_WAIT_S + 300)
 def scale_up_app(
     state: ScaleState,
     kubernetes_target: KubernetesTarget | None,

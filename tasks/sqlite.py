@@ -3,6 +3,7 @@ backup (``dump_sqlite``: online backup API into a temp copy, streamed compressed
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import tempfile
 import time
@@ -10,15 +11,21 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
-from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
+from connectors.postgres import RESTORE_TIMEOUT_S
+from connectors.stores import open_store
+from connectors.stores.objects import (
+    BackupStream,
+    DumpResult,
+    choose_key,
+    dump_extension,
+    store_dump,
+)
+from connectors.streams import iter_file
+from opsflow.catalog import Codec, RestoreSource
+from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Thresholds
-from opsflow.results import CheckResult, Status
-from tasks.dumps import DumpResult, choose_key, dump_extension, store_dump
-from tasks.storage import open_store
-from tasks.streams import Codec, iter_file
+from opsflow.results import CheckResult, RestoreResult, Status, VerifyResult, compare_counts
+from tasks.policy import probe_task, transfer_task
 
 BUSY_TIMEOUT_S = 5.0
 CHECK_DEADLINE_S = 45.0
@@ -53,12 +60,7 @@ def _inspect(conn: sqlite3.Connection) -> dict[str, Any]:
     }
 
 
-@task(
-    name="check_sqlite",
-    timeout_seconds=60,
-    **TRANSIENT_RETRIES,
-    cache_policy=NO_CACHE,  # a health check must look at the present, never reuse a result
-)
+@probe_task("check_sqlite", timeout_seconds=60)
 def check_sqlite(db: Database, thresholds: Thresholds, field: str) -> CheckResult:
     """Integrity (quick_check), size, journal mode and busy timeout of a SQLite file."""
     started = time.monotonic()
@@ -176,12 +178,7 @@ def snapshot_sqlite(source: Path, target: Path, deadline: float) -> dict[str, in
         src.close()
 
 
-@task(
-    name="dump_sqlite",
-    timeout_seconds=BACKUP_TIMEOUT_S + 600,
-    **TRANSIENT_RETRIES,
-    cache_policy=NO_CACHE,  # a backup is taken now, never reused
-)
+@transfer_task("dump_sqlite", timeout_seconds=BACKUP_TIMEOUT_S + 600)
 def dump_sqlite(
     db: Database,
     store: BackupStore,
@@ -229,3 +226,137 @@ def dump_sqlite(
                 created_at=when,
                 backend=backend,
             )
+
+
+# --- restore and drill ----------------------------------------------------------------------
+
+
+def _sqlite_counts(conn: sqlite3.Connection) -> dict[str, int]:
+    tables = [
+        str(row[0])
+        for row in conn.execute(
+            "select name from sqlite_schema where type = 'table' "
+            "and name not like 'sqlite_%' order by name"
+        )
+    ]
+    quoted = {t: '"' + t.replace('"', '""') + '"' for t in tables}
+    return {t: int(conn.execute(f"select count(*) from {quoted[t]}").fetchone()[0]) for t in tables}
+
+
+def check_sqlite_file(path: Path, source: RestoreSource, pragma: str) -> VerifyResult:
+    """``PRAGMA integrity_check``/``quick_check`` and row counts of a restored SQLite file."""
+    started = time.monotonic()
+    conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
+    try:
+        lines = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}(20)")]
+        counts = _sqlite_counts(conn) if lines == ["ok"] else {}
+    except sqlite3.DatabaseError as exc:
+        lines, counts = [f"cannot read the restored file: {exc}"], {}
+    finally:
+        conn.close()
+    problems = [] if lines == ["ok"] else [f"{pragma} failed: {'; '.join(lines[:3])}"]
+    if not problems:
+        problems, _ = compare_counts(source.row_counts, counts, exact=True)
+    return VerifyResult(
+        target=str(path),
+        ok=not problems,
+        problems=problems,
+        checks=[pragma, f"row counts of {len(source.row_counts)} table(s) against the manifest"],
+        row_counts=counts,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_sqlite_copy(store: BackupStore, source: RestoreSource, temp: Path) -> tuple[int, int]:
+    """Stream the backup into ``temp`` (fsynced); (stored bytes, file bytes). Removes ``temp``
+    on any failure, so a corrupt or short object leaves nothing behind."""
+    stream = BackupStream(open_store(store), source)
+    try:
+        with temp.open("xb") as out:
+            for chunk in stream.plain:
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+    return stream.stored.size, stream.plain.size
+
+
+@transfer_task("restore_sqlite", timeout_seconds=RESTORE_TIMEOUT_S + 600)
+def restore_sqlite(
+    db: Database, store: BackupStore, source: RestoreSource, target: str, stamp: str
+) -> RestoreResult:
+    """Restore into a temp file next to ``target``, check it (integrity_check, row counts),
+    then rename it over ``target`` atomically; the replaced file stays as
+    ``<target>.before-<stamp>`` (a hard link). Any failure leaves ``target`` untouched."""
+    started = time.monotonic()
+    path = Path(target).expanduser().resolve()
+    if not path.parent.is_dir():
+        raise PermanentError(f"directory {path.parent} does not exist (fix: create it first)")
+    temp = path.with_name(f".{path.name}.restore-{stamp}.tmp")
+    temp.unlink(missing_ok=True)  # a leftover of a killed attempt of this very run
+    try:
+        size, raw = write_sqlite_copy(store, source, temp)
+    except PermanentError as exc:
+        raise PermanentError(
+            f"restore of {db.name} from backup {source.backup_id} stopped: {exc}. "
+            f"{path} was not touched."
+        ) from exc
+    try:
+        result = check_sqlite_file(temp, source, "integrity_check")
+        if not result.ok:
+            raise PermanentError(
+                f"the restored copy of {db.name} failed its checks: {'; '.join(result.problems)}"
+                f". {path} was not touched."
+            )
+        if path.exists():
+            with sqlite3.connect(path, timeout=30) as conn:  # fold a leftover WAL into the old
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.close()
+            aside = path.with_name(f"{path.name}.before-{stamp}")
+            aside.unlink(missing_ok=True)
+            os.link(path, aside)
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+    for suffix in ("-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+    return RestoreResult(
+        database=db.name,
+        target=str(path),
+        backup_id=source.backup_id,
+        key=source.key,
+        bytes=size,
+        raw_bytes=raw,
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+@transfer_task("drill_sqlite", timeout_seconds=RESTORE_TIMEOUT_S + 600)
+def drill_sqlite(store: BackupStore, source: RestoreSource) -> tuple[RestoreResult, VerifyResult]:
+    """Restore a SQLite backup into a temp file, ``quick_check`` it and count rows; the temp
+    file is always removed."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="opsflow-drill-") as scratch:
+        temp = Path(scratch) / f"{source.database}.sqlite"
+        size, raw = write_sqlite_copy(store, source, temp)
+        restored = RestoreResult(
+            database=source.database,
+            target=str(temp),
+            backup_id=source.backup_id,
+            key=source.key,
+            bytes=size,
+            raw_bytes=raw,
+            seconds=round(time.monotonic() - started, 3),
+        )
+        return restored, check_sqlite_file(temp, source, "quick_check")

@@ -12,12 +12,13 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from prefect import task
 
-from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
+from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Endpoint, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade
+from opsflow.units import format_bytes
+from tasks.policy import probe_task
 
 CERT_CRITICAL_DAYS = 3
 
@@ -28,12 +29,7 @@ def disk_thresholds(thresholds: Thresholds) -> tuple[float, float]:
     return degraded, min(max(degraded + 10, 95.0), 100.0)
 
 
-@task(
-    name="check_disk",
-    task_run_name="check_disk-{path}",
-    timeout_seconds=30,
-    **TRANSIENT_RETRIES,
-)
+@probe_task("check_disk", timeout_seconds=30, task_run_name="check_disk-{path}")
 def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
     """Percent used of the filesystem holding ``path`` (as ``df`` counts it) vs thresholds."""
     started = time.perf_counter()
@@ -50,7 +46,9 @@ def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
     pct = 100.0 * usage.used / capacity if capacity else 0.0
     degraded_at, critical_at = disk_thresholds(thresholds)
     status = grade(pct, degraded_at, critical_at)
-    summary = f"{path}: {pct:.1f}% used, {_gib(usage.free)} free of {_gib(usage.total)}"
+    summary = (
+        f"{path}: {pct:.1f}% used, {format_bytes(usage.free)} free of {format_bytes(usage.total)}"
+    )
     if status is not Status.HEALTHY:
         summary += f" ({status.value}: threshold {degraded_at:g}%, critical {critical_at:g}%)"
     return CheckResult(
@@ -69,10 +67,6 @@ def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
         },
         duration_ms=int((time.perf_counter() - started) * 1000),
     )
-
-
-def _gib(value: int) -> str:
-    return f"{value / 2**30:.1f} GiB"
 
 
 def fetch_certificate(
@@ -150,11 +144,10 @@ def grade_certificate(days_left: float, thresholds: Thresholds) -> Status:
     return Status.HEALTHY
 
 
-@task(
-    name="check_tls_certificate",
-    task_run_name="check_tls_certificate-{endpoint.name}",
+@probe_task(
+    "check_tls_certificate",
     timeout_seconds=60,
-    **TRANSIENT_RETRIES,
+    task_run_name="check_tls_certificate-{endpoint.name}",
 )
 def check_tls_certificate(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """Days until the https endpoint's certificate expires, and whether it is trusted."""

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from tests.fixtures.e2e_env import REPO, Workspace
+from tests.support.cli import OPSFLOW
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -22,7 +23,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 def opsflow(ws: Workspace, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "opsflow", *args],
+        [*OPSFLOW, *args],
         cwd=REPO,
         env=ws.env,
         capture_output=True,

@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from connectors.stores import open_store
 from flows.backup import BackupReport, backup
 from opsflow.inventory import BackupStore
 from opsflow.ledger import Ledger
-from tasks.storage import open_store
 from tests.fixtures.s3_server import FaultProxy
 from tests.support.net import free_port
 

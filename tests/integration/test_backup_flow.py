@@ -35,12 +35,13 @@ from prefect.logging.handlers import APILogHandler
 from sqlalchemy import select
 from typer.testing import CliRunner
 
+from cli.main import app
+from connectors.stores import open_store
+from connectors.stores.base import backup_key, manifest_key
+from connectors.streams import decompress
 from flows.backup import BackupReport, backup
-from opsflow.cli import app
 from opsflow.inventory import BackupStore
 from opsflow.ledger import BackupRow, Ledger, RunRow, StepRow
-from tasks.storage import backup_key, manifest_key, open_store
-from tasks.streams import decompress
 
 if TYPE_CHECKING:
     from tests.fixtures.backups import PgbenchDatabase
@@ -250,7 +251,7 @@ def test_backs_up_postgres_and_a_sqlite_being_written_to_the_local_store(
 
     # report artifact with sizes, rates and durations; the ledger run
     text = artifact_text("backup-bk")
-    assert "pgmain" in text and "appdb" in text and "MB/s" in text
+    assert "pgmain" in text and "appdb" in text and "MiB/s" in text
     assert ws.ledger().runs(env="bk", runbook="backup")[0].status == "complete"
 
     # the catalog through the CLI

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
+from connectors.stores import open_store
+from connectors.streams import decompress
 from flows.backup import BackupReport, backup, plan_backup
 from opsflow.inventory import parse_inventory
 from opsflow.ledger import Ledger
 from tasks.config_export import read_config_export
-from tasks.storage import open_store
-from tasks.streams import decompress
 from tests.fixtures.databases import RedisServer
 
 pytestmark = pytest.mark.integration

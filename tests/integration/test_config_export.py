@@ -23,8 +23,8 @@ from docker.models.containers import Container
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, DockerService, DockerTarget, KubernetesTarget
 from tasks.config_export import export_inventory, read_config_export, store_config_export
-from tasks.docker import export_docker_config
-from tasks.kubernetes import export_kubernetes_config
+from tasks.docker.config import export_docker_config
+from tasks.kubernetes.config import export_kubernetes_config
 from tests.fixtures.kube_api import KubeApiServer
 
 pytestmark = pytest.mark.integration

@@ -10,17 +10,11 @@ from datetime import timedelta
 import pytest
 from docker.models.containers import Container
 
+from connectors.docker import docker_client, exec_capture, exec_feed, exec_stream
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.results import Status
-from tasks.docker import (
-    check_containers,
-    docker_client,
-    exec_capture,
-    exec_feed,
-    exec_stream,
-    scan_container_logs,
-)
+from tasks.docker.checks import check_containers, scan_container_logs
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration

@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from docker.models.containers import Container
 
+from connectors.stores.base import manifest_key
 from flows.backup import BackupReport, backup
 from flows.dr_drill import DrillReport, dr_drill
 from flows.restore import RestoreReport, restore
 from opsflow.ledger import BackupRow
-from tasks.storage import manifest_key
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import (
     RESTORE_DSN_VAR,

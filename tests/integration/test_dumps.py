@@ -18,11 +18,11 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from connectors.stores import open_store
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database
-from tasks.postgres import dump_postgres
+from tasks.postgres.backup import dump_postgres
 from tasks.sqlite import dump_sqlite
-from tasks.storage import open_store
 
 if TYPE_CHECKING:
     from tests.fixtures.backups import PgbenchDatabase

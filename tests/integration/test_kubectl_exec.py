@@ -29,14 +29,15 @@ from typing import Any
 
 import pytest
 
+from connectors.kubernetes import find_pod, kube_api, pod_exec_feed, pod_exec_stream
+from connectors.stores import open_store
+from connectors.stores.base import manifest_key
+from connectors.streams import decompress
 from flows.backup import BackupReport, backup
 from flows.dr_drill import dr_drill
 from flows.restore import RestoreReport, restore
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, KubernetesTarget
-from tasks.kubernetes import find_pod, kube_api, pod_exec_feed, pod_exec_stream
-from tasks.storage import manifest_key, open_store
-from tasks.streams import decompress
 from tests.fixtures.kube_api import ExecCall, KubeApiServer, KubeCluster
 from tests.fixtures.restores import RESTORE_DSN_VAR, RestoreLab
 

@@ -8,17 +8,11 @@ from datetime import timedelta
 import kubernetes.client
 import pytest
 
+from connectors.kubernetes import find_pod, kube_api, pod_exec_capture
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.results import Status
-from tasks.kubernetes import (
-    check_pod_resources,
-    check_pods,
-    find_pod,
-    kube_api,
-    pod_exec_capture,
-    scan_pod_logs,
-)
+from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tests.fixtures.kube_api import KubeApiServer, KubeCluster
 from tests.support.net import free_port
 

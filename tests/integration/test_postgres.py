@@ -10,10 +10,11 @@ from contextlib import ExitStack
 import psycopg
 import pytest
 
+from connectors.postgres import parse_psql_rows, psql_argv
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Database, Thresholds
 from opsflow.results import Status
-from tasks.postgres import check_postgres, collect_stats, parse_psql_rows, psql_argv
+from tasks.postgres.checks import check_postgres, collect_stats
 from tests.fixtures.databases import (
     PostgresDatabase,
     PostgresRole,

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from connectors.stores import open_store
+from connectors.streams import decompress
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, RedisTarget
 from tasks.redis import dump_redis
-from tasks.storage import open_store
-from tasks.streams import decompress
 from tests.fixtures.databases import RedisServer
 from tests.support.net import free_port
 

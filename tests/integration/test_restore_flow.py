@@ -12,7 +12,6 @@ approval; the application is scaled back to its previous replica count.
 from __future__ import annotations
 
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -35,6 +34,7 @@ from tests.fixtures.restores import (
     container_sql,
     start_pgbench_container,
 )
+from tests.support.cli import OPSFLOW
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -321,9 +321,7 @@ class CliRestore:
         self.lab = lab
         self.proc = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "opsflow",
+                *OPSFLOW,
                 "run",
                 "restore",
                 "--env",

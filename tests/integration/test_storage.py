@@ -14,18 +14,13 @@ from typing import Any
 
 import pytest
 
+from connectors.stores import open_store
+from connectors.stores.base import Store, backup_key, manifest_key
+from connectors.stores.local import LocalStore
+from connectors.stores.s3 import S3Store
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore
-from tasks.storage import (
-    Store,
-    apply_retention,
-    backup_key,
-    manifest_key,
-    open_store,
-    verify_backup,
-)
-from tasks.storage_local import LocalStore
-from tasks.storage_s3 import S3Store
+from tasks.backups import apply_retention, verify_backup
 from tests.fixtures.s3_server import FaultProxy
 
 pytestmark = pytest.mark.integration

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from connectors.postgres import pg_dump_argv, split_password
+from connectors.stores.objects import dump_extension
+from deployments.runbooks import get_runbook
 from flows.backup import BackupReport, DatabaseBackup, plan_backup, render_backup_report
-from flows.registry import get_runbook
 from opsflow.errors import InputError
 from opsflow.inventory import load_inventory, parse_inventory
-from tasks.dumps import dump_extension
-from tasks.postgres import pg_dump_argv, split_password
 
 INVENTORY = parse_inventory("""
 environments:
@@ -110,7 +110,7 @@ def test_report_shows_sizes_rates_and_failures() -> None:
                 bytes=2_000_000,
                 raw_bytes=10_000_000,
                 seconds=2.0,
-                rate_mb_s=5.0,
+                rate_mib_s=5.0,
             ),
             DatabaseBackup(
                 database="ghost",
@@ -127,7 +127,8 @@ def test_report_shows_sizes_rates_and_failures() -> None:
     assert report.failed == ["ghost"]
     assert "**FAILED**" in text
     assert (
-        "| main | postgres | direct | complete | 2.00 MB | 10.00 MB | 5.0x | 2.00 | 5.0 |" in text
+        "| main | postgres | direct | complete | 1.9 MiB | 9.5 MiB | 5.0x | 2.00 | 4.8 MiB/s |"
+        in text
     )
     assert "- **ghost**: database does not exist" in text
     assert "deleted `prod/main/2025/11/20251101T020000Z.sql.zst`" in text

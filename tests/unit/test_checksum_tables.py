@@ -7,12 +7,12 @@ from datetime import UTC, datetime
 
 import pytest
 
+from connectors.postgres import checksum_sql, missing_tables_sql, parse_checksums, quote_table
 from flows.dr_drill import compared_checksums
 from flows.restore import catalog_sources
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow
-from tasks.postgres import checksum_sql, missing_tables_sql, parse_checksums, quote_table
-from tasks.restores import compare_checksums
+from opsflow.results import compare_checksums
 
 DB = "environments: {p: {databases: [{name: m, kind: postgres, dsn: 'env:X', %s}]}}"
 

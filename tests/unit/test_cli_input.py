@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from opsflow.cli import app
+from cli.main import app
 from opsflow.ledger import Ledger
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from connectors.stores.base import sidecar_text
 from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import BackupStore
 from tasks.config_export import (
@@ -21,7 +22,6 @@ from tasks.config_export import (
     read_config_export,
     store_config_export,
 )
-from tasks.storage import sidecar_text
 
 KEY_VAR = "OPSFLOW_TEST_UNIT_CONFIG_KEY"
 WHEN = datetime(2026, 5, 6, 2, 0, tzinfo=UTC)

@@ -7,8 +7,8 @@ import pytest
 
 from opsflow.inventory import Thresholds
 from opsflow.results import Status
-from tasks.docker import _cpu_pct, _log_lines, _memory_pct
-from tasks.kubernetes import pod_status
+from tasks.docker.checks import _cpu_pct, _log_lines, _memory_pct
+from tasks.kubernetes.checks import pod_status
 from tests.support.fake_controller import make_pod
 
 TEMPLATE = {

@@ -5,18 +5,11 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from connectors.postgres import classify, parse_psql_rows, psql_argv
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Thresholds
 from opsflow.results import Status
-from tasks.postgres import (
-    PING_SQL,
-    PostgresStats,
-    classify,
-    collect_stats,
-    grade_stats,
-    parse_psql_rows,
-    psql_argv,
-)
+from tasks.postgres.checks import PING_SQL, PostgresStats, collect_stats, grade_stats
 
 
 def _stats(connections: int, max_connections: int = 100) -> PostgresStats:
@@ -58,7 +51,7 @@ def test_connections_graded_against_threshold_and_95_percent(
 
 
 def test_size_is_human_readable() -> None:
-    assert "size 7.6 MB" in grade_stats(_stats(1), Thresholds())[1]
+    assert "size 7.6 MiB" in grade_stats(_stats(1), Thresholds())[1]
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,9 @@ def test_listeners_see_running_totals_and_log_lines_are_spaced(
     assert seen[-1] == ("dump main", 2500)
     assert [done for _, done in seen] == list(range(100, 2600, 100))
     lines = [r.getMessage() for r in caplog.records if "dump main" in r.getMessage()]
-    assert len(lines) == 2 and "MB/s" in lines[0]  # at 1000 and 2000 bytes
+    assert len(lines) == 2  # at 1000 and 2000 bytes
+    assert lines[0].startswith("dump main: 1000 B in ") and lines[0].endswith("B/s)")
+    assert lines[1].startswith("dump main: 2.0 KiB in ")
 
 
 def test_removed_listener_hears_nothing() -> None:

@@ -9,13 +9,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from connectors.postgres import scratch_name
+from deployments.runbooks import get_runbook
 from flows.dr_drill import missed_targets, plan_dr_drill
-from flows.registry import get_runbook
 from flows.restore import build_restore_plan, catalog_sources, choose_sources, plan_restore
+from opsflow.catalog import codec_of
 from opsflow.errors import InputError
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow, Ledger, utcnow
-from tasks.restores import codec_of, compare_counts, scratch_name
+from opsflow.results import compare_counts
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_OLD, SHA_NEW, SHA_APP = "a" * 64, "b" * 64, "c" * 64
@@ -94,7 +96,7 @@ def test_default_plan_on_protected_kubernetes_environment() -> None:
     ]
     assert not plan.steps[0].changes and plan.steps[1].changes
     markdown = plan.to_markdown()
-    for shown in ("backup new", "prod/main/2026/11/new.sql.zst", SHA_NEW, "2.50 MB", SHA_APP):
+    for shown in ("backup new", "prod/main/2026/11/new.sql.zst", SHA_NEW, "2.4 MiB", SHA_APP):
         assert shown in markdown
     assert "sha256 is checked at the end of the stream" in plan.steps[2].why
     assert "<db>_before_20261123T1" in plan.steps[4].why

@@ -1,4 +1,5 @@
-"""Streaming helpers (tasks.streams) and the pure parts of tasks.storage: keys and retention."""
+"""Streaming helpers (connectors.streams) and the pure parts of connectors.stores.base: keys
+and retention."""
 
 from __future__ import annotations
 
@@ -14,9 +15,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from opsflow.errors import InputError, PermanentError
-from opsflow.redaction import redact
-from tasks.storage import (
+from connectors.stores.base import (
     StoredObject,
     backup_key,
     backup_time,
@@ -27,7 +26,7 @@ from tasks.storage import (
     select_expired,
     sidecar_text,
 )
-from tasks.streams import (
+from connectors.streams import (
     CHUNK_SIZE,
     Hashed,
     compress,
@@ -39,6 +38,8 @@ from tasks.streams import (
     rechunk,
     resolve_key,
 )
+from opsflow.errors import InputError, PermanentError
+from opsflow.redaction import redact
 
 KEY = bytes(range(32))
 
@@ -241,7 +242,7 @@ def test_encrypted_then_compressed_pipeline_round_trip() -> None:
     assert b"".join(restored) == data
 
 
-# --- keys, manifests and retention (tasks.storage) ------------------------------------------
+# --- keys, manifests and retention (stores.base) ------------------------------------------
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.redaction import redact
 from opsflow.settings import get_settings
+from opsflow.units import format_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REJECTED = 0, 1, 2, 3
 EMBEDDED_API = "http://127.0.0.1:4200/api"
@@ -111,7 +112,7 @@ def run(
     params: dict[str, Any] = parse_params(param or [])
     _check_env(env)
     api = use_server_if_running()
-    from flows.registry import get_runbook
+    from deployments.runbooks import get_runbook
 
     try:
         book = get_runbook(runbook)
@@ -249,7 +250,7 @@ def plan(
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
 ) -> None:
     """Show what a runbook would do, without touching anything or contacting a server."""
-    from flows.registry import get_runbook
+    from deployments.runbooks import get_runbook
     from opsflow.inventory import load_inventory
 
     try:
@@ -453,21 +454,13 @@ def backups_list(
             r.database,
             r.kind,
             f"[{style}]{r.status}[/]",
-            _size(r.bytes),
+            format_bytes(r.bytes),
             r.sha256[:12],
             redact(r.key),
         )
     out.print(table)
     stores = sorted({r.store_url for r in rows})
     out.print(f"store: {redact(', '.join(stores))} (ids and full sha256: --json)")
-
-
-def _size(size: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} TB"
 
 
 @ledger_app.command("verify")

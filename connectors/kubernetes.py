@@ -1,23 +1,21 @@
-"""Kubernetes: pod/deployment health, resource use, logs, exec in a pod, ConfigMap/Secret export.
+"""Kubernetes API access: a client for the target, error translation, finding pods, and exec
+in a pod over the websocket (capture, stream out, feed in).
 
-Built on the official ``kubernetes`` client. Connection: ``kubernetes.api_url`` (+ ``token``
-reference, ``verify_tls``) wins; else a kubeconfig (``kubernetes.kubeconfig`` / ``context``,
-or ``KUBECONFIG`` / ``~/.kube/config``); else the in-cluster service account. Every call carries
-a (connect, read) timeout; an unreachable API, a 5xx, 409 or 429 is a ``TransientError``, a
-404, 401 or 403 a ``PermanentError`` saying what to fix.
+Connection: ``kubernetes.api_url`` (+ ``token`` reference, ``verify_tls``) wins; else a
+kubeconfig (``kubernetes.kubeconfig`` / ``context``, or ``KUBECONFIG`` / ``~/.kube/config``);
+else the in-cluster service account. Every call carries a (connect, read) timeout; an
+unreachable API, a 5xx, 409 or 429 is a ``TransientError``, a 404, 401 or 403 a
+``PermanentError`` saying what to fix.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +26,6 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.stream import stream as kube_stream
 from kubernetes.stream.ws_client import WSClient
-from kubernetes.utils.quantity import parse_quantity
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from websocket import (
     ABNF,
     WebSocketConnectionClosedException,
@@ -38,33 +33,16 @@ from websocket import (
     WebSocketTimeoutException,
 )
 
-from opsflow.durations import format_duration
 from opsflow.errors import (
-    TRANSIENT_RETRIES,
     InputError,
     PermanentError,
     TransientError,
 )
-from opsflow.inventory import KubernetesTarget, Thresholds
+from opsflow.inventory import KubernetesTarget
 from opsflow.redaction import redact
-from opsflow.results import CheckResult, Status, grade, worst
 from opsflow.secrets import resolve
-from tasks.logs import grade_errors, summarize_errors
 
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
-_RETRY: dict[str, Any] = {
-    **TRANSIENT_RETRIES,
-}
-BAD_WAITING = {
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-    "InvalidImageName",
-    "RunContainerError",
-}
-METRICS = ("metrics.k8s.io", "v1beta1")
 
 
 def kube_api(target: KubernetesTarget) -> kubernetes.client.ApiClient:
@@ -138,7 +116,9 @@ def kube_errors(api: kubernetes.client.ApiClient, what: str) -> Iterator[None]:
         ) from None
 
 
-def _selector(api: kubernetes.client.ApiClient, target: KubernetesTarget) -> tuple[str, Any | None]:
+def pod_selector(
+    api: kubernetes.client.ApiClient, target: KubernetesTarget
+) -> tuple[str, Any | None]:
     """(label selector, deployment or None) for the target's pods."""
     apps = kubernetes.client.AppsV1Api(api)
     if target.deployment:
@@ -168,7 +148,7 @@ def _selector(api: kubernetes.client.ApiClient, target: KubernetesTarget) -> tup
     )
 
 
-def _list_pods(api: kubernetes.client.ApiClient, target: KubernetesTarget, selector: str) -> Any:
+def list_pods(api: kubernetes.client.ApiClient, target: KubernetesTarget, selector: str) -> Any:
     core = kubernetes.client.CoreV1Api(api)
     with kube_errors(api, f"pods {selector!r} in namespace {target.namespace}"):
         return core.list_namespaced_pod(
@@ -176,294 +156,9 @@ def _list_pods(api: kubernetes.client.ApiClient, target: KubernetesTarget, selec
         ).items
 
 
-def pod_status(pod: Any, thresholds: Thresholds) -> tuple[Status, list[str], dict[str, Any]]:
-    """Grade one pod: phase, readiness, waiting reasons, OOM kills and restarts."""
-    status = pod.status
-    statuses: list[Status] = []
-    notes: list[str] = []
-    containers = list(status.init_container_statuses or []) + list(status.container_statuses or [])
-    restarts = sum(int(c.restart_count or 0) for c in containers)
-    details: dict[str, Any] = {
-        "phase": status.phase,
-        "restarts": restarts,
-        "node": pod.spec.node_name,
-    }
-    for container in containers:
-        waiting = container.state.waiting if container.state else None
-        if waiting is not None and waiting.reason in BAD_WAITING:
-            statuses.append(Status.CRITICAL)
-            notes.append(f"{container.name} {waiting.reason}")
-            details.setdefault("reasons", []).append(waiting.reason)
-        terminated = [
-            s.terminated for s in (container.state, container.last_state) if s and s.terminated
-        ]
-        if any(t.reason == "OOMKilled" for t in terminated):
-            statuses.append(Status.CRITICAL)
-            notes.append(f"{container.name} OOMKilled")
-            details.setdefault("reasons", []).append("OOMKilled")
-    ready = any(c.type == "Ready" and c.status == "True" for c in status.conditions or [])
-    details["ready"] = ready
-    if status.phase == "Failed":
-        statuses.append(Status.CRITICAL)
-        notes.append(f"Failed: {status.reason or status.message or 'pod failed'}")
-    elif status.phase in ("Pending", "Unknown"):
-        statuses.append(Status.DEGRADED)
-        unscheduled = next(
-            (
-                c
-                for c in status.conditions or []
-                if c.type == "PodScheduled" and c.status == "False"
-            ),
-            None,
-        )
-        why = f" ({unscheduled.reason}: {unscheduled.message})" if unscheduled else ""
-        notes.append(f"{status.phase}{why}")
-    elif status.phase == "Running" and not ready:
-        statuses.append(Status.DEGRADED)
-        notes.append("running but not ready")
-    else:
-        notes.append(f"{status.phase}{', ready' if ready else ''}")
-    if restarts > thresholds.restarts:
-        statuses.append(Status.DEGRADED)
-        notes.append(f"{restarts} restarts (threshold {thresholds.restarts})")
-    if pod.metadata.deletion_timestamp is not None:
-        statuses.append(Status.DEGRADED)
-        notes.append("terminating")
-    return worst(statuses), notes, details
-
-
-def _deployment_result(deployment: Any, started: float) -> CheckResult:
-    spec, status, meta = deployment.spec, deployment.status, deployment.metadata
-    desired = int(spec.replicas if spec.replicas is not None else 1)
-    ready = int(status.ready_replicas or 0)
-    updated = int(status.updated_replicas or 0)
-    available = int(status.available_replicas or 0)
-    details: dict[str, Any] = {
-        "desired": desired,
-        "ready": ready,
-        "updated": updated,
-        "available": available,
-        "generation": meta.generation,
-        "observed_generation": status.observed_generation,
-        "images": [c.image for c in spec.template.spec.containers],
-    }
-    statuses: list[Status] = []
-    notes = [f"{ready}/{desired} ready, {updated} updated"]
-    if desired > 0 and ready == 0:
-        statuses.append(Status.CRITICAL)
-    elif ready < desired:
-        statuses.append(Status.DEGRADED)
-    progressing = next((c for c in status.conditions or [] if c.type == "Progressing"), None)
-    if progressing is not None and progressing.reason == "ProgressDeadlineExceeded":
-        statuses.append(Status.CRITICAL)
-        notes.append("rollout exceeded its progress deadline")
-    elif (status.observed_generation or 0) < (meta.generation or 0) or updated < desired:
-        statuses.append(Status.DEGRADED)
-        notes.append("rollout in progress")
-    return CheckResult(
-        check="deployment",
-        target=f"{meta.namespace}/{meta.name}",
-        status=worst(statuses),
-        summary=f"deployment {meta.name}: " + ", ".join(notes),
-        details=details,
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
-
-
-@task(name="check_pods", timeout_seconds=60, **_RETRY)
-def check_pods(target: KubernetesTarget, thresholds: Thresholds) -> list[CheckResult]:
-    """One result per pod of the deployment (or label selector), plus the deployment's."""
-    started = time.monotonic()
-    with kube_api(target) as api:
-        selector, deployment = _selector(api, target)
-        pods = _list_pods(api, target, selector)
-    results: list[CheckResult] = []
-    if deployment is not None:
-        results.append(_deployment_result(deployment, started))
-    for pod in pods:
-        status, notes, details = pod_status(pod, thresholds)
-        results.append(
-            CheckResult(
-                check="pod",
-                target=f"{target.namespace}/{pod.metadata.name}",
-                status=status,
-                summary=f"pod {pod.metadata.name}: " + ", ".join(notes),
-                details=details,
-                duration_ms=int((time.monotonic() - started) * 1000),
-            )
-        )
-    if not pods and deployment is None:
-        results.append(
-            CheckResult(
-                check="pod",
-                target=f"{target.namespace}/{selector}",
-                status=Status.CRITICAL,
-                summary=f"no pods match {selector!r} in namespace {target.namespace}",
-            )
-        )
-    return results
-
-
-def _limits(pod: Any) -> dict[str, tuple[Decimal | None, Decimal | None]]:
-    """container name -> (cpu limit in cores, memory limit in bytes)."""
-    limits: dict[str, tuple[Decimal | None, Decimal | None]] = {}
-    for container in pod.spec.containers:
-        values = (container.resources.limits if container.resources else None) or {}
-        cpu, memory = values.get("cpu"), values.get("memory")
-        limits[container.name] = (
-            parse_quantity(cpu) if cpu else None,
-            parse_quantity(memory) if memory else None,
-        )
-    return limits
-
-
-@task(name="check_pod_resources", timeout_seconds=60, **_RETRY)
-def check_pod_resources(target: KubernetesTarget, thresholds: Thresholds) -> list[CheckResult]:
-    """Memory and CPU use (metrics.k8s.io PodMetrics) against each container's limits."""
-    started = time.monotonic()
-    with kube_api(target) as api:
-        selector, _ = _selector(api, target)
-        pods = {p.metadata.name: p for p in _list_pods(api, target, selector)}
-        custom = kubernetes.client.CustomObjectsApi(api)
-        try:
-            with kube_errors(api, f"pod metrics in namespace {target.namespace}"):
-                listing: Any = custom.list_namespaced_custom_object(
-                    *METRICS,
-                    target.namespace,
-                    "pods",
-                    label_selector=selector,
-                    _request_timeout=REQUEST_TIMEOUT,
-                )
-                metrics = listing["items"]
-        except PermanentError as exc:
-            if "not found (404)" not in str(exc):
-                raise
-            return [
-                CheckResult(
-                    check="pod_resources",
-                    target=target.namespace,
-                    status=Status.DEGRADED,
-                    summary="the metrics.k8s.io API is not served: metrics-server is missing "
-                    "(fix: install metrics-server in the cluster to get pod CPU/memory use)",
-                    duration_ms=int((time.monotonic() - started) * 1000),
-                )
-            ]
-    results: list[CheckResult] = []
-    for item in metrics:
-        name = item["metadata"]["name"]
-        pod = pods.get(name)
-        if pod is None:
-            continue
-        limits = _limits(pod)
-        statuses: list[Status] = []
-        notes: list[str] = []
-        containers: dict[str, dict[str, Any]] = {}
-        for usage in item.get("containers", []):
-            cname = usage["name"]
-            if target.container and cname != target.container:
-                continue
-            cpu_used = parse_quantity(usage["usage"].get("cpu", "0"))
-            mem_used = parse_quantity(usage["usage"].get("memory", "0"))
-            cpu_limit, mem_limit = limits.get(cname, (None, None))
-            info: dict[str, Any] = {"cpu_cores": float(cpu_used), "memory_bytes": int(mem_used)}
-            for kind, used, limit, threshold in (
-                ("memory", mem_used, mem_limit, thresholds.memory_pct),
-                ("cpu", cpu_used, cpu_limit, thresholds.cpu_pct),
-            ):
-                if not limit:
-                    notes.append(f"{cname} {kind}: no limit set")
-                    continue
-                pct = float(used * 100 / limit)
-                info[f"{kind}_pct"] = round(pct, 1)
-                level = grade(pct, threshold)
-                statuses.append(level)
-                label = "memory" if kind == "memory" else "CPU"
-                notes.append(
-                    f"{cname} {label} {pct:.0f}% of limit"
-                    + (f" (threshold {threshold:g}%)" if level is not Status.HEALTHY else "")
-                )
-            containers[cname] = info
-        results.append(
-            CheckResult(
-                check="pod_resources",
-                target=f"{target.namespace}/{name}",
-                status=worst(statuses),
-                summary=f"pod {name}: " + ", ".join(notes),
-                details={"containers": containers},
-                duration_ms=int((time.monotonic() - started) * 1000),
-            )
-        )
-    return results
-
-
-def _lines(response: Any) -> Iterator[str]:
-    pending = b""
-    for chunk in response.stream(65536):
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line.decode("utf-8", errors="replace")
-    if pending:
-        yield pending.decode("utf-8", errors="replace")
-
-
-@task(name="scan_pod_logs", timeout_seconds=120, **_RETRY)
-def scan_pod_logs(
-    target: KubernetesTarget, window: timedelta, pattern: str, thresholds: Thresholds
-) -> list[CheckResult]:
-    """Count lines matching ``pattern`` in each started pod's logs of the last ``window``."""
-    since = datetime.now(UTC) - window
-    results: list[CheckResult] = []
-    with kube_api(target) as api:
-        selector, _ = _selector(api, target)
-        core = kubernetes.client.CoreV1Api(api)
-        for pod in _list_pods(api, target, selector):
-            name = pod.metadata.name
-            if pod.status.phase == "Pending":
-                continue  # nothing has run yet: no logs to read
-            started = time.monotonic()
-            kwargs: dict[str, Any] = {"container": target.container} if target.container else {}
-            try:
-                with kube_errors(api, f"logs of pod {target.namespace}/{name}"):
-                    response: Any = core.read_namespaced_pod_log(
-                        name,
-                        target.namespace,
-                        since_seconds=max(math.ceil(window.total_seconds()), 1),
-                        timestamps=True,
-                        _preload_content=False,
-                        _request_timeout=REQUEST_TIMEOUT,
-                        **kwargs,
-                    )
-                    try:
-                        summary = summarize_errors(_lines(response), pattern, since)
-                    finally:
-                        response.release_conn()
-            except PermanentError as exc:
-                results.append(
-                    CheckResult.failed("pod_logs", f"{target.namespace}/{name}", str(exc))
-                )
-                continue
-            top = "; ".join(f"{count}x {message}" for message, count in summary.top[:3])
-            results.append(
-                CheckResult(
-                    check="pod_logs",
-                    target=f"{target.namespace}/{name}",
-                    status=grade_errors(summary, thresholds),
-                    summary=redact(
-                        f"pod {name}: {summary.count} line(s) matching {pattern!r} in the last "
-                        f"{format_duration(window)}" + (f"; top: {top}" if top else "")
-                    ),
-                    details={
-                        "count": summary.count,
-                        "lines": summary.lines,
-                        "top": [[m, c] for m, c in summary.top],
-                        "pattern": pattern,
-                        "since": since.isoformat(),
-                    },
-                    duration_ms=int((time.monotonic() - started) * 1000),
-                )
-            )
-    return results
+def pod_is_ready(pod: Any) -> bool:
+    """The pod's Ready condition is True."""
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
 
 
 def find_pod(api: kubernetes.client.ApiClient, namespace: str, name: str) -> str:
@@ -477,10 +172,10 @@ def find_pod(api: kubernetes.client.ApiClient, namespace: str, name: str) -> str
         if "not found (404)" not in str(exc):
             raise
     target = KubernetesTarget(namespace=namespace, deployment=name)
-    selector, _ = _selector(api, target)
-    pods = _list_pods(api, target, selector)
+    selector, _ = pod_selector(api, target)
+    pods = list_pods(api, target, selector)
     for pod in pods:
-        if pod_status(pod, Thresholds())[2]["ready"]:
+        if pod_is_ready(pod):
             return str(pod.metadata.name)
     raise PermanentError(
         f"deployment {namespace}/{name} has no Ready pod to run the command in "
@@ -728,47 +423,3 @@ def pod_exec_feed(
     if failure and code == 0:
         raise TransientError(f"{what}: writing stdin failed: {failure[0]}")
     return code, bytes(out), bytes(err)
-
-
-# --- configuration export -------------------------------------------------------------------
-
-_SERVER_FIELDS = ("uid", "resourceVersion", "creationTimestamp", "managedFields", "selfLink")
-
-
-def exportable(api: kubernetes.client.ApiClient, obj: Any) -> dict[str, Any]:
-    """An object as JSON ready to re-apply: server-managed metadata removed."""
-    data: dict[str, Any] = api.sanitize_for_serialization(obj)
-    meta = data.get("metadata") or {}
-    for field in _SERVER_FIELDS:
-        meta.pop(field, None)
-    return data
-
-
-@task(
-    name="export_kubernetes_config",
-    timeout_seconds=120,
-    cache_policy=NO_CACHE,
-    persist_result=False,  # the result holds Secret values: never written to disk
-    **_RETRY,
-)
-def export_kubernetes_config(target: KubernetesTarget) -> dict[str, Any]:
-    """All ConfigMaps and Secrets of the target's namespace, as re-appliable JSON objects.
-
-    Returns ``{"namespace": ..., "configmaps": [...], "secrets": [...]}``. The values include
-    Secret data: pass the result only to ``store_config_export`` (which encrypts it).
-    """
-    with kube_api(target) as api:
-        core = kubernetes.client.CoreV1Api(api)
-        with kube_errors(api, f"configmaps in namespace {target.namespace}"):
-            configmaps = core.list_namespaced_config_map(
-                target.namespace, _request_timeout=REQUEST_TIMEOUT
-            ).items
-        with kube_errors(api, f"secrets in namespace {target.namespace}"):
-            secrets = core.list_namespaced_secret(
-                target.namespace, _request_timeout=REQUEST_TIMEOUT
-            ).items
-        return {
-            "namespace": target.namespace,
-            "configmaps": [exportable(api, item) for item in configmaps],
-            "secrets": [exportable(api, item) for item in secrets],
-        }

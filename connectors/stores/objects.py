@@ -1,33 +1,35 @@
-"""What every database dump shares: a free key, compress + store, the manifest, a confirmation.
+"""Backup objects: what every dump shares on the way in (a free key, compress + store, the
+manifest) and the verified stream on the way out.
 
 ``store_dump`` is the tail of each dump pipeline (``dump | compress | sha256 | store``): the
 producer's chunks are counted, compressed and handed to ``Store.put_stream``, which hashes them
-and makes the object visible only once complete. A producer that raises (a dump process that
-exits non-zero or is killed) leaves nothing visible. The JSON manifest is written next to the
-object only after it is stored; if that fails the object is deleted again, so a backup is
-either complete with its manifest or absent.
+and makes the object visible only once complete. A producer that raises leaves nothing visible.
+The JSON manifest is written next to the object only after it is stored; if that fails the
+object is deleted again, so a backup is either complete with its manifest or absent.
 
-``confirm_backup`` is the cheap check before cataloguing: HEAD the object and compare size and
-sha256 with what was streamed (``tasks.storage.verify_backup`` reads it end to end instead).
+``BackupStream`` is the reverse: ``get_stream`` (sha256 checked) -> count -> decompress -> count.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
-from opsflow.inventory import BackupStore
+from connectors.stores import open_store
+from connectors.stores.base import Store, backup_key, manifest_key
+from connectors.streams import CODECS, EXTENSIONS, Counted, compress, decompress
+from opsflow.catalog import Codec, RestoreSource
+from opsflow.errors import InputError, PermanentError
+from opsflow.inventory import (
+    BackupStore,
+)
 from opsflow.progress import TransferProgress
 from opsflow.redaction import redact_data
-from tasks.storage import Store, StoredObject, backup_key, manifest_key, open_store
-from tasks.streams import CODECS, EXTENSIONS, Codec, Counted, compress
 
 MANIFEST_VERSION = 1
 MAX_KEY_ATTEMPTS = 120
@@ -54,9 +56,9 @@ class DumpResult(BaseModel):
     table_checksums: dict[str, str] = Field(default_factory=dict)
 
     @property
-    def rate_mb_s(self) -> float:
-        """Dump throughput: uncompressed MB (10^6 bytes) per second."""
-        return self.raw_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+    def rate_mib_s(self) -> float:
+        """Dump throughput: uncompressed MiB (2^20 bytes) per second."""
+        return self.raw_bytes / 2**20 / self.seconds if self.seconds > 0 else 0.0
 
 
 def dump_extension(kind: str, codec: str) -> str:
@@ -150,28 +152,25 @@ def manifest(result: DumpResult) -> dict[str, Any]:
     return dict(redact_data(data))
 
 
-@task(
-    name="confirm_backup",
-    timeout_seconds=120,
-    **TRANSIENT_RETRIES,
-    cache_policy=NO_CACHE,
-)
-def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> StoredObject:
-    """HEAD a stored backup and its manifest: present, same size and sha256, else PermanentError."""
-    backend = open_store(store)
-    found = backend.head(key)
-    if found is None:
-        raise PermanentError(f"backup {backend.url}/{key} is not in the store after writing it")
-    if found.size != size:
-        raise PermanentError(
-            f"backup {found.url} holds {found.size} bytes, {size} were written; "
-            "do not use it, take a new backup"
-        )
-    if found.sha256 != sha256:
-        raise PermanentError(
-            f"backup {found.url} has sha256 {found.sha256}, {sha256} was written; "
-            "do not use it, take a new backup"
-        )
-    if backend.head(manifest_key(key)) is None:
-        raise PermanentError(f"backup {found.url} has no manifest at {manifest_key(key)}")
-    return found
+@dataclass
+class BackupStream:
+    """``get_stream`` (sha256 checked at the end) -> count -> decompress -> count."""
+
+    backend: Store
+    source: RestoreSource
+
+    def __post_init__(self) -> None:
+        self.raw = self.backend.get_stream(self.source.key, expected_sha256=self.source.sha256)
+        self.stored = Counted(self.raw, TransferProgress(f"restore {self.source.key}"))
+        self.plain = Counted(self._decompressed())
+
+    def _decompressed(self) -> Iterator[bytes]:
+        try:
+            yield from decompress(self.stored, self.source.codec)
+        except PermanentError as exc:
+            try:  # read the rest: a corrupt object is reported as the sha256 mismatch it is
+                for _ in self.raw:
+                    continue
+            except PermanentError as checksum_error:
+                raise checksum_error from exc
+            raise

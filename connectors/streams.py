@@ -36,11 +36,12 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal, Protocol, cast
+from typing import Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from opsflow.catalog import Codec
 from opsflow.errors import InputError, PermanentError
 from opsflow.secrets import resolve
 
@@ -50,7 +51,7 @@ except ImportError:
     from backports import zstd  # type: ignore[no-redef, unused-ignore]
 
 CHUNK_SIZE = 1 << 20  # 1 MiB
-Codec = Literal["zstd", "gzip", "none"]
+
 CODECS: tuple[Codec, ...] = ("zstd", "gzip", "none")
 EXTENSIONS: dict[Codec, str] = {"zstd": ".zst", "gzip": ".gz", "none": ""}
 ENCRYPTED_EXTENSION = ".enc"

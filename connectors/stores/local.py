@@ -12,8 +12,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import BinaryIO
 
-from opsflow.errors import OpsflowError, PermanentError, TransientError, is_transient
-from tasks.storage import (
+from connectors.stores.base import (
     SHA256_SUFFIX,
     Progress,
     Store,
@@ -22,7 +21,8 @@ from tasks.storage import (
     parse_sidecar,
     sidecar_text,
 )
-from tasks.streams import CHUNK_SIZE, Hashed, iter_file
+from connectors.streams import CHUNK_SIZE, Hashed, iter_file
+from opsflow.errors import OpsflowError, PermanentError, TransientError, is_transient
 
 TEMP_SUFFIX = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}

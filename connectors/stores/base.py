@@ -1,19 +1,12 @@
-"""Backup stores: a local directory (``file://``) and S3 (``s3://``) behind one interface.
+"""The backup store interface (``Store``, ``StoredObject``), key layout, checksum sidecars and
+retention selection. Implementations: ``connectors.stores.local`` and ``connectors.stores.s3``;
+``connectors.stores.open_store`` picks one for an inventory ``backup_store``.
 
-``open_store(inventory_backup_store)`` returns a ``Store``. Writes stream (constant memory,
-sha256 and size computed on the way) and become visible atomically and only when complete:
-
-* local (``tasks.storage_local``): a hidden temp file in the target directory, fsync, rename,
-  fsync of the directory;
-* S3 (``tasks.storage_s3``): a multipart upload completed only at the end (aborted on any
-  error), then a HEAD verifies size and ETag (each part is also sent with its MD5).
-
-Next to each object the store keeps ``<key>.sha256`` (``sha256sum`` format, so
-``sha256sum -c`` works on a downloaded copy), written before the object becomes visible.
-It is not S3 metadata because S3 metadata is fixed when the upload starts, before the
-hash of a stream is known (adding it later means copying the object). ``list`` hides these
-files. Reads verify the sha256 while streaming and raise ``PermanentError`` at the end on a
-mismatch, so a restore can write into a scratch target and swap only after the stream ended.
+Writes stream (constant memory, sha256 and size computed on the way) and become visible
+atomically and only when complete: local stores write a hidden temp file, fsync and rename; S3
+completes a multipart upload only at the end (aborted on any error), then HEADs to verify.
+Next to each object the store keeps ``<key>.sha256`` (``sha256sum`` format). Reads verify the
+sha256 while streaming and raise ``PermanentError`` at the end on a mismatch.
 
 Key layout: ``<env>/<db>/<YYYY>/<MM>/<stamp>.<ext>`` (``backup_key``) with the manifest of that
 backup at ``<env>/<db>/<YYYY>/<MM>/<stamp>.manifest.json`` (``manifest_key``).
@@ -31,12 +24,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from prefect import task
 from pydantic import BaseModel, ConfigDict
 
-from opsflow.errors import TRANSIENT_RETRIES, InputError, PermanentError
-from opsflow.inventory import BackupStore
-from tasks.streams import CHUNK_SIZE
+from connectors.streams import CHUNK_SIZE
+from opsflow.errors import InputError, PermanentError
 
 MANIFEST_SUFFIX = ".manifest.json"
 SHA256_SUFFIX = ".sha256"
@@ -121,31 +112,6 @@ class Store(ABC):
         if not isinstance(data, dict):
             raise PermanentError(f"{self.url}/{key} does not hold a JSON object")
         return data
-
-
-def open_store(
-    store: BackupStore, *, part_size: int | None = None, max_concurrency: int | None = None
-) -> Store:
-    """The store described by an inventory ``backup_store`` (``file://`` or ``s3://``).
-
-    ``part_size``/``max_concurrency`` tune S3 multipart uploads (ignored for local stores).
-    No I/O happens here; a missing bucket or directory problem shows on first use.
-    """
-    scheme = urlsplit(store.url).scheme
-    if scheme == "file":
-        from tasks.storage_local import LocalStore
-
-        return LocalStore(local_root(store.url))
-    if scheme == "s3":
-        from tasks.storage_s3 import S3Store
-
-        options: dict[str, int] = {}
-        if part_size is not None:
-            options["part_size"] = part_size
-        if max_concurrency is not None:
-            options["max_concurrency"] = max_concurrency
-        return S3Store(store.url, endpoint_url=store.endpoint_url, **options)
-    raise InputError("backup_store.url", f"unsupported scheme {scheme!r}", "use file:// or s3://")
 
 
 def local_root(url: str) -> Path:
@@ -270,53 +236,3 @@ def select_expired(
         keep.add(newest.key)
     expired = [o for o in backups if backup_time(o) < cutoff and o.key not in keep]
     return sorted(expired, key=lambda o: (backup_time(o), o.key))
-
-
-# --- Prefect tasks --------------------------------------------------------------------------
-
-
-@task(
-    name="apply_retention",
-    timeout_seconds=600,
-    **TRANSIENT_RETRIES,
-)
-def apply_retention(
-    store: BackupStore,
-    prefix: str,
-    verified_keys: builtins.list[str],
-    now: datetime | None = None,
-) -> builtins.list[str]:
-    """Delete backups under ``prefix`` past ``store.retention_days`` (and their manifests).
-
-    Never deletes the newest verified backup of a series (see ``select_expired``); also clears
-    leftovers of killed writes older than a day. Returns the deleted keys. Idempotent.
-    """
-    backend = open_store(store)
-    now = now or datetime.now(UTC)
-    objects = backend.list(prefix)
-    deleted: builtins.list[str] = []
-    for obj in select_expired(objects, store.retention_days, now, set(verified_keys)):
-        for key in (obj.key, manifest_key(obj.key)):
-            backend.delete(key)
-            deleted.append(key)
-    backend.cleanup_incomplete(prefix=prefix)
-    return deleted
-
-
-@task(
-    name="verify_backup",
-    timeout_seconds=6 * 3600,
-    **TRANSIENT_RETRIES,
-)
-def verify_backup(store: BackupStore, key: str, expected_sha256: str) -> StoredObject:
-    """Read a stored backup end to end and check its sha256 and size; PermanentError if not."""
-    backend = open_store(store)
-    found = backend.head(key)
-    if found is None:
-        raise PermanentError(f"backup {backend.url}/{key} does not exist")
-    size = 0
-    for chunk in backend.get_stream(key, expected_sha256=expected_sha256):
-        size += len(chunk)
-    if size != found.size:
-        raise PermanentError(f"backup {found.url} read {size} bytes, expected {found.size}")
-    return found

@@ -39,9 +39,7 @@ from botocore.exceptions import (
     NoCredentialsError,
 )
 
-from opsflow.errors import InputError, OpsflowError, PermanentError, TransientError
-from opsflow.redaction import redact
-from tasks.storage import (
+from connectors.stores.base import (
     SHA256_SUFFIX,
     Progress,
     Store,
@@ -50,7 +48,9 @@ from tasks.storage import (
     parse_sidecar,
     sidecar_text,
 )
-from tasks.streams import CHUNK_SIZE, Hashed
+from connectors.streams import CHUNK_SIZE, Hashed
+from opsflow.errors import InputError, OpsflowError, PermanentError, TransientError
+from opsflow.redaction import redact
 
 log = logging.getLogger(__name__)
 

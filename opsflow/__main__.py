@@ -1,3 +1,0 @@
-from opsflow.cli import main
-
-main()

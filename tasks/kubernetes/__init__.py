@@ -1,0 +1,2 @@
+"""Kubernetes tasks: health checks and configuration export (the client lives in
+connectors.kubernetes)."""

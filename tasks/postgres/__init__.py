@@ -1,0 +1,2 @@
+"""PostgreSQL tasks: health check, backup and restore (the connector lives in
+connectors.postgres)."""
