@@ -36,7 +36,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -205,7 +205,24 @@ def decompress(
 
 
 def _unzstd(chunks: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
-    dobj = zstd.ZstdDecompressor()
+    return _frames(chunks, chunk_size, zstd.ZstdDecompressor, zstd.ZstdError, "zstd", "frame")
+
+
+def _gunzip(chunks: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
+    return _frames(chunks, chunk_size, lambda: zlib.decompressobj(31), zlib.error, "gzip", "member")
+
+
+def _frames(
+    chunks: Iterable[bytes],
+    chunk_size: int,
+    decoder: Callable[[], Any],
+    error: type[Exception],
+    name: str,
+    unit: str,
+) -> Iterator[bytes]:
+    """Decompress a stream of concatenated frames (``zstd -c a b``, ``cat a.gz b.gz``) with at
+    most ``chunk_size`` bytes out per step; an empty, corrupt or truncated stream is an error."""
+    dobj = decoder()
     started = in_frame = False
     for chunk in chunks:
         data = chunk
@@ -214,52 +231,24 @@ def _unzstd(chunks: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
                 started = in_frame = True
             try:
                 out = dobj.decompress(data, chunk_size)
-            except zstd.ZstdError as exc:
-                raise PermanentError(f"zstd stream is corrupt: {exc}") from exc
+            except error as exc:
+                raise PermanentError(f"{name} stream is corrupt: {exc}") from exc
             if out:
                 yield out
-            if dobj.eof:  # a frame ended; what follows is the next frame (zstd -c a b)
-                data, dobj, in_frame = dobj.unused_data, zstd.ZstdDecompressor(), False
+            if dobj.eof:  # a frame ended; what follows is the next frame
+                data, dobj, in_frame = dobj.unused_data, decoder(), False
                 if not data:
                     break
-            elif dobj.needs_input:
+            elif getattr(dobj, "unconsumed_tail", b""):  # zlib keeps unread input here
+                data = dobj.unconsumed_tail
+            elif getattr(dobj, "needs_input", len(out) < chunk_size):
                 break
             else:  # output was cut at chunk_size: collect the rest before reading on
                 data = b""
     if not started:
-        raise PermanentError("zstd stream is empty: expected at least one frame")
+        raise PermanentError(f"{name} stream is empty: expected at least one {unit}")
     if in_frame:
-        raise PermanentError("zstd stream is truncated: it ends in the middle of a frame")
-
-
-def _gunzip(chunks: Iterable[bytes], chunk_size: int) -> Iterator[bytes]:
-    gobj = zlib.decompressobj(31)
-    started = in_member = False
-    for chunk in chunks:
-        data = chunk
-        while True:
-            if data:
-                started = in_member = True
-            try:
-                out = gobj.decompress(data, chunk_size)
-            except zlib.error as exc:
-                raise PermanentError(f"gzip stream is corrupt: {exc}") from exc
-            if out:
-                yield out
-            if gobj.eof:  # a member ended; what follows is the next member (cat a.gz b.gz)
-                data, gobj, in_member = gobj.unused_data, zlib.decompressobj(31), False
-                if not data:
-                    break
-            elif gobj.unconsumed_tail:
-                data = gobj.unconsumed_tail
-            elif len(out) == chunk_size:  # output was cut at max_length: drain the rest
-                data = b""
-            else:
-                break
-    if not started:
-        raise PermanentError("gzip stream is empty: expected at least one member")
-    if in_member:
-        raise PermanentError("gzip stream is truncated: it ends in the middle of a member")
+        raise PermanentError(f"{name} stream is truncated: it ends in the middle of a {unit}")
 
 
 def _codec(codec: str) -> Codec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from enum import StrEnum
 from typing import Any
 
@@ -41,6 +42,26 @@ class CheckResult(BaseModel):
     summary: str
     details: dict[str, Any] = Field(default_factory=dict)
     duration_ms: int = 0
+
+    @classmethod
+    def timed(
+        cls,
+        started: float,
+        check: str,
+        target: str,
+        status: Status,
+        summary: str,
+        details: dict[str, Any] | None = None,
+    ) -> CheckResult:
+        """A result whose duration runs from ``started`` (``time.monotonic()``) until now."""
+        return cls(
+            check=check,
+            target=target,
+            status=status,
+            summary=summary,
+            details=details or {},
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
 
     @classmethod
     def failed(cls, check: str, target: str, error: BaseException | str) -> CheckResult:

@@ -170,18 +170,18 @@ def check_endpoint(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     Connection refused, timeouts and unexpected 5xx raise ``TransientError`` (retried); an
     unexpected 4xx/3xx, a bad JSON status or an untrusted certificate is a critical result.
     """
-    started = time.perf_counter()
+    started = time.monotonic()
     verify = tls_verify(endpoint.verify_tls, endpoint.ca_file)
     try:
         response = http_get(endpoint.url, endpoint.timeout, verify)
     except TLSVerificationError as exc:
-        return CheckResult(
-            check="endpoint",
-            target=endpoint.name,
-            status=Status.CRITICAL,
-            summary=f"{endpoint.name}: TLS certificate not trusted: {exc}",
-            details={"url": redact(endpoint.url), "kind": endpoint.kind},
-            duration_ms=_ms_since(started),
+        return CheckResult.timed(
+            started,
+            "endpoint",
+            endpoint.name,
+            Status.CRITICAL,
+            f"{endpoint.name}: TLS certificate not trusted: {exc}",
+            {"url": redact(endpoint.url), "kind": endpoint.kind},
         )
     latency_ms = response.elapsed.total_seconds() * 1000
     code = response.status_code
@@ -221,18 +221,7 @@ def check_endpoint(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     summary = f"{endpoint.name}: HTTP {code} in {latency_ms:.0f} ms"
     if notes:
         summary += "; " + "; ".join(notes)
-    return CheckResult(
-        check="endpoint",
-        target=endpoint.name,
-        status=status,
-        summary=redact(summary),
-        details=details,
-        duration_ms=_ms_since(started),
-    )
-
-
-def _ms_since(started: float) -> int:
-    return int((time.perf_counter() - started) * 1000)
+    return CheckResult.timed(started, "endpoint", endpoint.name, status, redact(summary), details)
 
 
 # --- metrics ----------------------------------------------------------------------------------
@@ -333,7 +322,7 @@ def memory_pct(families: list[Metric]) -> dict[str, Any] | None:
 @probe_task("check_metrics", timeout_seconds=60, task_run_name="check_metrics-{source.name}")
 def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     """Scrape a Prometheus endpoint; grade error rate, p95 latency and memory (see module doc)."""
-    started = time.perf_counter()
+    started = time.monotonic()
     response = http_get(source.url, METRICS_TIMEOUT, True)
     if response.status_code >= 500:
         raise TransientError(
@@ -370,14 +359,7 @@ def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     summary = f"{source.name}: " + "; ".join(parts)
     if not statuses:
         summary += " (none of the understood metrics was found; see tasks/http.py)"
-    return CheckResult(
-        check="metrics",
-        target=source.name,
-        status=status,
-        summary=summary,
-        details=details,
-        duration_ms=_ms_since(started),
-    )
+    return CheckResult.timed(started, "metrics", source.name, status, summary, details)
 
 
 def _critical_at(limit: float, unit: str) -> float:

@@ -177,7 +177,7 @@ def scan_log_file(log: LogFile, window: timedelta, thresholds: Thresholds) -> Ch
     Only the window's tail of the file is read (found by scanning backwards from the end), so a
     multi-GB log costs what its last ``window`` costs.
     """
-    started = time.perf_counter()
+    started = time.monotonic()
     since = datetime.now(UTC) - window
     try:
         handle = open(log.path, "rb")  # noqa: SIM115 - closed below
@@ -198,17 +198,17 @@ def scan_log_file(log: LogFile, window: timedelta, thresholds: Thresholds) -> Ch
         text += f"; most frequent: {summary.top[0][0]!r} x{summary.top[0][1]}"
     if status is Status.CRITICAL:
         text += f" (critical at {thresholds.log_errors})"
-    return CheckResult(
-        check="logs",
-        target=log.path,
-        status=status,
-        summary=redact(text),
-        details={
+    return CheckResult.timed(
+        started,
+        "logs",
+        log.path,
+        status,
+        redact(text),
+        {
             **summary.model_dump(mode="json"),
             "pattern": log.pattern,
             "window_seconds": window.total_seconds(),
             "file_bytes": size,
             "bytes_scanned": size - offset,
         },
-        duration_ms=int((time.perf_counter() - started) * 1000),
     )

@@ -131,14 +131,7 @@ def check_redis(target: RedisTarget, thresholds: Thresholds, field: str) -> Chec
     )
     if notes:
         summary += " - " + "; ".join(notes)
-    return CheckResult(
-        check="redis",
-        target=target.name,
-        status=status,
-        summary=summary,
-        details=details,
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
+    return CheckResult.timed(started, "redis", target.name, status, summary, details)
 
 
 def keyspace_counts(info: dict[str, Any]) -> dict[str, int]:

@@ -32,7 +32,7 @@ def disk_thresholds(thresholds: Thresholds) -> tuple[float, float]:
 @probe_task("check_disk", timeout_seconds=30, task_run_name="check_disk-{path}")
 def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
     """Percent used of the filesystem holding ``path`` (as ``df`` counts it) vs thresholds."""
-    started = time.perf_counter()
+    started = time.monotonic()
     try:
         usage = shutil.disk_usage(path)
     except FileNotFoundError:
@@ -51,12 +51,13 @@ def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
     )
     if status is not Status.HEALTHY:
         summary += f" ({status.value}: threshold {degraded_at:g}%, critical {critical_at:g}%)"
-    return CheckResult(
-        check="disk",
-        target=path,
-        status=status,
-        summary=summary,
-        details={
+    return CheckResult.timed(
+        started,
+        "disk",
+        path,
+        status,
+        summary,
+        {
             "path": path,
             "used_pct": round(pct, 2),
             "total_bytes": usage.total,
@@ -65,7 +66,6 @@ def check_disk(path: str, thresholds: Thresholds) -> CheckResult:
             "degraded_at_pct": degraded_at,
             "critical_at_pct": critical_at,
         },
-        duration_ms=int((time.perf_counter() - started) * 1000),
     )
 
 
@@ -151,7 +151,7 @@ def grade_certificate(days_left: float, thresholds: Thresholds) -> Status:
 )
 def check_tls_certificate(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """Days until the https endpoint's certificate expires, and whether it is trusted."""
-    started = time.perf_counter()
+    started = time.monotonic()
     parts = urlsplit(endpoint.url)
     if parts.scheme != "https" or not parts.hostname:
         raise PermanentError(
@@ -186,11 +186,6 @@ def check_tls_certificate(endpoint: Endpoint, thresholds: Thresholds) -> CheckRe
         details["verified"] = False
         details["verify_error"] = verify_error
         summary += f"; NOT TRUSTED: {verify_error}"
-    return CheckResult(
-        check="tls_certificate",
-        target=endpoint.name,
-        status=status,
-        summary=redact(summary),
-        details=details,
-        duration_ms=int((time.perf_counter() - started) * 1000),
+    return CheckResult.timed(
+        started, "tls_certificate", endpoint.name, status, redact(summary), details
     )

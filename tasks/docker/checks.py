@@ -58,14 +58,7 @@ def _check_service(
     name = service.container
 
     def result(status: Status, summary: str, details: dict[str, Any]) -> CheckResult:
-        return CheckResult(
-            check="container",
-            target=service.name,
-            status=status,
-            summary=summary,
-            details=details,
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
+        return CheckResult.timed(started, "container", service.name, status, summary, details)
 
     try:
         container = client.containers.get(name)
@@ -198,22 +191,22 @@ def scan_container_logs(
             status = grade_errors(summary, thresholds)
             top = "; ".join(f"{count}x {message}" for message, count in summary.top[:3])
             results.append(
-                CheckResult(
-                    check="container_logs",
-                    target=service.name,
-                    status=status,
-                    summary=redact(
+                CheckResult.timed(
+                    started,
+                    "container_logs",
+                    service.name,
+                    status,
+                    redact(
                         f"{name}: {summary.count} line(s) matching {pattern!r} in the last "
                         f"{format_duration(window)}" + (f"; top: {top}" if top else "")
                     ),
-                    details={
+                    {
                         "container": name,
                         "count": summary.count,
                         "top": [[redact(m), c] for m, c in summary.top],
                         "since": since.isoformat(),
                         "pattern": pattern,
                     },
-                    duration_ms=int((time.monotonic() - started) * 1000),
                 )
             )
     finally:

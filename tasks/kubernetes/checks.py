@@ -120,13 +120,13 @@ def _deployment_result(deployment: Any, started: float) -> CheckResult:
     elif (status.observed_generation or 0) < (meta.generation or 0) or updated < desired:
         statuses.append(Status.DEGRADED)
         notes.append("rollout in progress")
-    return CheckResult(
-        check="deployment",
-        target=f"{meta.namespace}/{meta.name}",
-        status=worst(statuses),
-        summary=f"deployment {meta.name}: " + ", ".join(notes),
-        details=details,
-        duration_ms=int((time.monotonic() - started) * 1000),
+    return CheckResult.timed(
+        started,
+        "deployment",
+        f"{meta.namespace}/{meta.name}",
+        worst(statuses),
+        f"deployment {meta.name}: " + ", ".join(notes),
+        details,
     )
 
 
@@ -143,13 +143,13 @@ def check_pods(target: KubernetesTarget, thresholds: Thresholds) -> list[CheckRe
     for pod in pods:
         status, notes, details = pod_status(pod, thresholds)
         results.append(
-            CheckResult(
-                check="pod",
-                target=f"{target.namespace}/{pod.metadata.name}",
-                status=status,
-                summary=f"pod {pod.metadata.name}: " + ", ".join(notes),
-                details=details,
-                duration_ms=int((time.monotonic() - started) * 1000),
+            CheckResult.timed(
+                started,
+                "pod",
+                f"{target.namespace}/{pod.metadata.name}",
+                status,
+                f"pod {pod.metadata.name}: " + ", ".join(notes),
+                details,
             )
         )
     if not pods and deployment is None:
@@ -199,13 +199,13 @@ def check_pod_resources(target: KubernetesTarget, thresholds: Thresholds) -> lis
             if "not found (404)" not in str(exc):
                 raise
             return [
-                CheckResult(
-                    check="pod_resources",
-                    target=target.namespace,
-                    status=Status.DEGRADED,
-                    summary="the metrics.k8s.io API is not served: metrics-server is missing "
+                CheckResult.timed(
+                    started,
+                    "pod_resources",
+                    target.namespace,
+                    Status.DEGRADED,
+                    "the metrics.k8s.io API is not served: metrics-server is missing "
                     "(fix: install metrics-server in the cluster to get pod CPU/memory use)",
-                    duration_ms=int((time.monotonic() - started) * 1000),
                 )
             ]
     results: list[CheckResult] = []
@@ -244,13 +244,13 @@ def check_pod_resources(target: KubernetesTarget, thresholds: Thresholds) -> lis
                 )
             containers[cname] = info
         results.append(
-            CheckResult(
-                check="pod_resources",
-                target=f"{target.namespace}/{name}",
-                status=worst(statuses),
-                summary=f"pod {name}: " + ", ".join(notes),
-                details={"containers": containers},
-                duration_ms=int((time.monotonic() - started) * 1000),
+            CheckResult.timed(
+                started,
+                "pod_resources",
+                f"{target.namespace}/{name}",
+                worst(statuses),
+                f"pod {name}: " + ", ".join(notes),
+                {"containers": containers},
             )
         )
     return results
@@ -305,22 +305,22 @@ def scan_pod_logs(
                 continue
             top = "; ".join(f"{count}x {message}" for message, count in summary.top[:3])
             results.append(
-                CheckResult(
-                    check="pod_logs",
-                    target=f"{target.namespace}/{name}",
-                    status=grade_errors(summary, thresholds),
-                    summary=redact(
+                CheckResult.timed(
+                    started,
+                    "pod_logs",
+                    f"{target.namespace}/{name}",
+                    grade_errors(summary, thresholds),
+                    redact(
                         f"pod {name}: {summary.count} line(s) matching {pattern!r} in the last "
                         f"{format_duration(window)}" + (f"; top: {top}" if top else "")
                     ),
-                    details={
+                    {
                         "count": summary.count,
                         "lines": summary.lines,
                         "top": [[m, c] for m, c in summary.top],
                         "pattern": pattern,
                         "since": since.isoformat(),
                     },
-                    duration_ms=int((time.monotonic() - started) * 1000),
                 )
             )
     return results
