@@ -23,12 +23,12 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from flows.common import RunbookRun
+from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
-from tasks.catalog import GOOD_STATUSES
 from tasks.config_export import export_inventory, store_config_export
 from tasks.docker import export_docker_config
 from tasks.dumps import DumpResult, confirm_backup
@@ -256,7 +256,7 @@ def _catalog(
         key=dump.key,
         bytes=dump.bytes,
         sha256=dump.sha256,
-        status="complete",
+        status=catalog.COMPLETE,
         created_at=dump.created_at.astimezone(UTC).replace(tzinfo=None),
         duration_ms=int(dump.seconds * 1000),
         flow_run_id=run.flow_run_id,
@@ -286,7 +286,7 @@ def _catalog(
 
 def _verified_keys(run: RunbookRun, store: BackupStore) -> list[str]:
     rows = run.ledger.backups(env=run.env_name, limit=CATALOG_SCAN)
-    return sorted({r.key for r in rows if r.store_url == store.url and r.status in GOOD_STATUSES})
+    return catalog.good_keys(catalog.fold(rows), store.url)
 
 
 def _mb(size: int) -> str:

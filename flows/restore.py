@@ -27,7 +27,9 @@ from pydantic import BaseModel, Field
 
 from flows.backup import require_store
 from flows.common import RunbookRun
+from opsflow import catalog
 from opsflow.approvals import request_approval
+from opsflow.catalog import RestoreSource
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
@@ -36,8 +38,6 @@ from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from tasks.postgres import check_postgres
 from tasks.restores import (
-    RestoreSource,
-    codec_of,
     database_name,
     drop_postgres_database,
     restore_postgres,
@@ -52,46 +52,11 @@ from tasks.storage import manifest_key, verify_backup
 
 RUNBOOK = "restore"
 CATALOG_SCAN = 10_000
-GOOD = ("complete", "verified")
 Mode = Literal["swap", "drop-recreate"]
 MODES: tuple[str, ...] = ("swap", "drop-recreate")
 
 
 # --- choosing backups (pure) -----------------------------------------------------------------
-
-
-def catalog_sources(rows: list[BackupRow]) -> dict[str, list[RestoreSource]]:
-    """Good backups per database, newest first; a backup with a ``verified`` row is verified."""
-    by_id: dict[str, RestoreSource] = {}
-    for row in sorted(rows, key=lambda r: r.id or 0):
-        if row.status not in GOOD:
-            continue
-        details = row.details or {}
-        earlier = by_id.get(row.backup_id)
-        by_id[row.backup_id] = RestoreSource(
-            backup_id=row.backup_id,
-            database=row.database,
-            kind=row.kind,
-            store_url=row.store_url,
-            key=row.key,
-            sha256=row.sha256,
-            bytes=row.bytes,
-            codec=codec_of(row.key, details.get("codec")),
-            via=str(details.get("via") or ""),
-            created_at=row.created_at,
-            manifest_key=str(details.get("manifest_key") or manifest_key(row.key)),
-            row_counts={str(k): int(v) for k, v in (details.get("row_counts") or {}).items()},
-            table_checksums={
-                str(k): str(v) for k, v in (details.get("table_checksums") or {}).items()
-            },
-            verified=row.status == "verified" or bool(earlier and earlier.verified),
-        )
-    grouped: dict[str, list[RestoreSource]] = {}
-    for source in by_id.values():
-        grouped.setdefault(source.database, []).append(source)
-    for sources in grouped.values():
-        sources.sort(key=lambda s: (s.created_at, s.backup_id), reverse=True)
-    return grouped
 
 
 def choose_sources(
@@ -102,7 +67,7 @@ def choose_sources(
     backup_id: str | None = None,
 ) -> list[tuple[int, Database, RestoreSource]]:
     """(inventory index, database, backup) to restore; InputError when something is missing."""
-    catalog = catalog_sources(rows)
+    series = catalog.restorable(catalog.fold(rows, manifest_of=manifest_key))
     names = [db.name for db in env.databases]
     if database != "all" and database not in names:
         raise InputError(
@@ -114,7 +79,7 @@ def choose_sources(
     for index, db in enumerate(env.databases):
         if database not in ("all", db.name):
             continue
-        sources = catalog.get(db.name, [])
+        sources = series.get(catalog.series_key(env_name, db.kind, db.name), [])
         if backup_id:
             match = [s for s in sources if s.backup_id == backup_id]
             if not match:

@@ -1,4 +1,5 @@
-"""Backup freshness: the newest complete backup of each database, graded by its age."""
+"""Backup freshness: the newest good backup of each database (``opsflow.catalog``), graded by
+its age."""
 
 from __future__ import annotations
 
@@ -10,22 +11,17 @@ from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from opsflow import catalog
+from opsflow.catalog import CatalogEntry
 from opsflow.durations import format_duration
 from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import Environment
-from opsflow.ledger import BackupRow, Ledger
+from opsflow.ledger import Ledger
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status
 
-GOOD_STATUSES = frozenset({"complete", "verified"})
 SCAN_LIMIT = 1000
 PG_CONNECT_TIMEOUT_S = 10
-
-
-def newest_good(rows: list[BackupRow]) -> BackupRow | None:
-    """The newest backup whose status is complete or verified."""
-    good = [row for row in rows if row.status in GOOD_STATUSES]
-    return max(good, key=lambda row: _utc(row.created_at), default=None)
 
 
 def grade_age(age: timedelta, max_age: timedelta) -> Status:
@@ -51,10 +47,10 @@ def _with_timeout(url: str) -> str:
 
 
 def _freshness(
-    env_name: str, target: str, kind: str, rows: list[BackupRow], max_age: timedelta
+    env_name: str, target: str, kind: str, entries: list[CatalogEntry], max_age: timedelta
 ) -> CheckResult:
     now = datetime.now(UTC)
-    newest = newest_good(rows)
+    newest = catalog.newest(entries)
     if newest is None:
         return CheckResult(
             check="backup_freshness",
@@ -117,8 +113,10 @@ def check_backup_freshness(
                 ),
             )
         ]
-    targets = [(db.name, f"{db.kind} database") for db in env.databases]
-    targets += [(target.name, "redis") for target in env.redis]
+    targets: list[tuple[str, str, str]] = [
+        (db.name, db.kind, f"{db.kind} database") for db in env.databases
+    ]
+    targets += [(target.name, "redis", "redis") for target in env.redis]
     max_age = env.thresholds.backup_max_age
     try:
         ledger = Ledger(_with_timeout(ledger_url) if ledger_url else None)
@@ -131,9 +129,11 @@ def check_backup_freshness(
         raise TransientError(f"cannot open the ledger: {redact(str(exc))}") from None
     results: list[CheckResult] = []
     try:
-        for name, kind in targets:
+        for name, kind, label in targets:
             rows = ledger.backups(env=env_name, database=name, limit=SCAN_LIMIT)
-            result = _freshness(env_name, name, kind, rows, max_age)
+            series = catalog.by_series(catalog.fold(rows))
+            entries = series.get(catalog.series_key(env_name, kind, name), [])
+            result = _freshness(env_name, name, label, entries, max_age)
             result.duration_ms = int((time.monotonic() - started) * 1000)
             results.append(result)
     except SQLAlchemyError as exc:

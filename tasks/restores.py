@@ -33,7 +33,6 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
 from glob import glob
 from pathlib import Path
 from typing import Any
@@ -41,8 +40,9 @@ from typing import Any
 import psycopg
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
+from opsflow.catalog import RestoreSource
 from opsflow.errors import TRANSIENT_RETRIES, PermanentError, TransientError
 from opsflow.inventory import (
     BackupStore,
@@ -73,7 +73,7 @@ from tasks.postgres import (
     parse_psql_rows,
 )
 from tasks.storage import Store, open_store
-from tasks.streams import Codec, Counted, decompress
+from tasks.streams import Counted, decompress
 
 RESTORE_TIMEOUT_S = 6 * 3600
 ADMIN_TIMEOUT_S = 120.0
@@ -86,34 +86,6 @@ _RETRY: dict[str, Any] = {
     **TRANSIENT_RETRIES,
     "cache_policy": NO_CACHE,
 }
-
-
-class RestoreSource(BaseModel):
-    """One catalogued backup to restore: where it is and what it must hash to."""
-
-    model_config = ConfigDict(frozen=True)
-
-    backup_id: str
-    database: str
-    kind: str
-    store_url: str
-    key: str
-    sha256: str
-    bytes: int
-    codec: Codec
-    via: str = ""
-    created_at: datetime
-    manifest_key: str = ""
-    row_counts: dict[str, int] = Field(default_factory=dict)
-    table_checksums: dict[str, str] = Field(default_factory=dict)
-    verified: bool = False
-
-    @property
-    def exact_counts(self) -> bool:
-        """Counts taken in the dumped snapshot (direct pg_dump, SQLite copy) must match exactly;
-        docker_exec/kubectl_exec counts were taken just before the dump and may differ under
-        writes."""
-        return self.kind == "sqlite" or self.via in ("direct", "file")
 
 
 class RestoreResult(BaseModel):
@@ -137,17 +109,6 @@ class VerifyResult(BaseModel):
         default_factory=dict, description="md5 per checksum table of the restored copy"
     )
     seconds: float = 0.0
-
-
-def codec_of(key: str, recorded: str | None = None) -> Codec:
-    """The compression of a stored backup: the catalogued codec, else its key's extension."""
-    if recorded in ("zstd", "gzip", "none"):
-        return recorded  # type: ignore[return-value]
-    if key.endswith(".zst"):
-        return "zstd"
-    if key.endswith(".gz"):
-        return "gzip"
-    return "none"
 
 
 def database_name(db: Database, field: str) -> str:

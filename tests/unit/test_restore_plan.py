@@ -11,11 +11,13 @@ import yaml
 
 from flows.dr_drill import missed_targets, plan_dr_drill
 from flows.registry import get_runbook
-from flows.restore import build_restore_plan, catalog_sources, choose_sources, plan_restore
+from flows.restore import build_restore_plan, choose_sources, plan_restore
+from opsflow.catalog import CatalogEntry, codec_of, fold, newest_by_series, restorable
 from opsflow.errors import InputError
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow, Ledger, utcnow
-from tasks.restores import codec_of, compare_counts, scratch_name
+from tasks.restores import compare_counts, scratch_name
+from tasks.storage import manifest_key
 
 REPO = Path(__file__).resolve().parents[2]
 SHA_OLD, SHA_NEW, SHA_APP = "a" * 64, "b" * 64, "c" * 64
@@ -62,6 +64,11 @@ def row(
     )
 
 
+def sources_of(rows: list[BackupRow]) -> dict[str, list[CatalogEntry]]:
+    """The catalog as restore and the drill read it."""
+    return restorable(fold(rows, manifest_of=manifest_key))
+
+
 ROWS = [
     row(1, "old", "main", SHA_OLD),
     row(2, "new", "main", SHA_NEW, hours=24),
@@ -72,7 +79,7 @@ ROWS = [
 
 
 def test_catalog_keeps_good_backups_newest_first_and_knows_verified_ones() -> None:
-    catalog = catalog_sources(ROWS)
+    catalog = sources_of(ROWS)
     assert [s.backup_id for s in catalog["main"]] == ["new", "old"]  # failed one left out
     assert [s.verified for s in catalog["main"]] == [False, True]
     assert catalog["main"][0].codec == "zstd" and catalog["main"][0].row_counts == {"public.t": 3}
@@ -171,7 +178,8 @@ def test_missed_targets_name_the_target() -> None:
 
 
 def test_drill_plan_restores_checks_and_tears_down_each_database() -> None:
-    sources = {name: s[0] for name, s in catalog_sources(ROWS).items()}
+    sources = newest_by_series(fold(ROWS, manifest_of=manifest_key))
+    assert sources == {name: s[0] for name, s in sources_of(ROWS).items()}
     plan = plan_dr_drill("prod", INVENTORY.environment("prod"), sources, "S")
     assert [(s.action, s.target) for s in plan.steps] == [
         ("restore_postgres", "main -> <db>_drill_S"),
@@ -244,4 +252,4 @@ def test_drill_rows_and_verified_backups_keep_the_chain(tmp_path: Path) -> None:
     assert verified.details["row_counts"] == {"t": 1}
     assert [d.rto_seconds for d in ledger.drills(env="prod")] == [1.25]
     assert ledger.verify().ok
-    assert catalog_sources(ledger.backups(env="prod"))["main"][0].verified
+    assert sources_of(ledger.backups(env="prod"))["main"][0].verified
