@@ -400,55 +400,31 @@ def backup(
                 lambda: _collect_config(run, store, when),
             )
         )
-    for name, kind, via, step, dump in items:
-        started = time.monotonic()
-        outcome = _catalog(run, store, name, kind, via, dump(), started)
-        report.backups.append(outcome)
-        if outcome.status == "complete":
-            run.logger.info(
-                "%s: %s stored at %s in %.1fs (%.1f MB/s)",
-                name,
-                _mb(outcome.bytes),
-                outcome.key,
-                outcome.seconds,
-                outcome.rate_mb_s,
-            )
-        else:
-            run.logger.error("%s: backup failed: %s", name, outcome.error)
-        run.ledger.record_step(
-            flow_run_id=run.flow_run_id,
-            runbook=RUNBOOK,
-            env=env,
-            step=step,
-            target=name,
-            status=outcome.status,
-            summary=outcome.error or f"{_mb(outcome.bytes)} at {outcome.key}",
-            duration_ms=int(outcome.seconds * 1000),
-            details={"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes},
-        )
+    for name, kind, via, action, dump in items:
+        with run.step(action, name) as step:
+            started = time.monotonic()
+            outcome = _catalog(run, store, name, kind, via, dump(), started)
+            report.backups.append(outcome)
+            if outcome.status == "failed":
+                step.fail(outcome.error or "")
+            else:
+                step.summary = f"{_mb(outcome.bytes)} at {outcome.key}"
+            step.details = {"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes}
 
-    retention = apply_retention(
-        store=store,
-        prefix=f"{env}/",
-        verified_keys=_verified_keys(run, store),
-        return_state=True,
-    )
-    if retention.is_completed():
-        report.deleted = list(retention.result())
-        run.logger.info("retention deleted %d object(s)", len(report.deleted))
-    else:
-        report.retention_error = _failure(retention)
-        run.logger.error("retention failed: %s", report.retention_error)
-    run.ledger.record_step(
-        flow_run_id=run.flow_run_id,
-        runbook=RUNBOOK,
-        env=env,
-        step="apply_retention",
-        target=store.url,
-        status="failed" if report.retention_error else "complete",
-        summary=report.retention_error or f"deleted {len(report.deleted)} object(s)",
-        details={"deleted": report.deleted},
-    )
+    with run.step("apply_retention", store.url) as step:
+        retention = apply_retention(
+            store=store,
+            prefix=f"{env}/",
+            verified_keys=_verified_keys(run, store),
+            return_state=True,
+        )
+        if retention.is_completed():
+            report.deleted = list(retention.result())
+            step.summary = f"deleted {len(report.deleted)} object(s)"
+        else:
+            report.retention_error = _failure(retention)
+            step.fail(report.retention_error)
+        step.details = {"deleted": report.deleted}
 
     report.seconds = round(run.elapsed, 3)
     publish_markdown(run.key, render_backup_report(report, run.started_at), f"Backups of {env}")
