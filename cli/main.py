@@ -411,9 +411,10 @@ def backups_list(
 ) -> None:
     """Catalogued backups of an environment, newest first (complete and verified only exist
     here: a backup is catalogued after it was stored and confirmed)."""
+    from opsflow import catalog
     from opsflow.ledger import Ledger
 
-    rows = Ledger().catalog(env=env, database=database, limit=limit)
+    rows = catalog.fold(Ledger().backups(env=env, database=database, limit=None))[:limit]
     if as_json:
         out.print_json(
             redact(
@@ -432,7 +433,7 @@ def backups_list(
                             "sha256": r.sha256,
                             "duration_ms": r.duration_ms,
                             "flow_run_id": r.flow_run_id,
-                            "verified_at": (r.details or {}).get("verified_at"),
+                            "verified_at": r.verified_at,
                         }
                         for r in rows
                     ]

@@ -24,7 +24,8 @@ from pydantic import BaseModel, Field
 
 from connectors.stores.objects import DumpResult
 from connectors.streams import CODECS
-from flows.common import RunbookRun
+from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
 from opsflow.plans import Plan, PlanStep
@@ -32,7 +33,6 @@ from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from opsflow.units import format_bytes, format_rate
 from tasks.backups import apply_retention, confirm_backup
-from tasks.catalog import GOOD_STATUSES
 from tasks.config_export import export_inventory, store_config_export
 from tasks.docker.config import export_docker_config
 from tasks.kubernetes.config import export_kubernetes_config
@@ -41,7 +41,6 @@ from tasks.redis import dump_redis
 from tasks.sqlite import dump_sqlite
 
 RUNBOOK = "backup"
-CATALOG_SCAN = 10_000
 
 
 class DatabaseBackup(BaseModel):
@@ -83,16 +82,6 @@ def _via(db: Database) -> str:
     if isinstance(db.via, DockerExecAccess):
         return f"docker_exec {db.via.docker_exec}"
     return f"kubectl_exec {db.via.kubectl_exec}"
-
-
-def require_store(env_name: str, env: Environment) -> BackupStore:
-    if env.backup_store is None:
-        raise InputError(
-            f"environments.{env_name}.backup_store",
-            "is missing: there is nowhere to put backups",
-            'add backup_store: {url: "file:///var/backups/opsflow"} or an s3:// URL',
-        )
-    return env.backup_store
 
 
 def plan_backup(env_name: str, env: Environment, codec: str = "zstd") -> Plan:
@@ -257,7 +246,7 @@ def _catalog(
         key=dump.key,
         bytes=dump.bytes,
         sha256=dump.sha256,
-        status="complete",
+        status=catalog.COMPLETE,
         created_at=dump.created_at.astimezone(UTC).replace(tzinfo=None),
         duration_ms=int(dump.seconds * 1000),
         flow_run_id=run.flow_run_id,
@@ -287,7 +276,7 @@ def _catalog(
 
 def _verified_keys(run: RunbookRun, store: BackupStore) -> list[str]:
     rows = run.ledger.backups(env=run.env_name, limit=CATALOG_SCAN)
-    return sorted({r.key for r in rows if r.store_url == store.url and r.status in GOOD_STATUSES})
+    return catalog.good_keys(catalog.fold(rows), store.url)
 
 
 def render_backup_report(report: BackupReport, started: datetime) -> str:
@@ -398,55 +387,31 @@ def backup(
                 lambda: _collect_config(run, store, when),
             )
         )
-    for name, kind, via, step, dump in items:
-        started = time.monotonic()
-        outcome = _catalog(run, store, name, kind, via, dump(), started)
-        report.backups.append(outcome)
-        if outcome.status == "complete":
-            run.logger.info(
-                "%s: %s stored at %s in %.1fs (%s)",
-                name,
-                format_bytes(outcome.bytes),
-                outcome.key,
-                outcome.seconds,
-                format_rate(outcome.raw_bytes, outcome.seconds),
-            )
-        else:
-            run.logger.error("%s: backup failed: %s", name, outcome.error)
-        run.ledger.record_step(
-            flow_run_id=run.flow_run_id,
-            runbook=RUNBOOK,
-            env=env,
-            step=step,
-            target=name,
-            status=outcome.status,
-            summary=outcome.error or f"{format_bytes(outcome.bytes)} at {outcome.key}",
-            duration_ms=int(outcome.seconds * 1000),
-            details={"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes},
-        )
+    for name, kind, via, action, dump in items:
+        with run.step(action, name) as step:
+            started = time.monotonic()
+            outcome = _catalog(run, store, name, kind, via, dump(), started)
+            report.backups.append(outcome)
+            if outcome.status == "failed":
+                step.fail(outcome.error or "")
+            else:
+                step.summary = f"{format_bytes(outcome.bytes)} at {outcome.key}"
+            step.details = {"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes}
 
-    retention = apply_retention(
-        store=store,
-        prefix=f"{env}/",
-        verified_keys=_verified_keys(run, store),
-        return_state=True,
-    )
-    if retention.is_completed():
-        report.deleted = list(retention.result())
-        run.logger.info("retention deleted %d object(s)", len(report.deleted))
-    else:
-        report.retention_error = _failure(retention)
-        run.logger.error("retention failed: %s", report.retention_error)
-    run.ledger.record_step(
-        flow_run_id=run.flow_run_id,
-        runbook=RUNBOOK,
-        env=env,
-        step="apply_retention",
-        target=store.url,
-        status="failed" if report.retention_error else "complete",
-        summary=report.retention_error or f"deleted {len(report.deleted)} object(s)",
-        details={"deleted": report.deleted},
-    )
+    with run.step("apply_retention", store.url) as step:
+        retention = apply_retention(
+            store=store,
+            prefix=f"{env}/",
+            verified_keys=_verified_keys(run, store),
+            return_state=True,
+        )
+        if retention.is_completed():
+            report.deleted = list(retention.result())
+            step.summary = f"deleted {len(report.deleted)} object(s)"
+        else:
+            report.retention_error = _failure(retention)
+            step.fail(report.retention_error)
+        step.details = {"deleted": report.deleted}
 
     report.seconds = round(run.elapsed, 3)
     publish_markdown(run.key, render_backup_report(report, run.started_at), f"Backups of {env}")

@@ -1,24 +1,41 @@
 """What every runbook flow does around its steps: resolve the environment, log through the
-redacting handlers, publish the plan, record the run in the ledger, and classify the ending."""
+redacting handlers, publish the plan, record each step and the run in the ledger, and classify
+the ending.
+
+Steps are recorded in one way: ``with run.step(name, target) as step: ...`` (a check result
+goes through ``run.record_check``, which writes its row the same way, ``run.record``)."""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from prefect import get_run_logger
 from prefect.context import get_run_context
+from pydantic import BaseModel
 
-from opsflow.inventory import Environment, Inventory, load_inventory
-from opsflow.ledger import Ledger, utcnow
+from opsflow.errors import InputError
+from opsflow.inventory import BackupStore, Environment, Inventory, load_inventory
+from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
-from opsflow.redaction import install_log_redaction
+from opsflow.redaction import install_log_redaction, redact
 from opsflow.reports import artifact_key, publish_markdown
-from opsflow.results import CheckResult
+from opsflow.results import CheckResult, Status
+
+COMPLETE, FAILED = "complete", "failed"
+SUMMARY_CHARS = 500
+ERROR_CHARS = 2000
+_LEVELS = {
+    FAILED: logging.ERROR,
+    Status.CRITICAL.value: logging.ERROR,
+    Status.DEGRADED.value: logging.WARNING,
+}
+T = TypeVar("T")
 
 
 class _DropThreadTimeoutWarning(logging.Filter):
@@ -40,10 +57,58 @@ def quiet_thread_timeout_warning() -> None:
                 handler.addFilter(_QUIET)
 
 
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
+
+
+CATALOG_SCAN = 10_000
+"""How many ledger backup rows a runbook reads to build its catalog."""
+
+
+def require_store(env_name: str, env: Environment) -> BackupStore:
+    if env.backup_store is None:
+        raise InputError(
+            f"environments.{env_name}.backup_store",
+            "is missing: there is nowhere to put backups",
+            'add backup_store: {url: "file:///var/backups/opsflow"} or an s3:// URL',
+        )
+    return env.backup_store
+
+
 def current_flow_run_id() -> str:
     context = get_run_context()
     flow_run = getattr(context, "flow_run", None)
     return str(flow_run.id) if flow_run is not None else "local"
+
+
+def summarize(value: Any) -> str:
+    """A task's return value as a step summary: redacted and short."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    return redact(str(value))[:SUMMARY_CHARS]
+
+
+@dataclass
+class Step:
+    """A step being recorded by ``RunbookRun.step``; the block fills in what happened.
+
+    ``status`` stays None for "complete" (or "failed" when the block raises); ``fail`` marks a
+    failure the block handled itself. The duration is the block's wall time."""
+
+    name: str
+    target: str
+    summary: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+    status: str | None = None
+
+    def result(self, value: T) -> T:
+        """Summarise a task's return value (redacted, shortened) and hand it back."""
+        self.summary = summarize(value)
+        return value
+
+    def fail(self, error: str) -> None:
+        """The step failed without raising (e.g. a task state that ended Failed)."""
+        self.status, self.summary = FAILED, error
 
 
 @dataclass
@@ -94,19 +159,66 @@ class RunbookRun:
         publish_markdown(f"{self.key}-plan", plan.to_markdown(), f"Plan of {self.runbook}")
         self.logger.info("Plan: %d steps", len(plan.steps))
 
-    def record_results(self, results: list[CheckResult]) -> None:
-        for result in results:
-            self.ledger.record_step(
-                flow_run_id=self.flow_run_id,
-                runbook=self.runbook,
-                env=self.env_name,
-                step=result.check,
-                target=result.target,
-                status=result.status.value,
-                summary=result.summary,
-                duration_ms=result.duration_ms,
-                details=result.details,
+    @contextmanager
+    def step(self, name: str, target: str) -> Iterator[Step]:
+        """Record the block as one step: its status (complete, or failed with the redacted
+        error, which is re-raised), duration and summary, in the ledger and the run's log."""
+        step = Step(name, target)
+        self.logger.info("%s %s: started", name, target)
+        started = time.monotonic()
+        try:
+            yield step
+        except Exception as exc:
+            error = redact(str(exc) or type(exc).__name__)[:ERROR_CHARS]
+            self.record(
+                name, target, FAILED, error, duration_ms=_ms_since(started), details=step.details
             )
+            raise
+        self.record(
+            name,
+            target,
+            step.status or COMPLETE,
+            step.summary,
+            duration_ms=_ms_since(started),
+            details=step.details,
+        )
+
+    def record_check(self, result: CheckResult) -> StepRow:
+        """A health check's result as a step (its status is the check's grade)."""
+        return self.record(
+            result.check,
+            result.target,
+            result.status.value,
+            result.summary,
+            duration_ms=result.duration_ms,
+            details=result.details,
+        )
+
+    def record(
+        self,
+        name: str,
+        target: str,
+        status: str,
+        summary: str = "",
+        *,
+        duration_ms: int = 0,
+        details: dict[str, Any] | None = None,
+    ) -> StepRow:
+        """Write one step row (the ledger redacts it) and log it; the only writer of steps."""
+        row = self.ledger.record_step(
+            flow_run_id=self.flow_run_id,
+            runbook=self.runbook,
+            env=self.env_name,
+            step=name,
+            target=target,
+            status=status,
+            summary=summary,
+            duration_ms=duration_ms,
+            details=details or {},
+        )
+        level = _LEVELS.get(status, logging.INFO)
+        self.logger.log(level, "%s %s: %s %s", name, target, status, redact(summary))
+        return row
 
     def notifier(self) -> Callable[[str, str], None] | None:
         """Send (subject, body) to the environment's notify targets; None when it has none.

@@ -25,9 +25,9 @@ from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
-from flows.backup import require_store
-from flows.common import RunbookRun
-from flows.restore import CATALOG_SCAN, catalog_sources
+from connectors.stores.base import manifest_key
+from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from opsflow import catalog
 from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
 from opsflow.inventory import Database, Environment
@@ -77,10 +77,11 @@ class DrillReport(BaseModel):
 def plan_dr_drill(
     env_name: str,
     env: Environment,
-    sources: dict[str, RestoreSource] | None = None,
+    sources: dict[catalog.SeriesKey, RestoreSource] | None = None,
     stamp: str = "<stamp>",
 ) -> Plan:
-    """One restore + check + teardown per database (pure: no I/O)."""
+    """One restore + check + teardown per database (pure: no I/O); ``sources`` is the newest
+    backup of each catalog series (``catalog.newest_by_series``)."""
     sources = sources or {}
     target = env.recovery
     steps: list[PlanStep] = []
@@ -89,7 +90,7 @@ def plan_dr_drill(
         f"RPO {format_duration(target.rpo)} (age of the newest backup). A miss fails the drill.",
     ]
     for db in env.databases:
-        source = sources.get(db.name)
+        source = sources.get(catalog.series_key(env_name, db.kind, db.name))
         what = (
             f"backup {source.backup_id} (`{source.key}`, taken {source.created_at:%Y-%m-%d %H:%M} "
             "UTC)"
@@ -264,8 +265,8 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     store = require_store(env, run.env)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-    catalog = catalog_sources(run.ledger.backups(env=env, limit=CATALOG_SCAN))
-    newest = {name: sources[0] for name, sources in catalog.items() if sources}
+    rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
+    newest = catalog.newest_by_series(catalog.fold(rows, manifest_of=manifest_key))
     plan = plan_dr_drill(env, run.env, newest, stamp)
     run.publish_plan(plan)
     targets = run.env.recovery
@@ -285,7 +286,7 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
     for index, db in enumerate(run.env.databases):
         drill = DatabaseDrill(database=db.name, kind=db.kind)
         report.databases.append(drill)
-        source = newest.get(db.name)
+        source = newest.get(catalog.series_key(env, db.kind, db.name))
         if source is None:
             drill.problems.append(
                 f"no complete backup is catalogued (fix: run `opsflow run backup --env {env}`)"

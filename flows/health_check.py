@@ -24,7 +24,7 @@ from opsflow.inventory import Environment
 from opsflow.plans import Plan, PlanStep
 from opsflow.reports import publish_markdown, publish_table, render_health_report, result_rows
 from opsflow.results import CheckResult, Status, worst
-from tasks.catalog import check_backup_freshness
+from tasks.backups import check_backup_freshness
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
@@ -274,16 +274,14 @@ def health_check(
     results: list[CheckResult] = []
     for call, future in futures:
         results.extend(_collect(call, future))
-    for r in results:
-        level = {Status.HEALTHY: 20, Status.DEGRADED: 30, Status.CRITICAL: 40}[r.status]
-        run.logger.log(level, "%s %s %s: %s", r.status.value.upper(), r.check, r.target, r.summary)
+    for result in results:
+        run.record_check(result)  # one step row each, logged at the level of its grade
     overall = worst([r.status for r in results])
     report = HealthReport(env=env, overall=overall, results=results, seconds=run.elapsed)
 
     markdown = render_health_report(env, overall, results, run.started_at, run.elapsed)
     publish_markdown(run.key, markdown, f"Health of {env}: {overall.value}")
     publish_table(f"{run.key}-checks", result_rows(results), f"Health checks of {env}")
-    run.record_results(results)
     counts = ", ".join(f"{sum(r.status == s for r in results)} {s.value}" for s in Status)
     run.finish(overall.value, f"{overall.value}: {counts}", {"checks": len(results)})
 

@@ -17,7 +17,6 @@ Outcome: a markdown report artifact ``restore-<env>``, a ledger run with one ste
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -27,10 +26,10 @@ from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.backup import require_store
-from flows.common import RunbookRun
+from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from opsflow import catalog
 from opsflow.approvals import request_approval
-from opsflow.catalog import RestoreSource, codec_of
+from opsflow.catalog import RestoreSource
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
@@ -50,47 +49,11 @@ from tasks.scaling import ScaleState, scale_down_app, scale_up_app
 from tasks.sqlite import check_sqlite, restore_sqlite
 
 RUNBOOK = "restore"
-CATALOG_SCAN = 10_000
-GOOD = ("complete", "verified")
 Mode = Literal["swap", "drop-recreate"]
 MODES: tuple[str, ...] = ("swap", "drop-recreate")
 
 
 # --- choosing backups (pure) -----------------------------------------------------------------
-
-
-def catalog_sources(rows: list[BackupRow]) -> dict[str, list[RestoreSource]]:
-    """Good backups per database, newest first; a backup with a ``verified`` row is verified."""
-    by_id: dict[str, RestoreSource] = {}
-    for row in sorted(rows, key=lambda r: r.id or 0):
-        if row.status not in GOOD:
-            continue
-        details = row.details or {}
-        earlier = by_id.get(row.backup_id)
-        by_id[row.backup_id] = RestoreSource(
-            backup_id=row.backup_id,
-            database=row.database,
-            kind=row.kind,
-            store_url=row.store_url,
-            key=row.key,
-            sha256=row.sha256,
-            bytes=row.bytes,
-            codec=codec_of(row.key, details.get("codec")),
-            via=str(details.get("via") or ""),
-            created_at=row.created_at,
-            manifest_key=str(details.get("manifest_key") or manifest_key(row.key)),
-            row_counts={str(k): int(v) for k, v in (details.get("row_counts") or {}).items()},
-            table_checksums={
-                str(k): str(v) for k, v in (details.get("table_checksums") or {}).items()
-            },
-            verified=row.status == "verified" or bool(earlier and earlier.verified),
-        )
-    grouped: dict[str, list[RestoreSource]] = {}
-    for source in by_id.values():
-        grouped.setdefault(source.database, []).append(source)
-    for sources in grouped.values():
-        sources.sort(key=lambda s: (s.created_at, s.backup_id), reverse=True)
-    return grouped
 
 
 def choose_sources(
@@ -101,7 +64,7 @@ def choose_sources(
     backup_id: str | None = None,
 ) -> list[tuple[int, Database, RestoreSource]]:
     """(inventory index, database, backup) to restore; InputError when something is missing."""
-    catalog = catalog_sources(rows)
+    series = catalog.restorable(catalog.fold(rows, manifest_of=manifest_key))
     names = [db.name for db in env.databases]
     if database != "all" and database not in names:
         raise InputError(
@@ -113,7 +76,7 @@ def choose_sources(
     for index, db in enumerate(env.databases):
         if database not in ("all", db.name):
             continue
-        sources = catalog.get(db.name, [])
+        sources = series.get(catalog.series_key(env_name, db.kind, db.name), [])
         if backup_id:
             match = [s for s in sources if s.backup_id == backup_id]
             if not match:
@@ -380,46 +343,8 @@ class RestoreReport(BaseModel):
         return bool(self.errors) or any(d.status == "failed" for d in self.databases)
 
 
-class _Steps:
-    """Run a task call, record it as a ledger step, and keep the error text."""
-
-    def __init__(self, run: RunbookRun) -> None:
-        self.run = run
-
-    def __call__(self, step: str, target: str, call: Callable[[], Any]) -> Any:
-        started = time.monotonic()
-        try:
-            value = call()
-        except Exception as exc:
-            self.record(step, target, "failed", redact(str(exc)), started)
-            raise
-        self.record(step, target, "complete", _summary(value), started)
-        return value
-
-    def record(self, step: str, target: str, status: str, summary: str, started: float) -> None:
-        self.run.ledger.record_step(
-            flow_run_id=self.run.flow_run_id,
-            runbook=self.run.runbook,
-            env=self.run.env_name,
-            step=step,
-            target=target,
-            status=status,
-            summary=summary[:2000],
-            duration_ms=int((time.monotonic() - started) * 1000),
-        )
-        log = self.run.logger.error if status == "failed" else self.run.logger.info
-        log("%s %s: %s %s", step, target, status, summary)
-
-
-def _summary(value: Any) -> str:
-    if isinstance(value, BaseModel):
-        return redact(str(value.model_dump(mode="json")))[:500]
-    return redact(str(value))[:500]
-
-
 def _restore_one(
     run: RunbookRun,
-    steps: _Steps,
     index: int,
     db: Database,
     source: RestoreSource,
@@ -439,13 +364,12 @@ def _restore_one(
     started = time.monotonic()
     if db.kind == "sqlite":
         outcome.target = target_db or str(db.path)
-        result = steps(
-            "restore_sqlite",
-            outcome.target,
-            lambda: restore_sqlite(
-                db=db, store=store, source=source, target=outcome.target, stamp=stamp
-            ),
-        )
+        with run.step("restore_sqlite", outcome.target) as step:
+            result = step.result(
+                restore_sqlite(
+                    db=db, store=store, source=source, target=outcome.target, stamp=stamp
+                )
+            )
         outcome.aside = f"{result.target}.before-{stamp}"
     else:
         docker, kube = run.env.docker, run.env.kubernetes
@@ -456,67 +380,62 @@ def _restore_one(
             into, replace = scratch_name(live, "restore", stamp), False
         else:
             into, replace = live, True
-            steps(
-                "verify_backup",
-                source.key,
-                lambda: verify_backup(store=store, key=source.key, expected_sha256=source.sha256),
-            )
+            with run.step("verify_backup", source.key) as step:
+                step.result(
+                    verify_backup(store=store, key=source.key, expected_sha256=source.sha256)
+                )
         outcome.target = into
-        result = steps(
-            "restore_postgres",
-            f"{db.name} -> {into}",
-            lambda: restore_postgres(
-                db=db,
-                store=store,
-                source=source,
-                into=into,
-                like=live,
-                field=field,
-                docker=docker,
-                kubernetes=kube,
-                replace=replace,
-            ),
-        )
-        checked = steps(
-            "verify_postgres_restore",
-            into,
-            lambda: verify_postgres_restore(
-                db=db,
-                source=source,
-                dbname=into,
-                amcheck=False,
-                field=field,
-                docker=docker,
-                kubernetes=kube,
-            ),
-        )
+        with run.step("restore_postgres", f"{db.name} -> {into}") as step:
+            result = step.result(
+                restore_postgres(
+                    db=db,
+                    store=store,
+                    source=source,
+                    into=into,
+                    like=live,
+                    field=field,
+                    docker=docker,
+                    kubernetes=kube,
+                    replace=replace,
+                )
+            )
+        with run.step("verify_postgres_restore", into) as step:
+            checked = step.result(
+                verify_postgres_restore(
+                    db=db,
+                    source=source,
+                    dbname=into,
+                    amcheck=False,
+                    field=field,
+                    docker=docker,
+                    kubernetes=kube,
+                )
+            )
         if not checked.ok:
             if not replace and target_db is None:
-                steps(
-                    "drop_postgres_database",
-                    into,
-                    lambda: drop_postgres_database(
-                        db=db, dbname=into, field=field, docker=docker, kubernetes=kube
-                    ),
-                )
+                with run.step("drop_postgres_database", into) as step:
+                    step.result(
+                        drop_postgres_database(
+                            db=db, dbname=into, field=field, docker=docker, kubernetes=kube
+                        )
+                    )
             raise RuntimeError(
                 f"the restored copy of {db.name} does not match its backup: "
                 f"{'; '.join(checked.problems)}. The live database was not replaced."
             )
         if target_db is None and mode == "swap":
             aside = scratch_name(live, "before", stamp)
-            steps(
-                "swap_postgres_database",
-                db.name,
-                lambda: swap_postgres_database(
-                    db=db,
-                    restored=into,
-                    aside=aside,
-                    field=field,
-                    docker=docker,
-                    kubernetes=kube,
-                ),
-            )
+            with run.step("swap_postgres_database", db.name) as step:
+                step.result(
+                    swap_postgres_database(
+                        db=db,
+                        restored=into,
+                        aside=aside,
+                        field=field,
+                        docker=docker,
+                        kubernetes=kube,
+                    )
+                )
             outcome.aside, outcome.target = aside, live
     outcome.status = "restored"
     outcome.bytes, outcome.raw_bytes = result.bytes, result.raw_bytes
@@ -524,17 +443,15 @@ def _restore_one(
     return outcome
 
 
-def _health(run: RunbookRun, steps: _Steps, index: int, db: Database) -> str:
+def _health(run: RunbookRun, index: int, db: Database) -> str:
     field = f"environments.{run.env_name}.databases[{index}]"
     th = run.env.thresholds
     if db.kind == "sqlite":
-        result = steps(
-            "check_sqlite", db.name, lambda: check_sqlite(db=db, thresholds=th, field=field)
-        )
+        with run.step("check_sqlite", db.name) as step:
+            result = step.result(check_sqlite(db=db, thresholds=th, field=field))
     elif isinstance(db.via, DirectAccess):
-        result = steps(
-            "check_postgres", db.name, lambda: check_postgres(db=db, thresholds=th, field=field)
-        )
+        with run.step("check_postgres", db.name) as step:
+            result = step.result(check_postgres(db=db, thresholds=th, field=field))
     else:
         return "not checked (check_postgres needs via: direct); row counts matched the manifest"
     return f"{result.status.value}: {result.summary}"
@@ -625,24 +542,20 @@ def restore(
             run.finish("rejected", str(exc))
             raise
 
-    steps = _Steps(run)
     scale = target_db is None and _scales(run.env)
     k8s, docker = run.env.kubernetes, run.env.docker
     scaled = ScaleState(kind="none")
     restored: list[tuple[int, Database]] = []
     try:
         if scale:
-            scaled = steps(
-                "scale_down_app",
-                _app_target(run.env),
-                lambda: scale_down_app(kubernetes_target=k8s, docker_target=docker),
-            )
+            with run.step("scale_down_app", _app_target(run.env)) as step:
+                scaled = step.result(scale_down_app(kubernetes_target=k8s, docker_target=docker))
             report.scaled = f"{scaled.target} (was {scaled.replicas} replica(s))"
             if scaled.kind == "docker":
                 report.scaled = f"stopped {', '.join(scaled.stopped) or 'nothing (none running)'}"
         for index, db, source in chosen:
             try:
-                outcome = _restore_one(run, steps, index, db, source, mode, target_db, stamp)
+                outcome = _restore_one(run, index, db, source, mode, target_db, stamp)
             except Exception as exc:  # noqa: BLE001 - reported, and the remaining ones skipped
                 report.errors.append(f"{db.name}: {redact(str(exc))}")
                 report.databases.append(
@@ -664,11 +577,10 @@ def restore(
     finally:
         if scaled.kind != "none":
             try:
-                report.scaled_back = steps(
-                    "scale_up_app",
-                    _app_target(run.env),
-                    lambda: scale_up_app(state=scaled, kubernetes_target=k8s, docker_target=docker),
-                )
+                with run.step("scale_up_app", _app_target(run.env)) as step:
+                    report.scaled_back = step.result(
+                        scale_up_app(state=scaled, kubernetes_target=k8s, docker_target=docker)
+                    )
             except Exception as exc:  # noqa: BLE001 - reported loudly, the run fails
                 report.errors.append(
                     f"scaling back up failed: {redact(str(exc))} (fix: scale "
@@ -679,7 +591,7 @@ def restore(
         for index, db in restored:
             outcome = next(d for d in report.databases if d.database == db.name)
             try:
-                outcome.health = _health(run, steps, index, db)
+                outcome.health = _health(run, index, db)
             except Exception as exc:  # noqa: BLE001 - a failed check fails the run
                 outcome.health = f"critical: {redact(str(exc))}"
             if outcome.health.startswith("critical"):

@@ -1,26 +1,68 @@
-"""The backup catalog: what the ledger's backup rows say exists, folded to one entry per backup.
+"""The backup catalog: what the ledger's ``backups`` rows say about each backup (pure).
 
-Pure (no I/O, no Prefect): restore, the DR drill, retention, the freshness check and
-``opsflow backups list`` read their backups through it.
+The ledger is append-only, so one backup can have several rows (``complete`` when it was
+catalogued, a later copy with status ``verified`` when a DR drill restored and checked it).
+``fold`` reduces the rows to one ``CatalogEntry`` per backup, its latest state; everything
+that reads the catalog (restore, the DR drill, retention, the freshness check, ``opsflow
+backups list``) goes through it and through the helpers below. No Prefect, no I/O: callers
+query the ledger (``Ledger.backups``) and hand the rows in.
+
+Series: which backups belong together (a restore or drill picks the newest of a series,
+retention keeps the newest of a series) is decided by ``series_key`` alone.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsflow.ledger import VERIFIED, BackupRow
+
+COMPLETE = "complete"
+GOOD_STATUSES: frozenset[str] = frozenset({COMPLETE, VERIFIED})
+"""States of a backup that may be restored, drilled, counted as fresh and kept by retention."""
+
 Codec = Literal["zstd", "gzip", "none"]
-"""How a stored backup is compressed."""
+"""The compression of a stored backup (``connectors.streams`` uses this one definition)."""
+
+SeriesKey = str
 
 
-class RestoreSource(BaseModel):
-    """One catalogued backup to restore: where it is and what it must hash to."""
+def is_good(status: str) -> bool:
+    return status in GOOD_STATUSES
+
+
+def codec_of(key: str, recorded: str | None = None) -> Codec:
+    """The compression of a stored backup: the catalogued codec, else its key's extension."""
+    if recorded in ("zstd", "gzip", "none"):
+        return recorded  # type: ignore[return-value]
+    if key.endswith(".zst"):
+        return "zstd"
+    if key.endswith(".gz"):
+        return "gzip"
+    return "none"
+
+
+def series_key(env: str, kind: str, name: str) -> SeriesKey:
+    """The series of backups of the thing named ``name`` (of ``kind``) in ``env``.
+
+    Today a series is a database name (the rows are read per environment); this is the one
+    place to change when backups are identified by (environment, kind, name)."""
+    return name
+
+
+class CatalogEntry(BaseModel):
+    """One catalogued backup in its latest state: where it is, what it must hash to, and what
+    a restore or drill checks it against. Tasks know it as ``RestoreSource``."""
 
     model_config = ConfigDict(frozen=True)
 
     backup_id: str
+    env: str = ""
     database: str
     kind: str
     store_url: str
@@ -34,6 +76,18 @@ class RestoreSource(BaseModel):
     row_counts: dict[str, int] = Field(default_factory=dict)
     table_checksums: dict[str, str] = Field(default_factory=dict)
     verified: bool = False
+    status: str = COMPLETE
+    verified_at: str | None = None
+    duration_ms: int = 0
+    flow_run_id: str = ""
+
+    @property
+    def good(self) -> bool:
+        return is_good(self.status)
+
+    @property
+    def series(self) -> SeriesKey:
+        return series_of(self)
 
     @property
     def exact_counts(self) -> bool:
@@ -43,12 +97,118 @@ class RestoreSource(BaseModel):
         return self.kind == "sqlite" or self.via in ("direct", "file")
 
 
-def codec_of(key: str, recorded: str | None = None) -> Codec:
-    """The compression of a stored backup: the catalogued codec, else its key's extension."""
-    if recorded in ("zstd", "gzip", "none"):
-        return recorded  # type: ignore[return-value]
-    if key.endswith(".zst"):
-        return "zstd"
-    if key.endswith(".gz"):
-        return "gzip"
-    return "none"
+RestoreSource = CatalogEntry
+"""The name the restore tasks use for the catalog entry they restore from."""
+
+
+def series_of(entry: CatalogEntry) -> SeriesKey:
+    return series_key(entry.env, entry.kind, entry.database)
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass
+class _Backup:
+    """The rows of one backup seen so far, in ledger order."""
+
+    first_id: int
+    latest: BackupRow
+    verified: bool = False
+    verified_at: str | None = None
+
+    def order(self) -> tuple[datetime, int, str]:
+        """Newest first: by when it was taken, then by when it was catalogued."""
+        return _utc(self.latest.created_at), self.first_id, self.latest.backup_id
+
+
+def fold(
+    rows: Iterable[BackupRow], *, manifest_of: Callable[[str], str] | None = None
+) -> list[CatalogEntry]:
+    """One entry per backup in its latest state (its last row in ledger order), newest first.
+
+    Verified wins: once a row said ``verified``, the backup stays verified (a later
+    ``complete`` row of it does not undo the drill). ``manifest_of`` names the manifest of a
+    key, for rows that did not record their ``manifest_key`` (the store's key layout is not the
+    catalog's business); without it such entries have ``manifest_key`` "".
+    """
+    backups: dict[str, _Backup] = {}
+    for row in sorted(rows, key=lambda r: r.id or 0):
+        seen = backups.get(row.backup_id)
+        if seen is None:
+            seen = backups[row.backup_id] = _Backup(first_id=row.id or 0, latest=row)
+        seen.latest = row
+        if row.status == VERIFIED:
+            seen.verified = True
+            seen.verified_at = _text((row.details or {}).get("verified_at")) or seen.verified_at
+    ordered = sorted(backups.values(), key=_Backup.order, reverse=True)
+    return [_entry(seen, manifest_of) for seen in ordered]
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _entry(seen: _Backup, manifest_of: Callable[[str], str] | None) -> CatalogEntry:
+    row = seen.latest
+    details = row.details or {}
+    status = VERIFIED if seen.verified and row.status == COMPLETE else row.status
+    recorded_manifest = str(details.get("manifest_key") or "")
+    return CatalogEntry(
+        backup_id=row.backup_id,
+        env=row.env or "",
+        database=row.database,
+        kind=row.kind,
+        store_url=row.store_url,
+        key=row.key,
+        sha256=row.sha256,
+        bytes=row.bytes,
+        codec=codec_of(row.key, details.get("codec")),
+        via=str(details.get("via") or ""),
+        created_at=row.created_at,
+        manifest_key=recorded_manifest or (manifest_of(row.key) if manifest_of else ""),
+        row_counts={str(k): int(v) for k, v in (details.get("row_counts") or {}).items()},
+        table_checksums={str(k): str(v) for k, v in (details.get("table_checksums") or {}).items()},
+        verified=seen.verified,
+        status=status,
+        verified_at=seen.verified_at,
+        duration_ms=row.duration_ms or 0,
+        flow_run_id=row.flow_run_id or "",
+    )
+
+
+def good(entries: Iterable[CatalogEntry]) -> list[CatalogEntry]:
+    """The entries that may be used (complete or verified), in their order."""
+    return [entry for entry in entries if entry.good]
+
+
+def by_series(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, list[CatalogEntry]]:
+    """Entries grouped by series, each group newest first (ties keep their given order)."""
+    grouped: dict[SeriesKey, list[CatalogEntry]] = {}
+    for entry in entries:
+        grouped.setdefault(series_of(entry), []).append(entry)
+    for members in grouped.values():
+        members.sort(key=lambda e: _utc(e.created_at), reverse=True)
+    return grouped
+
+
+def restorable(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, list[CatalogEntry]]:
+    """What a restore or drill may choose from: the good entries of each series, newest first."""
+    return by_series(good(entries))
+
+
+def newest(entries: Iterable[CatalogEntry]) -> CatalogEntry | None:
+    """The newest good entry (on equal times, the first given: ``fold`` ranks ties)."""
+    return max(good(entries), key=lambda e: _utc(e.created_at), default=None)
+
+
+def newest_by_series(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, CatalogEntry]:
+    """The newest good entry of each series."""
+    return {key: members[0] for key, members in restorable(entries).items()}
+
+
+def good_keys(entries: Iterable[CatalogEntry], store_url: str) -> list[str]:
+    """Keys of the good backups in the store at ``store_url`` (sorted): what retention gets as
+    ``verified_keys``, so it never deletes the newest good backup of a series."""
+    return sorted({entry.key for entry in good(entries) if entry.store_url == store_url})

@@ -286,22 +286,6 @@ class Ledger:
         )
 
     # ----- readers -------------------------------------------------------------------------
-    def catalog(
-        self, env: str | None = None, database: str | None = None, limit: int = 100
-    ) -> list[BackupRow]:
-        """One row per backup (its latest state, e.g. ``verified``), newest backup first."""
-        query = select(BackupRow).order_by(BackupRow.id)
-        if env:
-            query = query.where(BackupRow.env == env)
-        if database:
-            query = query.where(BackupRow.database == database)
-        latest: dict[str, BackupRow] = {}
-        with self._session() as session:
-            for row in session.scalars(query):
-                latest[row.backup_id] = row
-        rows = sorted(latest.values(), key=lambda r: (r.created_at, r.id), reverse=True)
-        return rows[:limit]
-
     def runs(
         self, env: str | None = None, runbook: str | None = None, limit: int = 50
     ) -> list[RunRow]:
@@ -338,8 +322,10 @@ class Ledger:
         return pending
 
     def backups(
-        self, env: str | None = None, database: str | None = None, limit: int = 100
+        self, env: str | None = None, database: str | None = None, limit: int | None = 100
     ) -> list[BackupRow]:
+        """Backup rows, newest backup first (``limit=None``: all). Every state of a backup is a
+        row; ``opsflow.catalog.fold`` turns them into one entry per backup."""
         query = select(BackupRow).order_by(BackupRow.created_at.desc()).limit(limit)
         if env:
             query = query.where(BackupRow.env == env)

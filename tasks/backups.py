@@ -1,15 +1,26 @@
-"""Prefect tasks over stored backups: confirm after writing, verify end to end, retention."""
+"""Prefect tasks over stored backups: confirm a backup after writing it, verify one end to end,
+apply retention, and grade the freshness of the newest good backup of each series."""
 
 from __future__ import annotations
 
 import builtins
-from datetime import UTC, datetime
+import time
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from connectors.stores import open_store
 from connectors.stores.base import StoredObject, manifest_key, select_expired
-from opsflow.errors import PermanentError
-from opsflow.inventory import BackupStore
-from tasks.policy import api_task, transfer_task
+from opsflow import catalog
+from opsflow.catalog import CatalogEntry
+from opsflow.durations import format_duration
+from opsflow.errors import PermanentError, TransientError
+from opsflow.inventory import BackupStore, Environment
+from opsflow.ledger import Ledger
+from opsflow.redaction import redact
+from opsflow.results import CheckResult, Status
+from tasks.policy import api_task, probe_task, transfer_task
 
 
 @api_task("confirm_backup", timeout_seconds=120)
@@ -71,3 +82,123 @@ def verify_backup(store: BackupStore, key: str, expected_sha256: str) -> StoredO
     if size != found.size:
         raise PermanentError(f"backup {found.url} read {size} bytes, expected {found.size}")
     return found
+
+
+# --- freshness -----------------------------------------------------------------------------
+
+SCAN_LIMIT = 1000
+PG_CONNECT_TIMEOUT_S = 10
+
+
+def grade_age(age: timedelta, max_age: timedelta) -> Status:
+    """Degraded above ``max_age``, critical above twice that."""
+    if age > 2 * max_age:
+        return Status.CRITICAL
+    if age > max_age:
+        return Status.DEGRADED
+    return Status.HEALTHY
+
+
+def _utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _with_timeout(url: str) -> str:
+    """Bound the ledger connection time for PostgreSQL ledgers (SQLite has its own timeout)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "postgresql" and "connect_timeout" not in parsed.query:
+        parsed = parsed.update_query_dict({"connect_timeout": str(PG_CONNECT_TIMEOUT_S)})
+        return parsed.render_as_string(hide_password=False)
+    return url
+
+
+def _freshness(
+    env_name: str, target: str, kind: str, entries: list[CatalogEntry], max_age: timedelta
+) -> CheckResult:
+    now = datetime.now(UTC)
+    newest = catalog.newest(entries)
+    if newest is None:
+        return CheckResult(
+            check="backup_freshness",
+            target=target,
+            status=Status.CRITICAL,
+            summary=(
+                f"no complete backup of {kind} {target!r} in {env_name} is catalogued "
+                f"(fix: run the backup runbook for {env_name} and check that it succeeds)"
+            ),
+            details={"env": env_name, "kind": kind, "max_age_s": max_age.total_seconds()},
+        )
+    age = max(now - _utc(newest.created_at), timedelta(0))
+    status = grade_age(age, max_age)
+    summary = f"newest backup is {format_duration(age)} old ({newest.status}, {newest.backup_id})"
+    if status is not Status.HEALTHY:
+        limit = 2 * max_age if status is Status.CRITICAL else max_age
+        summary += (
+            f", older than {format_duration(limit)} (fix: check the scheduled backup runs of "
+            f"{env_name} in the Prefect UI and run the backup runbook now)"
+        )
+    return CheckResult(
+        check="backup_freshness",
+        target=target,
+        status=status,
+        summary=summary,
+        details={
+            "env": env_name,
+            "kind": kind,
+            "backup_id": newest.backup_id,
+            "created_at": _utc(newest.created_at).isoformat(),
+            "age_s": round(age.total_seconds()),
+            "max_age_s": max_age.total_seconds(),
+            "status": newest.status,
+            "bytes": newest.bytes,
+            "key": newest.key,
+        },
+    )
+
+
+@probe_task("check_backup_freshness", timeout_seconds=60)
+def check_backup_freshness(
+    env_name: str, env: Environment, ledger_url: str | None
+) -> list[CheckResult]:
+    """One result per database and Redis target: age of its newest complete backup."""
+    started = time.monotonic()
+    if env.backup_store is None:
+        return [
+            CheckResult(
+                check="backup_freshness",
+                target=env_name,
+                status=Status.DEGRADED,
+                summary=(
+                    f"backups are not configured for {env_name} (fix: add backup_store: "
+                    f"{{url: s3://bucket/prefix or file://dir}} under environments.{env_name})"
+                ),
+            )
+        ]
+    targets: list[tuple[str, str, str]] = [
+        (db.name, db.kind, f"{db.kind} database") for db in env.databases
+    ]
+    targets += [(target.name, "redis", "redis") for target in env.redis]
+    max_age = env.thresholds.backup_max_age
+    try:
+        ledger = Ledger(_with_timeout(ledger_url) if ledger_url else None)
+    except ArgumentError:
+        raise PermanentError(
+            "the ledger URL cannot be parsed (fix: set OPSFLOW_LEDGER_URL to a SQLAlchemy URL, "
+            "e.g. sqlite:///.opsflow/ledger.db or postgresql+psycopg://user@host/db)"
+        ) from None
+    except SQLAlchemyError as exc:
+        raise TransientError(f"cannot open the ledger: {redact(str(exc))}") from None
+    results: list[CheckResult] = []
+    try:
+        for name, kind, label in targets:
+            rows = ledger.backups(env=env_name, database=name, limit=SCAN_LIMIT)
+            series = catalog.by_series(catalog.fold(rows))
+            entries = series.get(catalog.series_key(env_name, kind, name), [])
+            result = _freshness(env_name, name, label, entries, max_age)
+            result.duration_ms = int((time.monotonic() - started) * 1000)
+            results.append(result)
+    except SQLAlchemyError as exc:
+        raise TransientError(f"cannot read backups from the ledger: {redact(str(exc))}") from None
+    finally:
+        ledger.close()
+    return results

@@ -14,6 +14,7 @@ import pytest
 
 from connectors.stores import open_store
 from flows.backup import BackupReport, backup
+from opsflow.catalog import fold
 from opsflow.inventory import BackupStore
 from opsflow.ledger import Ledger
 from tests.fixtures.s3_server import FaultProxy
@@ -68,7 +69,7 @@ environments:
     write_inventory(with_refused_db=False)
     first = backup(env="faults", requested_by="tester", return_state=True)
     assert first.is_completed(), first.message
-    good = Ledger().catalog(env="faults")
+    good = fold(Ledger().backups(env="faults", limit=None))
     assert len(good) == 1
     store = open_store(store_cfg)
     before = {o.key for o in store.list("faults/")}
@@ -90,6 +91,8 @@ environments:
     # nothing partial is visible or catalogued, and the earlier backup is intact
     assert {o.key for o in store.list("faults/")} == before
     assert moto_s3_client.list_multipart_uploads(Bucket=moto_s3_bucket).get("Uploads", []) == []
-    assert [r.backup_id for r in Ledger().catalog(env="faults")] == [good[0].backup_id]
+    assert [r.backup_id for r in fold(Ledger().backups(env="faults", limit=None))] == [
+        good[0].backup_id
+    ]
     data = b"".join(store.get_stream(good[0].key, expected_sha256=good[0].sha256))
     assert hashlib.sha256(data).hexdigest() == good[0].sha256

@@ -10,7 +10,7 @@ import pytest
 from opsflow.inventory import Environment
 from opsflow.ledger import Ledger, utcnow
 from opsflow.results import Status
-from tasks.catalog import check_backup_freshness
+from tasks.backups import check_backup_freshness
 
 pytestmark = pytest.mark.integration
 

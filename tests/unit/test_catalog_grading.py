@@ -1,4 +1,5 @@
-"""Pure parts of tasks.catalog: picking the newest good backup and grading its age."""
+"""Pure parts of the freshness check: picking the newest good backup (opsflow.catalog) and
+grading its age (tasks.backups)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
+from opsflow.catalog import fold, newest
 from opsflow.ledger import BackupRow
 from opsflow.results import Status
-from tasks.catalog import grade_age, newest_good
+from tasks.backups import grade_age
 
 
 @pytest.mark.parametrize(
@@ -28,10 +30,19 @@ def test_age_graded_against_max_age_and_twice_it(hours: int, expected: Status) -
 def test_newest_good_ignores_failed_and_running_backups() -> None:
     def row(day: int, status: str) -> BackupRow:
         return BackupRow(
-            backup_id=f"{day}-{status}", status=status, created_at=datetime(2026, 1, day)
+            backup_id=f"{day}-{status}",
+            env="prod",
+            database="main",
+            kind="postgres",
+            store_url="file:///b",
+            key=f"prod/main/{day}.sql.zst",
+            bytes=1,
+            sha256="0" * 64,
+            status=status,
+            created_at=datetime(2026, 1, day),
         )
 
     rows = [row(5, "failed"), row(4, "running"), row(3, "complete"), row(2, "verified")]
-    chosen = newest_good(rows)
+    chosen = newest(fold(rows))
     assert chosen is not None and chosen.backup_id == "3-complete"
-    assert newest_good([row(5, "failed")]) is None
+    assert newest(fold([row(5, "failed")])) is None

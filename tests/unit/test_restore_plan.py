@@ -10,10 +10,11 @@ import pytest
 import yaml
 
 from connectors.postgres import scratch_name
+from connectors.stores.base import manifest_key
 from deployments.runbooks import get_runbook
 from flows.dr_drill import missed_targets, plan_dr_drill
-from flows.restore import build_restore_plan, catalog_sources, choose_sources, plan_restore
-from opsflow.catalog import codec_of
+from flows.restore import build_restore_plan, choose_sources, plan_restore
+from opsflow.catalog import CatalogEntry, codec_of, fold, newest_by_series, restorable
 from opsflow.errors import InputError
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow, Ledger, utcnow
@@ -64,6 +65,11 @@ def row(
     )
 
 
+def sources_of(rows: list[BackupRow]) -> dict[str, list[CatalogEntry]]:
+    """The catalog as restore and the drill read it."""
+    return restorable(fold(rows, manifest_of=manifest_key))
+
+
 ROWS = [
     row(1, "old", "main", SHA_OLD),
     row(2, "new", "main", SHA_NEW, hours=24),
@@ -74,7 +80,7 @@ ROWS = [
 
 
 def test_catalog_keeps_good_backups_newest_first_and_knows_verified_ones() -> None:
-    catalog = catalog_sources(ROWS)
+    catalog = sources_of(ROWS)
     assert [s.backup_id for s in catalog["main"]] == ["new", "old"]  # failed one left out
     assert [s.verified for s in catalog["main"]] == [False, True]
     assert catalog["main"][0].codec == "zstd" and catalog["main"][0].row_counts == {"public.t": 3}
@@ -173,7 +179,8 @@ def test_missed_targets_name_the_target() -> None:
 
 
 def test_drill_plan_restores_checks_and_tears_down_each_database() -> None:
-    sources = {name: s[0] for name, s in catalog_sources(ROWS).items()}
+    sources = newest_by_series(fold(ROWS, manifest_of=manifest_key))
+    assert sources == {name: s[0] for name, s in sources_of(ROWS).items()}
     plan = plan_dr_drill("prod", INVENTORY.environment("prod"), sources, "S")
     assert [(s.action, s.target) for s in plan.steps] == [
         ("restore_postgres", "main -> <db>_drill_S"),
@@ -246,4 +253,4 @@ def test_drill_rows_and_verified_backups_keep_the_chain(tmp_path: Path) -> None:
     assert verified.details["row_counts"] == {"t": 1}
     assert [d.rto_seconds for d in ledger.drills(env="prod")] == [1.25]
     assert ledger.verify().ok
-    assert catalog_sources(ledger.backups(env="prod"))["main"][0].verified
+    assert sources_of(ledger.backups(env="prod"))["main"][0].verified
