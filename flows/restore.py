@@ -56,54 +56,11 @@ MODES: tuple[str, ...] = ("swap", "drop-recreate")
 # --- choosing backups (pure) -----------------------------------------------------------------
 
 
-def choose_sources(
-    env_name: str,
-    env: Environment,
-    rows: list[BackupRow],
-    database: str = "all",
-    backup_id: str | None = None,
+def _choose(
+    rows: list[BackupRow], env_name: str, env: Environment, database: str, backup_id: str | None
 ) -> list[tuple[int, Database, RestoreSource]]:
-    """(inventory index, database, backup) to restore; InputError when something is missing."""
     series = catalog.restorable(catalog.fold(rows, manifest_of=manifest_key))
-    names = [db.name for db in env.databases]
-    if database != "all" and database not in names:
-        raise InputError(
-            "database",
-            f"{database!r} is not a database of {env_name}",
-            f"choose one of: {', '.join(names) or '(none listed)'} or all",
-        )
-    chosen: list[tuple[int, Database, RestoreSource]] = []
-    for index, db in enumerate(env.databases):
-        if database not in ("all", db.name):
-            continue
-        sources = series.get(catalog.series_key(env_name, db.kind, db.name), [])
-        if backup_id:
-            match = [s for s in sources if s.backup_id == backup_id]
-            if not match:
-                if database == "all" and len(env.databases) > 1:
-                    continue
-                raise InputError(
-                    "backup_id",
-                    f"no complete backup {backup_id!r} of {db.name} in {env_name} is catalogued",
-                    f"list them with `opsflow backups list --env {env_name}`",
-                )
-            chosen.append((index, db, match[0]))
-        elif sources:
-            chosen.append((index, db, sources[0]))
-        else:
-            raise InputError(
-                "database",
-                f"{db.name} in {env_name} has no complete backup in the catalog",
-                f"run `opsflow run backup --env {env_name}` first, or restore another database",
-            )
-    if not chosen:
-        raise InputError(
-            "backup_id" if backup_id else "database",
-            f"nothing to restore in {env_name}"
-            + (f": backup {backup_id!r} is not catalogued" if backup_id else ""),
-            f"list the backups with `opsflow backups list --env {env_name}`",
-        )
-    return chosen
+    return catalog.choose(series, env_name, env, database, backup_id)
 
 
 def build_restore_plan(
@@ -304,7 +261,13 @@ def plan_restore(
     """The restore plan; without ``rows`` the catalog is read from the ledger (read only)."""
     if rows is None:
         rows = Ledger().backups(env=env_name, limit=CATALOG_SCAN)
-    chosen = choose_sources(env_name, env, rows, database, backup_id)
+    chosen = catalog.choose(
+        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
+        env_name,
+        env,
+        database,
+        backup_id,
+    )
     return build_restore_plan(env_name, env, chosen, mode=mode, target_db=target_db, stamp=stamp)
 
 
@@ -518,7 +481,13 @@ def restore(
     require_store(env, run.env)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
-    chosen = choose_sources(env, run.env, rows, database, backup_id)
+    chosen = catalog.choose(
+        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
+        env,
+        run.env,
+        database,
+        backup_id,
+    )
     plan = build_restore_plan(env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp)
     run.publish_plan(plan)
     report = RestoreReport(env=env, mode=mode, target_db=target_db, dry_run=dry_run)

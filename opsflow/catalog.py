@@ -16,11 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsflow.errors import InputError
 from opsflow.ledger import VERIFIED, BackupRow
+
+if TYPE_CHECKING:  # the inventory (and through its secrets, Prefect) only for type hints
+    from opsflow.inventory import Database, Environment
 
 COMPLETE = "complete"
 GOOD_STATUSES: frozenset[str] = frozenset({COMPLETE, VERIFIED})
@@ -212,3 +216,54 @@ def good_keys(entries: Iterable[CatalogEntry], store_url: str) -> list[str]:
     """Keys of the good backups in the store at ``store_url`` (sorted): what retention gets as
     ``verified_keys``, so it never deletes the newest good backup of a series."""
     return sorted({entry.key for entry in good(entries) if entry.store_url == store_url})
+
+
+def choose(
+    series: dict[SeriesKey, list[CatalogEntry]],
+    env_name: str,
+    env: Environment,
+    database: str = "all",
+    backup_id: str | None = None,
+) -> list[tuple[int, Database, CatalogEntry]]:
+    """(inventory index, database, backup) to restore from ``series`` (``restorable(...)``):
+    the newest good backup of each chosen database, or the one ``backup_id`` names.
+    ``InputError`` naming the parameter when something is missing."""
+    names = [db.name for db in env.databases]
+    if database != "all" and database not in names:
+        raise InputError(
+            "database",
+            f"{database!r} is not a database of {env_name}",
+            f"choose one of: {', '.join(names) or '(none listed)'} or all",
+        )
+    chosen: list[tuple[int, Database, CatalogEntry]] = []
+    for index, db in enumerate(env.databases):
+        if database not in ("all", db.name):
+            continue
+        sources = series.get(series_key(env_name, db.kind, db.name), [])
+        if backup_id:
+            match = [s for s in sources if s.backup_id == backup_id]
+            if not match:
+                if database == "all" and len(env.databases) > 1:
+                    continue
+                raise InputError(
+                    "backup_id",
+                    f"no complete backup {backup_id!r} of {db.name} in {env_name} is catalogued",
+                    f"list them with `opsflow backups list --env {env_name}`",
+                )
+            chosen.append((index, db, match[0]))
+        elif sources:
+            chosen.append((index, db, sources[0]))
+        else:
+            raise InputError(
+                "database",
+                f"{db.name} in {env_name} has no complete backup in the catalog",
+                f"run `opsflow run backup --env {env_name}` first, or restore another database",
+            )
+    if not chosen:
+        raise InputError(
+            "backup_id" if backup_id else "database",
+            f"nothing to restore in {env_name}"
+            + (f": backup {backup_id!r} is not catalogued" if backup_id else ""),
+            f"list the backups with `opsflow backups list --env {env_name}`",
+        )
+    return chosen

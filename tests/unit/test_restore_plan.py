@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -13,8 +14,8 @@ from connectors.postgres import scratch_name
 from connectors.stores.base import manifest_key
 from deployments.runbooks import get_runbook
 from flows.dr_drill import missed_targets, plan_dr_drill
-from flows.restore import build_restore_plan, choose_sources, plan_restore
-from opsflow.catalog import CatalogEntry, codec_of, fold, newest_by_series, restorable
+from flows.restore import build_restore_plan, plan_restore
+from opsflow.catalog import CatalogEntry, choose, codec_of, fold, newest_by_series, restorable
 from opsflow.errors import InputError
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow, Ledger, utcnow
@@ -160,7 +161,7 @@ def test_bad_parameters_fail_in_the_plan(
 
 def test_database_without_backup_is_an_input_error() -> None:
     with pytest.raises(InputError, match="app in prod has no complete backup"):
-        choose_sources("prod", INVENTORY.environment("prod"), ROWS[:3])
+        choose_sources(ROWS[:3], "prod")
 
 
 def test_recovery_targets_default_to_seed_000_and_parse() -> None:
@@ -206,7 +207,7 @@ def test_helpers() -> None:
     problems, warnings = compare_counts({"t": 3}, {"t": 2}, exact=False)
     assert problems == [] and "outside the dump's snapshot" in warnings[0]
     # bad plan input
-    chosen = choose_sources("prod", INVENTORY.environment("prod"), ROWS, "main")
+    chosen = choose_sources(ROWS, "prod", "main")
     with pytest.raises(InputError, match="mode"):
         build_restore_plan("prod", INVENTORY.environment("prod"), chosen, mode="x")
 
@@ -254,3 +255,8 @@ def test_drill_rows_and_verified_backups_keep_the_chain(tmp_path: Path) -> None:
     assert [d.rto_seconds for d in ledger.drills(env="prod")] == [1.25]
     assert ledger.verify().ok
     assert sources_of(ledger.backups(env="prod"))["main"][0].verified
+
+
+def choose_sources(rows: list[BackupRow], env: str, database: str = "all") -> list[Any]:
+    series = restorable(fold(rows, manifest_of=manifest_key))
+    return choose(series, env, INVENTORY.environment(env), database)
