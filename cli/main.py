@@ -262,6 +262,11 @@ def plan(
     out.print(shown.to_markdown(), markup=False)
 
 
+RunId = Annotated[str, typer.Argument(help="the paused flow run id")]
+Approver = Annotated[str, typer.Option("--as", help="your name, as in the approvers list")]
+Reason = Annotated[str, typer.Option("--reason", help="why (required)")]
+
+
 def _answer(run_id: str, approved: bool, as_user: str, reason: str) -> None:
     from opsflow.ledger import Ledger
 
@@ -299,9 +304,9 @@ def _answer(run_id: str, approved: bool, as_user: str, reason: str) -> None:
 
 @app.command()
 def approve(
-    run_id: Annotated[str, typer.Argument(help="the paused flow run id")],
-    as_user: Annotated[str, typer.Option("--as", help="your name, as in the approvers list")],
-    reason: Annotated[str, typer.Option("--reason", help="why (required)")],
+    run_id: RunId,
+    as_user: Approver,
+    reason: Reason,
 ) -> None:
     """Approve a paused run (four-eyes: not the requester; must be a listed approver)."""
     _answer(run_id, True, as_user, reason)
@@ -309,9 +314,9 @@ def approve(
 
 @app.command()
 def reject(
-    run_id: Annotated[str, typer.Argument(help="the paused flow run id")],
-    as_user: Annotated[str, typer.Option("--as", help="your name, as in the approvers list")],
-    reason: Annotated[str, typer.Option("--reason", help="why (required)")],
+    run_id: RunId,
+    as_user: Approver,
+    reason: Reason,
 ) -> None:
     """Reject a paused run; nothing is changed."""
     _answer(run_id, False, as_user, reason)

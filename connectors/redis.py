@@ -10,12 +10,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import redis
+from redis.backoff import NoBackoff
 from redis.connection import SSLConnection, parse_url
 from redis.exceptions import (
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     NoPermissionError,
 )
+from redis.retry import Retry
 
 from connectors.streams import EXTENSIONS
 from opsflow.catalog import Codec
@@ -34,6 +36,23 @@ AUTH_ERRORS = (
     AuthorizationError,
     NoPermissionError,
 )
+
+
+def redis_client(url: str, field: str) -> redis.Redis:
+    """A client for ``url`` with socket timeouts and no retries of its own (Prefect retries
+    transient failures, not the client); a URL that cannot be parsed is a PermanentError."""
+    try:
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_S,
+            socket_connect_timeout=SOCKET_TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
+        )
+    except ValueError:
+        raise PermanentError(
+            f"{field}.url: the Redis URL cannot be parsed "
+            "(fix: use redis://[:password@]host:port/db, rediss:// or unix://)"
+        ) from None
 
 
 def _where(url: str) -> str:

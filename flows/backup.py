@@ -166,29 +166,11 @@ def _dump_database(
     run: RunbookRun, store: BackupStore, index: int, db: Database, codec: Any, when: datetime
 ) -> State[Any]:
     field = f"environments.{run.env_name}.databases[{index}]"
+    common: dict[str, Any] = {"db": db, "store": store, "env_name": run.env_name, "when": when}
+    common.update(codec=codec, field=field, return_state=True)
     if db.kind == "postgres":
-        state = dump_postgres(
-            db=db,
-            store=store,
-            env_name=run.env_name,
-            when=when,
-            codec=codec,
-            field=field,
-            docker=run.env.docker,
-            kubernetes=run.env.kubernetes,
-            return_state=True,
-        )
-    else:
-        state = dump_sqlite(
-            db=db,
-            store=store,
-            env_name=run.env_name,
-            when=when,
-            codec=codec,
-            field=field,
-            return_state=True,
-        )
-    return state
+        return dump_postgres(**common, docker=run.env.docker, kubernetes=run.env.kubernetes)
+    return dump_sqlite(**common)
 
 
 def _dump_config(run: RunbookRun, store: BackupStore, when: datetime) -> State[Any]:

@@ -13,8 +13,10 @@ basic-auth string or an authenticating proxy (docs/approvals.md).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
+from typing import Any
 
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
@@ -66,14 +68,14 @@ def request_approval(
     """Pause until a valid approval arrives; raise ``ApprovalRejected`` on reject or timeout."""
     timeout = timeout_seconds or int(policy.timeout.total_seconds())
     plan_md = plan.to_markdown()
-    ledger.record_approval(
+    record = functools.partial(
+        ledger.record_approval,
         flow_run_id=flow_run_id,
         action=action,
         env=env,
-        event="requested",
         requested_by=requested_by,
-        plan=plan_md,
     )
+    record(event="requested", plan=plan_md)
     message = (
         f"Approval needed: {action} on {env}, requested by {requested_by}. "
         f"Approvers: {', '.join(policy.approvers)}. Answer within {timeout}s with "
@@ -87,24 +89,16 @@ def request_approval(
     while True:
         remaining = int(deadline - time.monotonic())
         if remaining < 1:
-            return _timed_out(ledger, flow_run_id, action, env, requested_by, timeout)
+            return _timed_out(record, action, env, timeout)
         try:
             answer = pause_flow_run(
                 wait_for_input=Approval, timeout=remaining, poll_interval=POLL_SECONDS
             )
         except FlowPauseTimeout:
-            return _timed_out(ledger, flow_run_id, action, env, requested_by, timeout)
+            return _timed_out(record, action, env, timeout)
         violation = policy_violation(answer, policy, requested_by)
         event = "refused" if violation else ("approved" if answer.approved else "rejected")
-        ledger.record_approval(
-            flow_run_id=flow_run_id,
-            action=action,
-            env=env,
-            event=event,
-            requested_by=requested_by,
-            actor=answer.approver,
-            reason=violation or answer.reason,
-        )
+        record(event=event, actor=answer.approver, reason=violation or answer.reason)
         if violation:
             log(f"Answer from {answer.approver!r} refused: {violation}. Still waiting.")
             continue
@@ -117,17 +111,8 @@ def request_approval(
         return answer
 
 
-def _timed_out(
-    ledger: Ledger, flow_run_id: str, action: str, env: str, requested_by: str, timeout: int
-) -> Approval:
-    ledger.record_approval(
-        flow_run_id=flow_run_id,
-        action=action,
-        env=env,
-        event="timed_out",
-        requested_by=requested_by,
-        reason=f"no valid answer within {timeout}s",
-    )
+def _timed_out(record: Callable[..., Any], action: str, env: str, timeout: int) -> Approval:
+    record(event="timed_out", reason=f"no valid answer within {timeout}s")
     raise ApprovalRejected(
         f"{action} on {env}: no valid approval within {timeout}s, treated as rejected. "
         "Nothing was changed."

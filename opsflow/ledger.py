@@ -267,35 +267,18 @@ class Ledger:
         appends a copy of its row with status ``verified`` and ``verified_at`` in details."""
         details = {**(backup.details or {}), "verified_at": _canonical(verified_at)}
         details["verified_by"] = {"flow_run_id": flow_run_id, "how": how}
-        return self.append(
-            BackupRow(
-                backup_id=backup.backup_id,
-                env=backup.env,
-                database=backup.database,
-                kind=backup.kind,
-                store_url=backup.store_url,
-                key=backup.key,
-                bytes=backup.bytes,
-                sha256=backup.sha256,
-                status=VERIFIED,
-                created_at=backup.created_at,
-                duration_ms=backup.duration_ms,
-                flow_run_id=backup.flow_run_id,
-                details=details,
-            )
-        )
+        copied = {
+            column.key: getattr(backup, column.key)
+            for column in BackupRow.__table__.columns
+            if column.key not in ("id", "status", "details", "recorded_at", "prev_hash", "row_hash")
+        }
+        return self.append(BackupRow(**copied, status=VERIFIED, details=details))
 
     # ----- readers -------------------------------------------------------------------------
     def runs(
         self, env: str | None = None, runbook: str | None = None, limit: int = 50
     ) -> list[RunRow]:
-        query = select(RunRow).order_by(RunRow.id.desc()).limit(limit)
-        if env:
-            query = query.where(RunRow.env == env)
-        if runbook:
-            query = query.where(RunRow.runbook == runbook)
-        with self._session() as session:
-            return list(session.scalars(query))
+        return self._latest(RunRow, RunRow.id, limit, env=env, runbook=runbook)
 
     def steps(self, flow_run_id: str) -> list[StepRow]:
         query = select(StepRow).where(StepRow.flow_run_id == flow_run_id).order_by(StepRow.id)
@@ -326,22 +309,22 @@ class Ledger:
     ) -> list[BackupRow]:
         """Backup rows, newest backup first (``limit=None``: all). Every state of a backup is a
         row; ``opsflow.catalog.fold`` turns them into one entry per backup."""
-        query = select(BackupRow).order_by(BackupRow.created_at.desc()).limit(limit)
-        if env:
-            query = query.where(BackupRow.env == env)
-        if database:
-            query = query.where(BackupRow.database == database)
-        with self._session() as session:
-            return list(session.scalars(query))
+        return self._latest(BackupRow, BackupRow.created_at, limit, env=env, database=database)
 
     def drills(
         self, env: str | None = None, database: str | None = None, limit: int = 100
     ) -> list[DrillRow]:
-        query = select(DrillRow).order_by(DrillRow.id.desc()).limit(limit)
-        if env:
-            query = query.where(DrillRow.env == env)
-        if database:
-            query = query.where(DrillRow.database == database)
+        return self._latest(DrillRow, DrillRow.id, limit, env=env, database=database)
+
+    def _latest(
+        self, model: type[Row], newest: Any, limit: int | None, **equal: str | None
+    ) -> list[Row]:
+        """Rows of ``model``, ``newest`` column descending, filtered by the given columns'
+        values (a None or empty value does not filter)."""
+        query = select(model).order_by(newest.desc()).limit(limit)
+        for column, value in equal.items():
+            if value:
+                query = query.where(getattr(model, column) == value)
         with self._session() as session:
             return list(session.scalars(query))
 

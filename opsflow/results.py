@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
+
+if TYPE_CHECKING:
+    from opsflow.catalog import CatalogEntry
 
 
 class Status(StrEnum):
@@ -81,6 +84,22 @@ class RestoreResult(BaseModel):
     bytes: int
     raw_bytes: int
     seconds: float
+
+    @classmethod
+    def of(
+        cls, source: CatalogEntry, target: str, size: int, raw: int, started: float
+    ) -> RestoreResult:
+        """``source`` restored into ``target``: ``size`` bytes read from the store, ``raw``
+        bytes written, since ``started`` (``time.monotonic()``)."""
+        return cls(
+            database=source.database,
+            target=target,
+            backup_id=source.backup_id,
+            key=source.key,
+            bytes=size,
+            raw_bytes=raw,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
 
 class VerifyResult(BaseModel):

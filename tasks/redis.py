@@ -7,23 +7,18 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from connectors.redis import (
     RDB_TIMEOUT_S,
-    SOCKET_TIMEOUT_S,
     _classify,
     _where,
     rdb_extension,
     rdb_stream,
+    redis_client,
 )
 from connectors.stores import open_store
 from connectors.stores.objects import DumpResult, choose_key, store_dump
 from opsflow.catalog import Codec
-from opsflow.errors import (
-    PermanentError,
-)
 from opsflow.inventory import BackupStore, RedisTarget, Thresholds
 from opsflow.results import CheckResult, Status, worst
 from opsflow.secrets import resolve
@@ -98,18 +93,7 @@ def check_redis(target: RedisTarget, thresholds: Thresholds, field: str) -> Chec
     started = time.monotonic()
     url = resolve(target.url, field=f"{field}.url")
     where = f"redis {target.name!r} ({_where(url)})"
-    try:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),  # Prefect retries transient failures, not the client
-        )
-    except ValueError:
-        raise PermanentError(
-            f"{field}.url: the Redis URL cannot be parsed "
-            "(fix: use redis://[:password@]host:port/db, rediss:// or unix://)"
-        ) from None
+    client = redis_client(url, field)
     try:
         with client:
             client.ping()
@@ -161,18 +145,7 @@ def dump_redis(
     started = time.monotonic()
     url = resolve(target.url, field=f"{field}.url")
     where = f"redis {target.name!r} ({_where(url)})"
-    try:
-        client = redis.Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(NoBackoff(), 0),
-        )
-    except ValueError:
-        raise PermanentError(
-            f"{field}.url: the Redis URL cannot be parsed "
-            "(fix: use redis://[:password@]host:port/db, rediss:// or unix://)"
-        ) from None
+    client = redis_client(url, field)
     try:
         with client:
             counts = keyspace_counts(client.info("keyspace"))

@@ -331,15 +331,7 @@ def restore_sqlite(
     for suffix in ("-wal", "-shm", "-journal"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     _fsync_dir(path.parent)
-    return RestoreResult(
-        database=db.name,
-        target=str(path),
-        backup_id=source.backup_id,
-        key=source.key,
-        bytes=size,
-        raw_bytes=raw,
-        seconds=round(time.monotonic() - started, 3),
-    )
+    return RestoreResult.of(source, str(path), size, raw, started)
 
 
 @transfer_task("drill_sqlite", timeout_seconds=RESTORE_TIMEOUT_S + 600)
@@ -350,13 +342,5 @@ def drill_sqlite(store: BackupStore, source: RestoreSource) -> tuple[RestoreResu
     with tempfile.TemporaryDirectory(prefix="opsflow-drill-") as scratch:
         temp = Path(scratch) / f"{source.database}.sqlite"
         size, raw = write_sqlite_copy(store, source, temp)
-        restored = RestoreResult(
-            database=source.database,
-            target=str(temp),
-            backup_id=source.backup_id,
-            key=source.key,
-            bytes=size,
-            raw_bytes=raw,
-            seconds=round(time.monotonic() - started, 3),
-        )
+        restored = RestoreResult.of(source, str(temp), size, raw, started)
         return restored, check_sqlite_file(temp, source, "quick_check")
