@@ -1,5 +1,7 @@
-"""SQLite health check (open read-only, ``PRAGMA quick_check``, size and journal mode) and
-backup (``dump_sqlite``: online backup API into a temp copy, streamed compressed to a store)."""
+"""SQLite, every concern in one place: the health check (open read-only, ``PRAGMA quick_check``,
+size and journal mode), backup (``dump_sqlite``: online backup API into a temp copy, streamed
+compressed to a store), restore (``restore_sqlite``: a checked temp file renamed over the
+target, the old file kept aside) and the DR drill's scratch copy (``drill_sqlite``)."""
 
 from __future__ import annotations
 
