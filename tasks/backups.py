@@ -23,7 +23,7 @@ from opsflow.results import CheckResult, Status
 from tasks.policy import api_task, probe_task, transfer_task
 
 
-@api_task("confirm_backup", timeout_seconds=120)
+@api_task("confirm_backup", timeout_seconds=360)  # a hung S3: 5 tries x 60 s read timeout
 def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> StoredObject:
     """HEAD a stored backup and its manifest: present, same size and sha256, else PermanentError."""
     backend = open_store(store)
