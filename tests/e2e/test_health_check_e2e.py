@@ -17,7 +17,8 @@ import httpx
 import pytest
 import zstandard
 
-from opsflow.ledger import BackupRow
+from opsflow import catalog
+from opsflow.catalog import CatalogEntry
 from tests.fixtures.e2e_env import E2E_ROWS, REPO, Workspace, sha256_of
 from tests.support.cli import OPSFLOW
 
@@ -73,10 +74,10 @@ def expected_checks(ws: Workspace) -> set[tuple[str, str]]:
     }
 
 
-def the_backup(ws: Workspace) -> BackupRow:
+def the_backup(ws: Workspace) -> CatalogEntry:
     """The e2e environment's one catalogued backup (taken by `opsflow run backup`)."""
-    [row] = ws.ledger().catalog(env="e2e")
-    return row
+    [entry] = catalog.fold(ws.ledger().backups(env="e2e"))
+    return entry
 
 
 def assert_recorded(ws: Workspace, api: str, run_id: str) -> None:
