@@ -18,13 +18,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from connectors.stores.objects import DumpResult
 from connectors.streams import CODECS
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
@@ -300,12 +299,10 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-@flow(
-    name=RUNBOOK,
-    description="Nightly backup: dump every database of the environment (compressed, "
+@runbook_flow(
+    RUNBOOK,
+    "Nightly backup: dump every database of the environment (compressed, "
     "streamed), store it with a manifest, catalogue it once confirmed, then apply retention.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def backup(
     env: str = "local",

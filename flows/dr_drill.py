@@ -20,13 +20,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
@@ -247,12 +246,10 @@ def render_drill_report(report: DrillReport, started: datetime) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-@flow(
-    name=RUNBOOK,
-    description="DR drill: restore the newest backup of every database into a scratch target, "
+@runbook_flow(
+    RUNBOOK,
+    "DR drill: restore the newest backup of every database into a scratch target, "
     "check it, tear it down, and measure RTO and RPO against the environment's targets.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") -> State[Any]:
     """Run the DR drill for ``env``.

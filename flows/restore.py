@@ -20,13 +20,12 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
@@ -447,12 +446,10 @@ def render_restore_report(report: RestoreReport, started: datetime) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-@flow(
-    name=RUNBOOK,
-    description="Restore a catalogued backup (latest by default): plan, approval on protected "
+@runbook_flow(
+    RUNBOOK,
+    "Restore a catalogued backup (latest by default): plan, approval on protected "
     "environments, scale down, stream into a fresh database and swap, scale up, health check.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def restore(
     env: str = "local",
