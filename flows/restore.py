@@ -18,23 +18,25 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
-from connectors.postgres import database_name, scratch_name
+from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
 from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
-from opsflow.errors import ApprovalRejected, InputError
+from opsflow.errors import ApprovalRejected, InputError, PermanentError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
+from opsflow.secrets import is_reference
 from opsflow.units import format_bytes
 from tasks.backups import verify_backup
 from tasks.postgres.checks import check_postgres
@@ -62,6 +64,33 @@ def _choose(
     return catalog.choose(series, env_name, env, database, backup_id)
 
 
+def _check_target(target_db: str, db: Database) -> None:
+    """``target_db`` names a new place: never empty, never the live database or file."""
+    fix = "leave target_db out to restore in place, or name a new database (PostgreSQL) or file"
+    if not target_db.strip():
+        raise InputError("target_db", "is empty, so it names no new place to restore into", fix)
+    if db.kind == "sqlite":
+        if (
+            db.path is not None
+            and Path(target_db).expanduser().resolve() == Path(db.path).expanduser().resolve()
+        ):
+            raise InputError("target_db", f"{target_db!r} is the live file of {db.name}", fix)
+        return
+    try:
+        check_pg_name(target_db, "target_db")
+    except PermanentError:
+        raise InputError(
+            "target_db",
+            f"{target_db!r} is not a usable PostgreSQL database name",
+            "use letters, digits, '_', '$' or '-', at most 63 characters, starting with a "
+            "letter or '_'",
+        ) from None
+    if db.dsn is not None and is_reference(db.dsn):
+        return  # the live database's name is in the secret: the restore task refuses it then
+    if db.dsn is not None and target_db == database_name(db, "database"):
+        raise InputError("target_db", f"{target_db!r} is the live database of {db.name}", fix)
+
+
 def build_restore_plan(
     env_name: str,
     env: Environment,
@@ -80,6 +109,8 @@ def build_restore_plan(
             "restoring elsewhere works for one database at a time",
             "also pass database=<name>",
         )
+    if target_db is not None:
+        _check_target(target_db, chosen[0][1])
     steps: list[PlanStep] = []
     notes: list[str] = []
     if env.protected and env.approvals is not None:

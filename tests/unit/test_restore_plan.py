@@ -125,6 +125,42 @@ def test_target_db_touches_neither_original_nor_application() -> None:
         plan_restore("prod", INVENTORY.environment("prod"), ROWS, "all", target_db="copy")
 
 
+@pytest.mark.parametrize(
+    ("database", "target_db", "problem"),
+    [
+        ("app", "", "is empty"),  # was: the live file replaced, the plan saying "not touched"
+        ("app", "  ", "is empty"),
+        ("app", "/srv/app.db", "is the live file of app"),
+        ("app", "/srv/../srv/app.db", "is the live file of app"),
+        ("main", "", "is empty"),
+        ("main", "bad name;drop", "is not a usable PostgreSQL database name"),
+        ("main", "x" * 64, "is not a usable PostgreSQL database name"),
+    ],
+)
+def test_target_db_must_name_a_new_place(database: str, target_db: str, problem: str) -> None:
+    with pytest.raises(InputError) as info:
+        plan_restore("prod", INVENTORY.environment("prod"), ROWS, database, target_db=target_db)
+    assert info.value.field == "target_db"
+    assert problem in info.value.problem
+    naming = "not a usable" in problem
+    assert ("letters, digits" if naming else "leave target_db out") in info.value.fix
+
+
+def test_target_db_naming_the_live_postgres_database_is_refused() -> None:
+    inventory = parse_inventory("""
+environments:
+  prod:
+    databases: [{name: main, kind: postgres, dsn: "postgresql://app@db.internal:5432/shop"}]
+    backup_store: {url: "file:///var/backups"}
+""")
+    rows = [r for r in ROWS if r.database == "main"]
+    with pytest.raises(InputError) as info:
+        plan_restore("prod", inventory.environment("prod"), rows, "main", target_db="shop")
+    assert info.value.field == "target_db" and "live database of main" in info.value.problem
+    plan = plan_restore("prod", inventory.environment("prod"), rows, "main", target_db="shop_copy")
+    assert plan.steps[-1].target == "main -> new database shop_copy"
+
+
 def test_drop_recreate_verifies_the_object_before_dropping() -> None:
     plan = plan_restore("prod", INVENTORY.environment("prod"), ROWS, "main", mode="drop-recreate")
     actions = [s.action for s in plan.steps]
