@@ -1,5 +1,6 @@
 """Prefect tasks over stored backups: confirm a backup after writing it, verify one end to end,
-apply retention, and grade the freshness of the newest good backup of each series."""
+delete what retention expired, and grade the freshness of the newest good backup of each
+series."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import builtins
 import time
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from connectors.stores import open_store
-from connectors.stores.base import StoredObject, manifest_key, select_expired
+from connectors.stores.base import MANIFEST_SUFFIX, StoredObject, backup_time, manifest_key
 from opsflow import catalog
 from opsflow.catalog import CatalogEntry
 from opsflow.durations import format_duration
@@ -45,28 +47,57 @@ def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> Stor
     return found
 
 
+class RetentionResult(BaseModel):
+    """What ``apply_retention`` did: the keys it deleted (each backup, then its manifest) and
+    the old objects it left alone because no catalog entry names them."""
+
+    deleted: builtins.list[str] = Field(default_factory=list)
+    uncatalogued: builtins.list[str] = Field(default_factory=list)
+
+
 @api_task("apply_retention", timeout_seconds=600)
 def apply_retention(
     store: BackupStore,
     prefix: str,
-    verified_keys: builtins.list[str],
+    expired_keys: builtins.list[str],
+    catalogued_keys: builtins.list[str] | None = None,
     now: datetime | None = None,
-) -> builtins.list[str]:
-    """Delete backups under ``prefix`` past ``store.retention_days`` (and their manifests).
+) -> RetentionResult:
+    """Delete the backups ``expired_keys`` (and their manifests) under ``prefix``.
 
-    Never deletes the newest verified backup of a series (see ``select_expired``); also clears
-    leftovers of killed writes older than a day. Returns the deleted keys. Idempotent.
+    What expires is the catalog's decision (``opsflow.catalog.retention``: never the newest
+    verified or the newest backup of a series); this task only deletes, and the flow records
+    each deletion in the ledger. Objects under ``prefix`` older than ``store.retention_days``
+    that are not in ``catalogued_keys`` are reported, never deleted (they may belong to another
+    ledger; without ``catalogued_keys`` nothing is reported). Also clears leftovers of killed
+    writes older than a day. Idempotent: deleting a missing object is not an error, so an
+    interrupted run is finished by the next one.
     """
+    outside = [k for k in expired_keys if not k.startswith(prefix) or k.endswith(MANIFEST_SUFFIX)]
+    if outside:
+        raise PermanentError(
+            f"retention was asked to delete {outside}, which are not backups under {prefix!r}; "
+            "nothing was deleted"
+        )
     backend = open_store(store)
     now = now or datetime.now(UTC)
-    objects = backend.list(prefix)
-    deleted: builtins.list[str] = []
-    for obj in select_expired(objects, store.retention_days, now, set(verified_keys)):
-        for key in (obj.key, manifest_key(obj.key)):
-            backend.delete(key)
-            deleted.append(key)
+    result = RetentionResult()
+    for key in expired_keys:
+        for each in (key, manifest_key(key)):
+            backend.delete(each)
+            result.deleted.append(each)
+    if catalogued_keys is not None:
+        known = set(catalogued_keys) | set(expired_keys)
+        cutoff = now - timedelta(days=store.retention_days)
+        result.uncatalogued = [
+            obj.key
+            for obj in backend.list(prefix)
+            if not obj.key.endswith(MANIFEST_SUFFIX)
+            and obj.key not in known
+            and backup_time(obj) < cutoff
+        ]
     backend.cleanup_incomplete(prefix=prefix)
-    return deleted
+    return result
 
 
 @transfer_task("verify_backup", timeout_seconds=6 * 3600)
