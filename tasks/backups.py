@@ -1,6 +1,6 @@
-"""Prefect tasks over stored backups: confirm a backup after writing it, verify one end to end,
-delete what retention expired, and grade the freshness of the newest good backup of each
-series."""
+"""Prefect tasks over stored backups: confirm a backup after writing it, check that a catalogued
+backup is still in the store before a restore or drill, verify one end to end, delete what
+retention expired, and grade the freshness of the newest good backup of each series."""
 
 from __future__ import annotations
 
@@ -98,6 +98,36 @@ def apply_retention(
         ]
     backend.cleanup_incomplete(prefix=prefix)
     return result
+
+
+@api_task("check_backup_present", timeout_seconds=360)  # a hung S3: 5 tries x 60 s read
+def check_backup_present(store: BackupStore, source: CatalogEntry) -> StoredObject:
+    """The cheap pre-check of a restore or drill, before any approval or scaling: the object
+    ``source`` names is in the environment's store, with the catalogued size and sha256 (HEAD
+    and its ``.sha256`` file; PermanentError naming the backup if not).
+
+    This does not read the content: the restore stream checks the sha256 of every byte (and
+    ``verify_backup`` reads the whole object first where a restore cannot be undone)."""
+    backend = open_store(store)
+    what = f"backup {source.backup_id} of {source.kind} {source.database!r}"
+    fix = "choose another backup (`opsflow backups list --env ENV`) or take a new one"
+    if source.store_url != store.url:
+        raise PermanentError(
+            f"{what} was stored in {source.store_url}, but the environment's backup_store is now "
+            f"{store.url} (fix: {fix}, or point backup_store back at {source.store_url})"
+        )
+    found = backend.head(source.key)
+    if found is None:
+        raise PermanentError(
+            f"{what} is not in the store: {backend.url}/{source.key} does not exist (fix: {fix})"
+        )
+    if found.sha256 != source.sha256 or found.size != source.bytes:
+        raise PermanentError(
+            f"{what} in the store is not the catalogued one: {found.url} holds {found.size} bytes "
+            f"with sha256 {found.sha256 or '(no checksum file)'}, the catalog says {source.bytes} "
+            f"bytes with sha256 {source.sha256} (fix: {fix})"
+        )
+    return found
 
 
 @transfer_task("verify_backup", timeout_seconds=6 * 3600)

@@ -18,9 +18,10 @@ from connectors.stores import open_store
 from connectors.stores.base import Store, backup_key, manifest_key
 from connectors.stores.local import LocalStore
 from connectors.stores.s3 import S3Store
+from opsflow.catalog import CatalogEntry
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore
-from tasks.backups import apply_retention, verify_backup
+from tasks.backups import apply_retention, check_backup_present, verify_backup
 from tests.fixtures.s3_server import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -279,6 +280,41 @@ def test_apply_retention_deletes_what_the_catalog_expired_and_nothing_else(
             now=NOW,
         )
     assert {o.key for o in store.list("")} == remaining
+
+
+def test_check_backup_present_heads_the_object_and_its_checksum(
+    store_config: BackupStore,
+) -> None:
+    store = open_store(store_config)
+    key = backup_key("prod", "main", NOW, "sql.zst")
+    stored = store.put_stream(key, [b"a backup"])
+    assert stored.sha256 is not None
+    source = CatalogEntry(
+        backup_id="b1",
+        env="prod",
+        database="main",
+        kind="postgres",
+        store_url=store_config.url,
+        key=key,
+        sha256=stored.sha256,
+        bytes=stored.size,
+        codec="zstd",
+        created_at=NOW,
+    )
+
+    assert check_backup_present.fn(store_config, source) == store.head(key)
+    wrong = source.model_copy(update={"sha256": "f" * 64})
+    with pytest.raises(PermanentError, match="is not the catalogued one") as info:
+        check_backup_present.fn(store_config, wrong)
+    assert stored.sha256 in str(info.value) and "f" * 64 in str(info.value)
+    with pytest.raises(PermanentError, match="is not the catalogued one"):
+        check_backup_present.fn(store_config, source.model_copy(update={"bytes": 7}))
+    moved = source.model_copy(update={"store_url": "file:///elsewhere"})
+    with pytest.raises(PermanentError, match="was stored in file:///elsewhere"):
+        check_backup_present.fn(store_config, moved)
+    store.delete(key)
+    with pytest.raises(PermanentError, match="backup b1 of postgres 'main' is not in the store"):
+        check_backup_present.fn(store_config, source)
 
 
 def test_verify_backup_task_reads_the_whole_object(store_config: BackupStore) -> None:
