@@ -1,8 +1,9 @@
 """Restore (seeds 001 restore-database.sh, 002 Restore procedures, 004 recovery procedures):
 put a catalogued backup back, the "overwrite? yes/no" of the seed being a recorded approval.
 
-Order: plan (backup id, object key, sha256, size, target, mode) -> approval on protected
-environments (before anything is touched; rejection or timeout changes nothing) -> scale the
+Order: plan (backup id, object key, sha256, size, target, mode) -> each backup's object is in
+the store with its catalogued size and sha256 (else the run fails: no approval, no scaling)
+-> approval on protected environments (rejection or timeout changes nothing) -> scale the
 application down -> per database: stream the backup into a fresh database (``swap``, the
 default) or into the dropped-and-recreated database (``drop-recreate``, after reading the whole
 object once to check its sha256) -> row counts against the manifest -> swap -> scale back up
@@ -38,7 +39,7 @@ from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from opsflow.secrets import is_reference
 from opsflow.units import format_bytes
-from tasks.backups import verify_backup
+from tasks.backups import check_backup_present, verify_backup
 from tasks.postgres.checks import check_postgres
 from tasks.postgres.restore import (
     drop_postgres_database,
@@ -291,13 +292,7 @@ def plan_restore(
     """The restore plan; without ``rows`` the catalog is read from the ledger (read only)."""
     if rows is None:
         rows = Ledger().backups(env=env_name, limit=CATALOG_SCAN)
-    chosen = catalog.choose(
-        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
-        env_name,
-        env,
-        database,
-        backup_id,
-    )
+    chosen = _choose(rows, env_name, env, database, backup_id)
     return build_restore_plan(env_name, env, chosen, mode=mode, target_db=target_db, stamp=stamp)
 
 
@@ -509,18 +504,15 @@ def restore(
     require_store(env, run.env)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
-    chosen = catalog.choose(
-        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
-        env,
-        run.env,
-        database,
-        backup_id,
-    )
+    chosen = _choose(rows, env, run.env, database, backup_id)
     plan = build_restore_plan(env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp)
     run.publish_plan(plan)
     report = RestoreReport(env=env, mode=mode, target_db=target_db, dry_run=dry_run)
     if dry_run:
         return Completed(message="dry run: plan published", data=report)
+    report.errors = _missing_backups(run, chosen)
+    if report.errors:  # before any approval or scaling: nothing was asked for or changed
+        return _conclude(run, report)
     if run.env.protected and run.env.approvals is not None:
         try:
             request_approval(
@@ -594,6 +586,28 @@ def restore(
             if outcome.health.startswith("critical"):
                 report.errors.append(f"{db.name}: health check after restore: {outcome.health}")
 
+    return _conclude(run, report)
+
+
+def _missing_backups(
+    run: RunbookRun, chosen: list[tuple[int, Database, RestoreSource]]
+) -> list[str]:
+    """The pre-check: each chosen backup's object is in the store as catalogued (HEAD + its
+    sha256 file), else one error per database. Read-only, so no step rows: a run rejected or
+    stopped here has recorded no step, as nothing was done."""
+    store = require_store(run.env_name, run.env)
+    errors: list[str] = []
+    for _index, db, source in chosen:
+        try:
+            check_backup_present(store=store, source=source)
+        except Exception as exc:  # noqa: BLE001 - every missing backup is reported
+            errors.append(f"{db.name}: {redact(str(exc))}. Nothing was changed.")
+    return errors
+
+
+def _conclude(run: RunbookRun, report: RestoreReport) -> State[Any]:
+    """Publish the report, record the run and end it Completed or Failed."""
+    env = run.env_name
     report.seconds = round(run.elapsed, 3)
     publish_markdown(run.key, render_restore_report(report, run.started_at), f"Restore of {env}")
     done = [d.database for d in report.databases if d.status == "restored"]
@@ -603,7 +617,7 @@ def restore(
     run.finish(
         "failed" if report.failed else "complete",
         summary,
-        {"databases": [d.model_dump(mode="json") for d in report.databases], "mode": mode},
+        {"databases": [d.model_dump(mode="json") for d in report.databases], "mode": report.mode},
     )
     if report.failed:
         return Failed(message=f"restore of {env} failed: {summary}", data=report)
