@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
 
 from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
@@ -36,7 +35,8 @@ from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAc
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.reports import publish_markdown
+from opsflow.reports import publish_markdown, render_restore_report
+from opsflow.results import DatabaseRestore, RestoreReport
 from opsflow.secrets import is_reference
 from opsflow.units import format_bytes
 from tasks.backups import check_backup_present, verify_backup
@@ -299,38 +299,6 @@ def plan_restore(
 # --- applying ----------------------------------------------------------------------------------
 
 
-class DatabaseRestore(BaseModel):
-    database: str
-    kind: str
-    backup_id: str
-    key: str
-    sha256: str
-    target: str = ""
-    status: Literal["restored", "failed", "skipped"] = "skipped"
-    seconds: float = 0.0
-    bytes: int = 0
-    raw_bytes: int = 0
-    aside: str = ""
-    health: str = ""
-    error: str | None = None
-
-
-class RestoreReport(BaseModel):
-    env: str
-    mode: str
-    target_db: str | None = None
-    databases: list[DatabaseRestore] = Field(default_factory=list)
-    scaled: str = ""
-    scaled_back: str = ""
-    errors: list[str] = Field(default_factory=list)
-    seconds: float = 0.0
-    dry_run: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.errors) or any(d.status == "failed" for d in self.databases)
-
-
 def _restore_one(
     run: RunbookRun,
     index: int,
@@ -443,33 +411,6 @@ def _health(run: RunbookRun, index: int, db: Database) -> str:
     else:
         return "not checked (check_postgres needs via: direct); row counts matched the manifest"
     return f"{result.status.value}: {result.summary}"
-
-
-def render_restore_report(report: RestoreReport, started: datetime) -> str:
-    verdict = "FAILED" if report.failed else "OK"
-    lines = [
-        f"# Restore: `{report.env}` **{verdict}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
-        f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
-        "",
-        "| database | backup | key | sha256 | target | status | size | seconds | kept aside | "
-        "health |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for d in report.databases:
-        lines.append(
-            f"| {d.database} | {d.backup_id} | `{d.key}` | `{d.sha256[:16]}…` | {d.target} "
-            f"| {d.status} | {format_bytes(d.bytes)} | {d.seconds:.2f} | {d.aside or '-'} "
-            f"| {d.health or '-'} |"
-        )
-    lines += ["", "## Application", ""]
-    lines.append(f"- scaled down: {report.scaled or 'nothing'}")
-    lines.append(f"- scaled back: {report.scaled_back or 'nothing'}")
-    if report.errors:
-        lines += ["", "## Errors", ""]
-        lines += [f"- {e}" for e in report.errors]
-    return redact("\n".join(lines) + "\n")
 
 
 @runbook_flow(

@@ -28,9 +28,10 @@ from connectors.stores import open_store
 from connectors.stores.base import backup_key, manifest_key
 from flows.backup import backup
 from flows.dr_drill import dr_drill
-from flows.restore import RestoreReport, restore
+from flows.restore import restore
 from opsflow.inventory import BackupStore
 from opsflow.ledger import BackupRow
+from opsflow.results import RestoreReport
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import (
     PGBENCH_TABLES,

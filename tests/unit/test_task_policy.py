@@ -41,6 +41,7 @@ from prefect import Task
 
 import tasks
 from connectors.stores import s3
+from opsflow.catalog import CatalogEntry
 from opsflow.errors import (
     API_RETRIES,
     PROBE_RETRIES,
@@ -61,7 +62,13 @@ from opsflow.inventory import (
     RedisTarget,
     Thresholds,
 )
-from tasks.backups import apply_retention, check_backup_freshness, confirm_backup, verify_backup
+from tasks.backups import (
+    apply_retention,
+    check_backup_freshness,
+    check_backup_present,
+    confirm_backup,
+    verify_backup,
+)
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
 from tasks.http import check_endpoint, check_metrics
@@ -458,6 +465,30 @@ PROBES = [
         "verify_backup[s3]",
         verify_backup,
         lambda port, s, tmp: lambda: verify_backup.fn(_s3(port), "e2e/db/x.sql.zst", "0" * 64),
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+    ),
+    Probe(
+        "check_backup_present[s3]",
+        check_backup_present,
+        lambda port, s, tmp: (
+            lambda: check_backup_present.fn(
+                _s3(port),
+                CatalogEntry(
+                    backup_id="b",
+                    database="db",
+                    kind="postgres",
+                    store_url=_s3(port).url,
+                    key="e2e/db/x.sql.zst",
+                    sha256="0" * 64,
+                    bytes=1,
+                    codec="zstd",
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                ),
+            )
+        ),
         S3,
         0.5,
         S3_WAITS,
