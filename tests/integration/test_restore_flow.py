@@ -161,7 +161,7 @@ def test_corrupt_object_stops_with_a_checksum_error_before_touching_the_target(
     assert state.is_failed()
     error = report.databases[0].error or ""
     assert "sha256" in error and "does not match" in error and row.key in error, error
-    assert "nothing else was touched" in error
+    assert "Nothing was touched: no database was created, dropped or written" in error
     assert lab.checksums() == changed  # the live database is untouched
     assert lab.databases() == [lab.dbname]  # the scratch database was dropped
     assert lab.ledger().runs(env="lab", runbook="restore")[0].status == "failed"
