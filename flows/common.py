@@ -262,16 +262,22 @@ class RunbookRun:
 
         The heads replace the previous ones only if the ledger still holds what those said
         (else a cut tail would be laundered into the newest heads): otherwise the problem is
-        logged as an error and the old heads stay. Publishing never fails the run."""
+        logged as an error and the old heads stay. An unreadable or badly signed earlier copy
+        is logged and replaced. Publishing never fails the run."""
         try:
             doc = self.ledger.heads(self.flow_run_id)
             earlier = [self.ledger.local_heads()]
             if self.env.backup_store is not None:
                 earlier.append(ledger_heads.previous(self.env.backup_store, self.env_name))
-            problems = [p for e in earlier if e is not None for p in self.ledger.check_heads(e)]
+            found = [p for e in earlier if e is not None for p in self.ledger.check_heads(e)]
         except Exception as exc:  # noqa: BLE001 - the run's work is done; say why, go on
             self.logger.error("Ledger heads not published: %s", redact(str(exc)))
             return
+        # An earlier copy that cannot be read or is not validly signed is replaced (and said
+        # so); rows that an earlier valid copy names and the ledger no longer holds are not.
+        for problem in (p for p in found if p.table == "heads"):
+            self.logger.error("Ledger heads: %s; replacing it", problem.problem)
+        problems = [p for p in found if p.table != "heads"]
         publish_markdown(
             f"{self.key}-ledger-heads", render_heads(doc, problems), "Ledger chain heads"
         )

@@ -82,6 +82,12 @@ def test_a_run_publishes_signed_heads_in_the_artifact_home_and_store(
     assert output.startswith(f"ledger OK: {steps + 1} rows, every chain intact; heads: ")
     assert "_ledger/lab/heads.json" in output
 
+    # a store copy that cannot be read any more is replaced by the next run (and said so)
+    (lab / "backups" / "_ledger" / "lab" / "heads.json").write_text("garbage")
+    run_health_check()
+    assert store_doc(lab) == Ledger().local_heads().doc  # type: ignore[union-attr]
+    assert store_doc(lab)["heads"]["runs"]["seq"] == 2  # type: ignore[index]
+
 
 def test_a_cut_tail_is_caught_and_not_laundered_by_the_next_run(
     prefect_api: str, lab: Path
