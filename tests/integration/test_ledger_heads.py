@@ -81,6 +81,8 @@ def test_a_run_publishes_signed_heads_in_the_artifact_home_and_store(
     assert code == 0, output
     assert output.startswith(f"ledger OK: {steps + 1} rows, every chain intact; heads: ")
     assert "_ledger/lab/heads.json" in output
+    code, output = verify("--inventory-stores")  # the same store, found through the inventory
+    assert code == 0 and "_ledger/lab/heads.json" in output, output
 
     # a store copy that cannot be read any more is replaced by the next run (and said so)
     (lab / "backups" / "_ledger" / "lab" / "heads.json").write_text("garbage")
@@ -158,7 +160,11 @@ def test_verify_with_the_wrong_or_no_key(lab: Path, monkeypatch: pytest.MonkeyPa
     code, output = verify()
     assert code == 1 and "ledger_meta table: wrong key: the ledger is signed with key id" in output
     assert "ef" * 32 not in output
+    run = CliRunner().invoke(app, ["run", "health-check", "--env", "lab"])  # no run starts
+    assert run.exit_code == 2, run.output
+    assert "is not the key the ledger" in " ".join(run.output.split())
     monkeypatch.delenv("OPSFLOW_LEDGER_KEY")
+    assert Ledger().verify().rows == 1  # nothing was written
     (lab / "home" / "ledger.key").unlink()
     code, output = verify()
     assert code == 2 and "OPSFLOW_LEDGER_KEY_FILE: there is no ledger key at" in output
