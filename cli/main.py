@@ -430,16 +430,23 @@ def inventory_check(
 @backups_app.command("list")
 def backups_list(
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
-    database: Annotated[str | None, typer.Option("--database", "-d")] = None,
+    database: Annotated[
+        str | None, typer.Option("--database", "-d", help="only backups of this name")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="only this kind: postgres, sqlite, redis, config")
+    ] = None,
     limit: Annotated[int, typer.Option(help="how many backups, newest first")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print the catalog as JSON")] = False,
 ) -> None:
-    """Catalogued backups of an environment, newest first (complete and verified only exist
-    here: a backup is catalogued after it was stored and confirmed)."""
+    """Catalogued backups of an environment that may be restored (complete or verified), newest
+    first, with the kind and name each is a backup of. Backups that retention deleted (or is
+    deleting) are never listed."""
     from opsflow import catalog
     from opsflow.ledger import Ledger
 
-    rows = catalog.fold(Ledger().backups(env=env, database=database, limit=None))[:limit]
+    rows = catalog.good(catalog.fold(Ledger().backups(env=env, database=database, limit=None)))
+    rows = [r for r in rows if kind in (None, r.kind)][:limit]
     if as_json:
         out.print_json(
             redact(
@@ -449,6 +456,7 @@ def backups_list(
                             "backup_id": r.backup_id,
                             "env": r.env,
                             "database": r.database,
+                            "name": r.database,
                             "kind": r.kind,
                             "status": r.status,
                             "created_at": r.created_at.isoformat(),
@@ -470,15 +478,15 @@ def backups_list(
         out.print(f"no backups catalogued for {env} (run: opsflow run backup --env {env})")
         return
     table = Table(title=f"backups of {env}")
-    for column in ("created (UTC)", "database", "kind", "status", "size", "sha256"):
+    for column in ("created (UTC)", "kind", "name", "status", "size", "sha256"):
         table.add_column(column)
     table.add_column("key", overflow="fold")
     for r in rows:
         style = STATUS_STYLE.get(r.status, "")
         table.add_row(
             f"{r.created_at:%Y-%m-%d %H:%M}",
-            r.database,
             r.kind,
+            r.database,
             f"[{style}]{r.status}[/]",
             format_bytes(r.bytes),
             r.sha256[:12],

@@ -2,13 +2,15 @@
 backup strategy): every database (PostgreSQL, SQLite) and Redis target of the environment is
 dumped, compressed and stored, and the configuration (inventory, Kubernetes ConfigMaps and
 Secrets, Docker container configs) is exported encrypted when the store has an encryption key;
-each
-backup is catalogued in the ledger only after it is complete, has its manifest and was
-confirmed in the store. Then retention deletes backups older than ``retention_days`` but never
-the newest verified one.
+each backup is catalogued in the ledger only after it is complete, has its manifest and was
+confirmed in the store. Then retention, decided from the catalog per series (environment, kind,
+name), deletes backups older than ``retention_days`` but never the newest verified nor the
+newest backup of a series, and records each deletion in the ledger (``deleting`` before the
+object goes, ``deleted`` after).
 
 Outcome: a markdown report artifact ``backup-<env>`` (sizes, rates, durations), a ledger run
-with one step per database plus retention, and one ledger backup row per stored backup. One
+with one step per database plus retention, one ledger backup row per stored backup and one
+per state a deleted backup went through. One
 database failing does not stop the others; the run then ends Failed naming it.
 """
 
@@ -18,21 +20,22 @@ import time
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
+from connectors.stores.base import manifest_key
 from connectors.stores.objects import DumpResult
 from connectors.streams import CODECS
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
+from opsflow.ledger import BackupRow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from opsflow.units import format_bytes, format_rate
-from tasks.backups import apply_retention, confirm_backup
+from tasks.backups import RetentionResult, apply_retention, confirm_backup
 from tasks.config_export import export_inventory, store_config_export
 from tasks.docker.config import export_docker_config
 from tasks.kubernetes.config import export_kubernetes_config
@@ -60,11 +63,25 @@ class DatabaseBackup(BaseModel):
     error: str | None = None
 
 
+class DeletedBackup(BaseModel):
+    """A catalogued backup that retention deleted (its ledger now says ``deleted``)."""
+
+    backup_id: str
+    kind: str
+    name: str
+    key: str
+    created_at: datetime
+
+
 class BackupReport(BaseModel):
     env: str
     store_url: str = ""
     backups: list[DatabaseBackup] = Field(default_factory=list)
-    deleted: list[str] = Field(default_factory=list)
+    deleted: list[str] = Field(default_factory=list, description="keys deleted by retention")
+    deleted_backups: list[DeletedBackup] = Field(default_factory=list)
+    uncatalogued: list[str] = Field(
+        default_factory=list, description="old objects no catalog entry names: left in place"
+    )
     retention_error: str | None = None
     seconds: float = 0.0
     dry_run: bool = False
@@ -140,8 +157,8 @@ def plan_backup(env_name: str, env: Environment, codec: str = "zstd") -> Plan:
         PlanStep(
             action="apply_retention",
             target=store.url,
-            why=f"delete backups older than {store.retention_days} days, "
-            "never the newest verified one",
+            why=f"delete backups older than {store.retention_days} days, never the newest "
+            "verified nor the newest backup of a database; each deletion goes into the ledger",
             changes=True,
         )
     )
@@ -256,9 +273,75 @@ def _catalog(
     )
 
 
-def _verified_keys(run: RunbookRun, store: BackupStore) -> list[str]:
+_NOT_COPIED = ("id", "status", "details", "recorded_at", "prev_hash", "row_hash")
+
+
+def _record_state(run: RunbookRun, row: BackupRow, status: str, **details: Any) -> BackupRow:
+    """Append a new state of the backup whose latest row is ``row`` (the ledger is append-only:
+    a copy of the row with the new status, and ``details`` added to its details)."""
+    copied = {
+        column.key: getattr(row, column.key)
+        for column in BackupRow.__table__.columns
+        if column.key not in _NOT_COPIED
+    }
+    return run.ledger.record_backup(
+        **copied, status=status, details={**(row.details or {}), **details}
+    )
+
+
+def _retention(run: RunbookRun, store: BackupStore, report: BackupReport) -> str:
+    """Apply retention as the catalog decides it; returns the step summary (raises on failure).
+
+    Crash-safe order: each expired backup is recorded ``deleting`` (no longer offered) before
+    its object is deleted, and ``deleted`` once it is gone; a run interrupted in between leaves
+    ``deleting`` entries, which the next run deletes (again: deleting is idempotent) and
+    records. Nothing deleted or being deleted is ever offered to a restore or drill."""
     rows = run.ledger.backups(env=run.env_name, limit=CATALOG_SCAN)
-    return catalog.good_keys(catalog.fold(rows), store.url)
+    entries = catalog.fold(rows, manifest_of=manifest_key)
+    now = datetime.now(UTC)
+    decided = catalog.retention(entries, store.url, store.retention_days, now)
+    prefix = f"{run.env_name}/"
+    expired = [entry for entry in decided.expired if entry.key.startswith(prefix)]
+    latest = {row.backup_id: row for row in sorted(rows, key=lambda r: r.id or 0)}
+    why = {
+        "retention_days": store.retention_days,
+        "by": {"flow_run_id": run.flow_run_id, "how": "retention"},
+    }
+    for entry in expired:
+        if entry.status != catalog.DELETING:
+            _record_state(run, latest[entry.backup_id], catalog.DELETING, deleting=why)
+    state = apply_retention(
+        store=store,
+        prefix=prefix,
+        expired_keys=sorted({entry.key for entry in expired}),
+        catalogued_keys=sorted({entry.key for entry in entries}),
+        now=now,
+        return_state=True,
+    )
+    if not state.is_completed():
+        raise RuntimeError(
+            f"{_failure(state)} (the expired backups stay recorded as `deleting`, never offered; "
+            "the next backup run finishes deleting them)"
+        )
+    result: RetentionResult = state.result()
+    report.deleted, report.uncatalogued = result.deleted, result.uncatalogued
+    for entry in expired:
+        if entry.key in result.deleted:
+            gone = {"at": now.isoformat(), **why}
+            _record_state(run, latest[entry.backup_id], catalog.DELETED, deleted=gone)
+            report.deleted_backups.append(
+                DeletedBackup(
+                    backup_id=entry.backup_id,
+                    kind=entry.kind,
+                    name=entry.database,
+                    key=entry.key,
+                    created_at=entry.created_at,
+                )
+            )
+    summary = f"deleted {len(report.deleted_backups)} backup(s), {len(result.deleted)} object(s)"
+    if result.uncatalogued:
+        summary += f"; {len(result.uncatalogued)} old uncatalogued object(s) left in place"
+    return summary
 
 
 def render_backup_report(report: BackupReport, started: datetime) -> str:
@@ -290,9 +373,19 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
     if report.retention_error:
         lines.append(f"- retention failed: {report.retention_error}")
     elif report.deleted:
-        lines += [f"- deleted `{key}`" for key in report.deleted]
+        lines += [
+            f"- deleted backup {d.backup_id} ({d.kind} {d.name}, taken "
+            f"{d.created_at:%Y-%m-%d %H:%M} UTC) `{d.key}` and its manifest"
+            for d in report.deleted_backups
+        ]
     else:
         lines.append("- nothing was old enough to delete")
+    if report.uncatalogued:
+        lines.append(
+            f"- {len(report.uncatalogued)} object(s) older than the retention period are in no "
+            "catalog entry of this ledger and were left in place: "
+            + ", ".join(f"`{key}`" for key in report.uncatalogued)
+        )
     lines += [
         "",
         "rate is the dump rate (uncompressed bytes per second; 1 MiB = 1024 KiB = 2^20 bytes).",
@@ -300,12 +393,10 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-@flow(
-    name=RUNBOOK,
-    description="Nightly backup: dump every database of the environment (compressed, "
+@runbook_flow(
+    RUNBOOK,
+    "Nightly backup: dump every database of the environment (compressed, "
     "streamed), store it with a manifest, catalogue it once confirmed, then apply retention.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def backup(
     env: str = "local",
@@ -381,19 +472,16 @@ def backup(
             step.details = {"key": outcome.key, "sha256": outcome.sha256, "bytes": outcome.bytes}
 
     with run.step("apply_retention", store.url) as step:
-        retention = apply_retention(
-            store=store,
-            prefix=f"{env}/",
-            verified_keys=_verified_keys(run, store),
-            return_state=True,
-        )
-        if retention.is_completed():
-            report.deleted = list(retention.result())
-            step.summary = f"deleted {len(report.deleted)} object(s)"
-        else:
-            report.retention_error = _failure(retention)
+        try:
+            step.summary = _retention(run, store, report)
+        except Exception as exc:  # noqa: BLE001 - reported; the run then fails
+            report.retention_error = redact(str(exc))
             step.fail(report.retention_error)
-        step.details = {"deleted": report.deleted}
+        step.details = {
+            "deleted": report.deleted,
+            "deleted_backups": [d.backup_id for d in report.deleted_backups],
+            "uncatalogued": report.uncatalogued,
+        }
 
     report.seconds = round(run.elapsed, 3)
     publish_markdown(run.key, render_backup_report(report, run.started_at), f"Backups of {env}")
@@ -407,7 +495,11 @@ def backup(
     run.finish(
         "failed" if failed else "complete",
         summary,
-        {"backups": [b.model_dump(mode="json") for b in report.backups], "deleted": report.deleted},
+        {
+            "backups": [b.model_dump(mode="json") for b in report.backups],
+            "deleted": report.deleted,
+            "deleted_backups": [d.backup_id for d in report.deleted_backups],
+        },
     )
     if failed:
         return Failed(message=f"backup of {env}: {summary}", data=report)

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-from prefect import get_run_logger
+from prefect import Flow, flow, get_run_logger
 from prefect.context import get_run_context
 from pydantic import BaseModel
 
@@ -29,6 +29,8 @@ from opsflow.redaction import install_log_redaction, redact
 from opsflow.reports import artifact_key, publish_markdown
 from opsflow.results import CheckResult, Status
 
+P = ParamSpec("P")
+R = TypeVar("R")
 COMPLETE, FAILED = "complete", "failed"
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
@@ -75,6 +77,21 @@ def require_store(env_name: str, env: Environment) -> BackupStore:
             'add backup_store: {url: "file:///var/backups/opsflow"} or an s3:// URL',
         )
     return env.backup_store
+
+
+def runbook_flow(
+    name: str, description: str, *, timeout_seconds: float = 12 * 3600, **options: Any
+) -> Callable[[Callable[P, R]], Flow[P, R]]:
+    """The Prefect flow of a runbook: its name, the description the UI shows, a run timeout,
+    and ``print`` going to the run's log."""
+    decorator: Callable[[Callable[P, R]], Flow[P, R]] = flow(
+        name=name,
+        description=description,
+        timeout_seconds=timeout_seconds,
+        log_prints=True,
+        **options,
+    )
+    return decorator
 
 
 def current_flow_run_id() -> str:

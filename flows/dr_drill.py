@@ -1,14 +1,16 @@
 """DR drill (seeds 003 DR plan, 004 recovery procedures, 000 RTO/RPO targets): prove that the
 newest backup of every database restores, and how long that takes.
 
-Per database: the newest complete (or verified) backup in the catalog is restored into a
-scratch target (PostgreSQL: a database ``<db>_drill_<stamp>`` on the same server; SQLite: a
-temp file), checked (row counts per table against the manifest, content checksums of the
-inventory's ``checksum_tables`` against those recorded at backup time, ``pg_amcheck`` /
-``PRAGMA quick_check``) and torn down again, always. Measured: **RTO** = restore + verify wall
-time, **RPO** = age of that backup; both against the environment's ``recovery`` targets. A
-backup that passed its checks is marked ``verified`` in the catalog; every database gets a
-``DrillRow`` in the ledger.
+Per database: the newest complete (or verified) backup in the catalog of its series
+(environment, kind, name) is first checked to be in the store with its catalogued size and
+sha256 (a missing or different object fails that database's drill before anything is
+restored), then restored into a scratch target (PostgreSQL: a database ``<db>_drill_<stamp>``
+on the same server; SQLite: a temp file), checked (row counts per table against the manifest,
+content checksums of the inventory's ``checksum_tables`` against those recorded at backup time,
+``pg_amcheck`` / ``PRAGMA quick_check``) and torn down again, always. Measured: **RTO** =
+restore + verify wall time, **RPO** = age of that backup; both against the environment's
+``recovery`` targets. A backup that passed its checks is marked ``verified`` in the catalog;
+every database gets a ``DrillRow`` in the ledger.
 
 The run ends Failed, naming the database and the missed target, when a target is missed, a
 check fails or a database has no backup. Report artifact ``dr-drill-<env>``.
@@ -20,13 +22,12 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
@@ -36,6 +37,7 @@ from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from opsflow.results import RestoreResult, VerifyResult
+from tasks.backups import check_backup_present
 from tasks.postgres.restore import drop_postgres_database, restore_postgres, verify_postgres_restore
 from tasks.sqlite import drill_sqlite
 
@@ -247,12 +249,10 @@ def render_drill_report(report: DrillReport, started: datetime) -> str:
     return redact("\n".join(lines) + "\n")
 
 
-@flow(
-    name=RUNBOOK,
-    description="DR drill: restore the newest backup of every database into a scratch target, "
+@runbook_flow(
+    RUNBOOK,
+    "DR drill: restore the newest backup of every database into a scratch target, "
     "check it, tear it down, and measure RTO and RPO against the environment's targets.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") -> State[Any]:
     """Run the DR drill for ``env``.
@@ -291,16 +291,23 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
             drill.problems.append(
                 f"no complete backup is catalogued (fix: run `opsflow run backup --env {env}`)"
             )
+        else:
+            drill.backup_id, drill.key = source.backup_id, source.key
+            try:
+                check_backup_present(store=store, source=source)
+            except Exception as exc:  # noqa: BLE001 - this database's drill fails, the rest go on
+                drill.problems.append(f"nothing restored: {redact(str(exc))}")
+        if source is None or drill.problems:
             run.ledger.record_drill(
                 flow_run_id=run.flow_run_id,
                 env=env,
                 database=db.name,
+                backup_id=drill.backup_id,
                 targets=target_values,
                 outcome="failed",
-                details={"problems": drill.problems},
+                details={"key": drill.key, "problems": drill.problems},
             )
             continue
-        drill.backup_id, drill.key = source.backup_id, source.key
         started = time.monotonic()
         try:
             if db.kind == "sqlite":

@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from prefect import flow
 from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field
 
-from flows.common import RunbookRun
+from flows.common import RunbookRun, runbook_flow
 from opsflow.inventory import Environment
 from opsflow.plans import Plan, PlanStep
 from opsflow.reports import publish_markdown, publish_table, render_health_report, result_rows
@@ -240,13 +239,12 @@ def _collect(call: CheckCall, future: PrefectFuture[Any]) -> list[CheckResult]:
     return [CheckResult.failed(call.action, call.target, f"ended {state.name}")]
 
 
-@flow(
-    name=RUNBOOK,
-    description="Daily health check: endpoints, TLS, metrics, pods/containers, logs, "
+@runbook_flow(
+    RUNBOOK,
+    "Daily health check: endpoints, TLS, metrics, pods/containers, logs, "
     "databases, Redis, disks and backup freshness, concurrently.",
-    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_CHECKS),  # type: ignore[arg-type]
+    task_runner=ThreadPoolTaskRunner(max_workers=MAX_PARALLEL_CHECKS),
     timeout_seconds=900,
-    log_prints=True,
 )
 def health_check(
     env: str = "local",

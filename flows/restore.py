@@ -1,8 +1,9 @@
 """Restore (seeds 001 restore-database.sh, 002 Restore procedures, 004 recovery procedures):
 put a catalogued backup back, the "overwrite? yes/no" of the seed being a recorded approval.
 
-Order: plan (backup id, object key, sha256, size, target, mode) -> approval on protected
-environments (before anything is touched; rejection or timeout changes nothing) -> scale the
+Order: plan (backup id, object key, sha256, size, target, mode) -> each backup's object is in
+the store with its catalogued size and sha256 (else the run fails: no approval, no scaling)
+-> approval on protected environments (rejection or timeout changes nothing) -> scale the
 application down -> per database: stream the backup into a fresh database (``swap``, the
 default) or into the dropped-and-recreated database (``drop-recreate``, after reading the whole
 object once to check its sha256) -> row counts against the manifest -> swap -> scale back up
@@ -18,26 +19,27 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
-from prefect import flow
 from prefect.states import Completed, Failed, State
-from pydantic import BaseModel, Field
 
-from connectors.postgres import database_name, scratch_name
+from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
-from opsflow.errors import ApprovalRejected, InputError
+from opsflow.errors import ApprovalRejected, InputError, PermanentError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.reports import publish_markdown
+from opsflow.reports import publish_markdown, render_restore_report
+from opsflow.results import DatabaseRestore, RestoreReport
+from opsflow.secrets import is_reference
 from opsflow.units import format_bytes
-from tasks.backups import verify_backup
+from tasks.backups import check_backup_present, verify_backup
 from tasks.postgres.checks import check_postgres
 from tasks.postgres.restore import (
     drop_postgres_database,
@@ -63,6 +65,33 @@ def _choose(
     return catalog.choose(series, env_name, env, database, backup_id)
 
 
+def _check_target(target_db: str, db: Database) -> None:
+    """``target_db`` names a new place: never empty, never the live database or file."""
+    fix = "leave target_db out to restore in place, or name a new database (PostgreSQL) or file"
+    if not target_db.strip():
+        raise InputError("target_db", "is empty, so it names no new place to restore into", fix)
+    if db.kind == "sqlite":
+        if (
+            db.path is not None
+            and Path(target_db).expanduser().resolve() == Path(db.path).expanduser().resolve()
+        ):
+            raise InputError("target_db", f"{target_db!r} is the live file of {db.name}", fix)
+        return
+    try:
+        check_pg_name(target_db, "target_db")
+    except PermanentError:
+        raise InputError(
+            "target_db",
+            f"{target_db!r} is not a usable PostgreSQL database name",
+            "use letters, digits, '_', '$' or '-', at most 63 characters, starting with a "
+            "letter or '_'",
+        ) from None
+    if db.dsn is not None and is_reference(db.dsn):
+        return  # the live database's name is in the secret: the restore task refuses it then
+    if db.dsn is not None and target_db == database_name(db, "database"):
+        raise InputError("target_db", f"{target_db!r} is the live database of {db.name}", fix)
+
+
 def build_restore_plan(
     env_name: str,
     env: Environment,
@@ -81,6 +110,8 @@ def build_restore_plan(
             "restoring elsewhere works for one database at a time",
             "also pass database=<name>",
         )
+    if target_db is not None:
+        _check_target(target_db, chosen[0][1])
     steps: list[PlanStep] = []
     notes: list[str] = []
     if env.protected and env.approvals is not None:
@@ -261,49 +292,11 @@ def plan_restore(
     """The restore plan; without ``rows`` the catalog is read from the ledger (read only)."""
     if rows is None:
         rows = Ledger().backups(env=env_name, limit=CATALOG_SCAN)
-    chosen = catalog.choose(
-        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
-        env_name,
-        env,
-        database,
-        backup_id,
-    )
+    chosen = _choose(rows, env_name, env, database, backup_id)
     return build_restore_plan(env_name, env, chosen, mode=mode, target_db=target_db, stamp=stamp)
 
 
 # --- applying ----------------------------------------------------------------------------------
-
-
-class DatabaseRestore(BaseModel):
-    database: str
-    kind: str
-    backup_id: str
-    key: str
-    sha256: str
-    target: str = ""
-    status: Literal["restored", "failed", "skipped"] = "skipped"
-    seconds: float = 0.0
-    bytes: int = 0
-    raw_bytes: int = 0
-    aside: str = ""
-    health: str = ""
-    error: str | None = None
-
-
-class RestoreReport(BaseModel):
-    env: str
-    mode: str
-    target_db: str | None = None
-    databases: list[DatabaseRestore] = Field(default_factory=list)
-    scaled: str = ""
-    scaled_back: str = ""
-    errors: list[str] = Field(default_factory=list)
-    seconds: float = 0.0
-    dry_run: bool = False
-
-    @property
-    def failed(self) -> bool:
-        return bool(self.errors) or any(d.status == "failed" for d in self.databases)
 
 
 def _restore_one(
@@ -420,39 +413,10 @@ def _health(run: RunbookRun, index: int, db: Database) -> str:
     return f"{result.status.value}: {result.summary}"
 
 
-def render_restore_report(report: RestoreReport, started: datetime) -> str:
-    verdict = "FAILED" if report.failed else "OK"
-    lines = [
-        f"# Restore: `{report.env}` **{verdict}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
-        f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
-        "",
-        "| database | backup | key | sha256 | target | status | size | seconds | kept aside | "
-        "health |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for d in report.databases:
-        lines.append(
-            f"| {d.database} | {d.backup_id} | `{d.key}` | `{d.sha256[:16]}…` | {d.target} "
-            f"| {d.status} | {format_bytes(d.bytes)} | {d.seconds:.2f} | {d.aside or '-'} "
-            f"| {d.health or '-'} |"
-        )
-    lines += ["", "## Application", ""]
-    lines.append(f"- scaled down: {report.scaled or 'nothing'}")
-    lines.append(f"- scaled back: {report.scaled_back or 'nothing'}")
-    if report.errors:
-        lines += ["", "## Errors", ""]
-        lines += [f"- {e}" for e in report.errors]
-    return redact("\n".join(lines) + "\n")
-
-
-@flow(
-    name=RUNBOOK,
-    description="Restore a catalogued backup (latest by default): plan, approval on protected "
+@runbook_flow(
+    RUNBOOK,
+    "Restore a catalogued backup (latest by default): plan, approval on protected "
     "environments, scale down, stream into a fresh database and swap, scale up, health check.",
-    timeout_seconds=12 * 3600,
-    log_prints=True,
 )
 def restore(
     env: str = "local",
@@ -481,18 +445,15 @@ def restore(
     require_store(env, run.env)
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
-    chosen = catalog.choose(
-        catalog.restorable(catalog.fold(rows, manifest_of=manifest_key)),
-        env,
-        run.env,
-        database,
-        backup_id,
-    )
+    chosen = _choose(rows, env, run.env, database, backup_id)
     plan = build_restore_plan(env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp)
     run.publish_plan(plan)
     report = RestoreReport(env=env, mode=mode, target_db=target_db, dry_run=dry_run)
     if dry_run:
         return Completed(message="dry run: plan published", data=report)
+    report.errors = _missing_backups(run, chosen)
+    if report.errors:  # before any approval or scaling: nothing was asked for or changed
+        return _conclude(run, report)
     if run.env.protected and run.env.approvals is not None:
         try:
             request_approval(
@@ -566,6 +527,28 @@ def restore(
             if outcome.health.startswith("critical"):
                 report.errors.append(f"{db.name}: health check after restore: {outcome.health}")
 
+    return _conclude(run, report)
+
+
+def _missing_backups(
+    run: RunbookRun, chosen: list[tuple[int, Database, RestoreSource]]
+) -> list[str]:
+    """The pre-check: each chosen backup's object is in the store as catalogued (HEAD + its
+    sha256 file), else one error per database. Read-only, so no step rows: a run rejected or
+    stopped here has recorded no step, as nothing was done."""
+    store = require_store(run.env_name, run.env)
+    errors: list[str] = []
+    for _index, db, source in chosen:
+        try:
+            check_backup_present(store=store, source=source)
+        except Exception as exc:  # noqa: BLE001 - every missing backup is reported
+            errors.append(f"{db.name}: {redact(str(exc))}. Nothing was changed.")
+    return errors
+
+
+def _conclude(run: RunbookRun, report: RestoreReport) -> State[Any]:
+    """Publish the report, record the run and end it Completed or Failed."""
+    env = run.env_name
     report.seconds = round(run.elapsed, 3)
     publish_markdown(run.key, render_restore_report(report, run.started_at), f"Restore of {env}")
     done = [d.database for d in report.databases if d.status == "restored"]
@@ -575,7 +558,7 @@ def restore(
     run.finish(
         "failed" if report.failed else "complete",
         summary,
-        {"databases": [d.model_dump(mode="json") for d in report.databases], "mode": mode},
+        {"databases": [d.model_dump(mode="json") for d in report.databases], "mode": report.mode},
     )
     if report.failed:
         return Failed(message=f"restore of {env} failed: {summary}", data=report)

@@ -8,15 +8,21 @@ backups list``) goes through it and through the helpers below. No Prefect, no I/
 query the ledger (``Ledger.backups``) and hand the rows in.
 
 Series: which backups belong together (a restore or drill picks the newest of a series,
-retention keeps the newest of a series) is decided by ``series_key`` alone.
+retention keeps the newest of a series) is decided by ``series_key`` alone: a series is the
+(environment, kind, name) of what was backed up, so a PostgreSQL database and a Redis target
+that share a name (or a database named like the configuration export) never mix.
+
+Deletion is a state too: retention appends a ``deleting`` row before it deletes an object and a
+``deleted`` row after. Both take the backup out for good (a later row does not bring it back),
+so nothing deleted, or about to be, is ever offered.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Literal
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -29,11 +35,24 @@ if TYPE_CHECKING:  # the inventory (and through its secrets, Prefect) only for t
 COMPLETE = "complete"
 GOOD_STATUSES: frozenset[str] = frozenset({COMPLETE, VERIFIED})
 """States of a backup that may be restored, drilled, counted as fresh and kept by retention."""
+DELETING, DELETED = "deleting", "deleted"
+GONE_STATUSES: frozenset[str] = frozenset({DELETING, DELETED})
+"""States of a backup that retention removed (or is removing): final, whatever comes after."""
 
 Codec = Literal["zstd", "gzip", "none"]
 """The compression of a stored backup (``connectors.streams`` uses this one definition)."""
 
-SeriesKey = str
+
+class SeriesKey(NamedTuple):
+    """What a series of backups is of: the thing named ``name`` of ``kind`` (postgres, sqlite,
+    redis, config) in environment ``env``."""
+
+    env: str
+    kind: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.env}/{self.kind}/{self.name}"
 
 
 def is_good(status: str) -> bool:
@@ -52,11 +71,9 @@ def codec_of(key: str, recorded: str | None = None) -> Codec:
 
 
 def series_key(env: str, kind: str, name: str) -> SeriesKey:
-    """The series of backups of the thing named ``name`` (of ``kind``) in ``env``.
-
-    Today a series is a database name (the rows are read per environment); this is the one
-    place to change when backups are identified by (environment, kind, name)."""
-    return name
+    """The series of backups of the thing named ``name`` (of ``kind``) in ``env``: the one
+    function that decides which backups belong together."""
+    return SeriesKey(env, kind, name)
 
 
 class CatalogEntry(BaseModel):
@@ -121,6 +138,7 @@ class _Backup:
     latest: BackupRow
     verified: bool = False
     verified_at: str | None = None
+    gone: str | None = None
 
     def order(self) -> tuple[datetime, int, str]:
         """Newest first: by when it was taken, then by when it was catalogued."""
@@ -133,7 +151,9 @@ def fold(
     """One entry per backup in its latest state (its last row in ledger order), newest first.
 
     Verified wins: once a row said ``verified``, the backup stays verified (a later
-    ``complete`` row of it does not undo the drill). ``manifest_of`` names the manifest of a
+    ``complete`` row of it does not undo the drill). Gone wins over everything: once a row said
+    ``deleting`` or ``deleted``, that is its state (a drill that verified it meanwhile does not
+    bring the object back). ``manifest_of`` names the manifest of a
     key, for rows that did not record their ``manifest_key`` (the store's key layout is not the
     catalog's business); without it such entries have ``manifest_key`` "".
     """
@@ -146,6 +166,8 @@ def fold(
         if row.status == VERIFIED:
             seen.verified = True
             seen.verified_at = _text((row.details or {}).get("verified_at")) or seen.verified_at
+        if row.status in GONE_STATUSES:
+            seen.gone = row.status
     ordered = sorted(backups.values(), key=_Backup.order, reverse=True)
     return [_entry(seen, manifest_of) for seen in ordered]
 
@@ -158,6 +180,7 @@ def _entry(seen: _Backup, manifest_of: Callable[[str], str] | None) -> CatalogEn
     row = seen.latest
     details = row.details or {}
     status = VERIFIED if seen.verified and row.status == COMPLETE else row.status
+    status = seen.gone or status
     recorded_manifest = str(details.get("manifest_key") or "")
     return CatalogEntry(
         backup_id=row.backup_id,
@@ -212,10 +235,50 @@ def newest_by_series(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, Catalog
     return {key: members[0] for key, members in restorable(entries).items()}
 
 
-def good_keys(entries: Iterable[CatalogEntry], store_url: str) -> list[str]:
-    """Keys of the good backups in the store at ``store_url`` (sorted): what retention gets as
-    ``verified_keys``, so it never deletes the newest good backup of a series."""
-    return sorted({entry.key for entry in good(entries) if entry.store_url == store_url})
+@dataclass(frozen=True)
+class Retention:
+    """What retention does with the backups of one store (``retention``)."""
+
+    kept: list[CatalogEntry]
+    """Kept whatever their age: the newest verified and the newest backup of each series."""
+    expired: list[CatalogEntry]
+    """To delete, oldest first: older than the retention period and not kept (entries already
+    ``deleting`` after an interrupted run are in here again, to be finished)."""
+
+
+def retention(
+    entries: Iterable[CatalogEntry], store_url: str, retention_days: int, now: datetime
+) -> Retention:
+    """Decide retention for the backups catalogued in the store at ``store_url``, per series.
+
+    Each series keeps its newest verified backup and its newest backup (complete or verified)
+    whatever their age; any other good backup taken more than ``retention_days`` before ``now``
+    expires. An object that a kept or younger entry also names (the same key catalogued twice)
+    is never deleted. Backups in other stores are left alone."""
+    if retention_days < 1:
+        raise InputError("retention_days", f"{retention_days} is below 1", "use 1 or more")
+    if now.tzinfo is None:
+        raise ValueError("retention needs a timezone-aware `now`")
+    in_store = [entry for entry in entries if entry.store_url == store_url]
+    kept: dict[str, CatalogEntry] = {}
+    for members in restorable(in_store).values():
+        kept[members[0].backup_id] = members[0]
+        verified = next((entry for entry in members if entry.verified), None)
+        if verified is not None:
+            kept[verified.backup_id] = verified
+    cutoff = now - timedelta(days=retention_days)
+
+    def old(entry: CatalogEntry) -> bool:
+        return entry.backup_id not in kept and _utc(entry.created_at) < cutoff
+
+    needed = {entry.key for entry in good(in_store) if not old(entry)}
+    expired = [
+        entry
+        for entry in in_store
+        if entry.key not in needed and ((entry.good and old(entry)) or entry.status == DELETING)
+    ]
+    expired.sort(key=lambda e: (_utc(e.created_at), e.backup_id))
+    return Retention(kept=sorted(kept.values(), key=lambda e: e.backup_id), expired=expired)
 
 
 def choose(

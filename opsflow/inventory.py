@@ -29,9 +29,11 @@ from pydantic import (
     model_validator,
 )
 
+from opsflow.backup_names import name_clashes
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
 from opsflow.secrets import is_reference
+from opsflow.strict_yaml import load_yaml
 
 ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
 DEFAULT_INVENTORY = "inventory.yaml"
@@ -424,18 +426,21 @@ class Environment(_Model):
                 "a protected environment needs `approvals` "
                 "(fix: add approvals: {approvers: [name, ...]} or set protected: false)"
             )
-        for label, items in (
-            ("endpoints", self.endpoints),
-            ("databases", self.databases),
-            ("redis", self.redis),
-            ("metrics", self.metrics),
-        ):
+        for label, items in (("endpoints", self.endpoints), ("metrics", self.metrics)):
             names = [item.name for item in items]
             dupes = sorted({n for n in names if names.count(n) > 1})
             if dupes:
                 raise ValueError(
                     f"duplicate {label} name(s) {dupes} (fix: give each a unique name)"
                 )
+        places = [(f"databases[{i}] ({db.kind})", db.name) for i, db in enumerate(self.databases)]
+        clashes = name_clashes(places + [(f"redis[{i}]", r.name) for i, r in enumerate(self.redis)])
+        if clashes:
+            raise ValueError(
+                "; ".join(clashes) + " (fix: give every database and Redis target of the "
+                "environment a unique name other than `config`: backups are stored, catalogued "
+                "and restored by environment, kind and name)"
+            )
         return self
 
 
@@ -492,13 +497,15 @@ def load_inventory(path: str | Path | None = None) -> Inventory:
 
 def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     try:
-        data = yaml.safe_load(text)
+        data, duplicates = load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
         raise InventoryError(
             source, [("inventory", f"is not valid YAML at {where}", "fix the YAML syntax there")]
         ) from None
+    if duplicates:
+        raise InventoryError(source, duplicates)
     if not isinstance(data, dict):
         raise InventoryError(
             source,

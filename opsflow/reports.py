@@ -8,7 +8,8 @@ from datetime import datetime
 from typing import Any
 
 from opsflow.redaction import redact, redact_data
-from opsflow.results import CheckResult, Status
+from opsflow.results import CheckResult, RestoreReport, Status
+from opsflow.units import format_bytes
 
 _ICONS = {Status.HEALTHY: "OK", Status.DEGRADED: "WARN", Status.CRITICAL: "CRIT"}
 
@@ -79,3 +80,30 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(table=redact_data(rows), key=key, description=description)
+
+
+def render_restore_report(report: RestoreReport, started: datetime) -> str:
+    verdict = "FAILED" if report.failed else "OK"
+    lines = [
+        f"# Restore: `{report.env}` **{verdict}**",
+        "",
+        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
+        f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
+        "",
+        "| database | backup | key | sha256 | target | status | size | seconds | kept aside | "
+        "health |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in report.databases:
+        lines.append(
+            f"| {d.database} | {d.backup_id} | `{d.key}` | `{d.sha256[:16]}…` | {d.target} "
+            f"| {d.status} | {format_bytes(d.bytes)} | {d.seconds:.2f} | {d.aside or '-'} "
+            f"| {d.health or '-'} |"
+        )
+    lines += ["", "## Application", ""]
+    lines.append(f"- scaled down: {report.scaled or 'nothing'}")
+    lines.append(f"- scaled back: {report.scaled_back or 'nothing'}")
+    if report.errors:
+        lines += ["", "## Errors", ""]
+        lines += [f"- {e}" for e in report.errors]
+    return redact("\n".join(lines) + "\n")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -149,3 +149,35 @@ def compare_checksums(
     if exact:
         return differences, []
     return [], [d + " (checksum taken outside the dump's snapshot)" for d in differences]
+
+
+class DatabaseRestore(BaseModel):
+    database: str
+    kind: str
+    backup_id: str
+    key: str
+    sha256: str
+    target: str = ""
+    status: Literal["restored", "failed", "skipped"] = "skipped"
+    seconds: float = 0.0
+    bytes: int = 0
+    raw_bytes: int = 0
+    aside: str = ""
+    health: str = ""
+    error: str | None = None
+
+
+class RestoreReport(BaseModel):
+    env: str
+    mode: str
+    target_db: str | None = None
+    databases: list[DatabaseRestore] = Field(default_factory=list)
+    scaled: str = ""
+    scaled_back: str = ""
+    errors: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+    dry_run: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors) or any(d.status == "failed" for d in self.databases)

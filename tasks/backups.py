@@ -1,5 +1,6 @@
-"""Prefect tasks over stored backups: confirm a backup after writing it, verify one end to end,
-apply retention, and grade the freshness of the newest good backup of each series."""
+"""Prefect tasks over stored backups: confirm a backup after writing it, check that a catalogued
+backup is still in the store before a restore or drill, verify one end to end, delete what
+retention expired, and grade the freshness of the newest good backup of each series."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ import builtins
 import time
 from datetime import UTC, datetime, timedelta
 
+from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from connectors.stores import open_store
-from connectors.stores.base import StoredObject, manifest_key, select_expired
+from connectors.stores.base import MANIFEST_SUFFIX, StoredObject, backup_time, manifest_key
 from opsflow import catalog
 from opsflow.catalog import CatalogEntry
 from opsflow.durations import format_duration
@@ -23,7 +25,7 @@ from opsflow.results import CheckResult, Status
 from tasks.policy import api_task, probe_task, transfer_task
 
 
-@api_task("confirm_backup", timeout_seconds=120)
+@api_task("confirm_backup", timeout_seconds=360)  # a hung S3: 5 tries x 60 s read timeout
 def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> StoredObject:
     """HEAD a stored backup and its manifest: present, same size and sha256, else PermanentError."""
     backend = open_store(store)
@@ -45,28 +47,87 @@ def confirm_backup(store: BackupStore, key: str, sha256: str, size: int) -> Stor
     return found
 
 
+class RetentionResult(BaseModel):
+    """What ``apply_retention`` did: the keys it deleted (each backup, then its manifest) and
+    the old objects it left alone because no catalog entry names them."""
+
+    deleted: builtins.list[str] = Field(default_factory=list)
+    uncatalogued: builtins.list[str] = Field(default_factory=list)
+
+
 @api_task("apply_retention", timeout_seconds=600)
 def apply_retention(
     store: BackupStore,
     prefix: str,
-    verified_keys: builtins.list[str],
+    expired_keys: builtins.list[str],
+    catalogued_keys: builtins.list[str] | None = None,
     now: datetime | None = None,
-) -> builtins.list[str]:
-    """Delete backups under ``prefix`` past ``store.retention_days`` (and their manifests).
+) -> RetentionResult:
+    """Delete the backups ``expired_keys`` (and their manifests) under ``prefix``.
 
-    Never deletes the newest verified backup of a series (see ``select_expired``); also clears
-    leftovers of killed writes older than a day. Returns the deleted keys. Idempotent.
+    What expires is the catalog's decision (``opsflow.catalog.retention``: never the newest
+    verified or the newest backup of a series); this task only deletes, and the flow records
+    each deletion in the ledger. Objects under ``prefix`` older than ``store.retention_days``
+    that are not in ``catalogued_keys`` are reported, never deleted (they may belong to another
+    ledger; without ``catalogued_keys`` nothing is reported). Also clears leftovers of killed
+    writes older than a day. Idempotent: deleting a missing object is not an error, so an
+    interrupted run is finished by the next one.
     """
+    outside = [k for k in expired_keys if not k.startswith(prefix) or k.endswith(MANIFEST_SUFFIX)]
+    if outside:
+        raise PermanentError(
+            f"retention was asked to delete {outside}, which are not backups under {prefix!r}; "
+            "nothing was deleted"
+        )
     backend = open_store(store)
     now = now or datetime.now(UTC)
-    objects = backend.list(prefix)
-    deleted: builtins.list[str] = []
-    for obj in select_expired(objects, store.retention_days, now, set(verified_keys)):
-        for key in (obj.key, manifest_key(obj.key)):
-            backend.delete(key)
-            deleted.append(key)
+    result = RetentionResult()
+    for key in expired_keys:
+        for each in (key, manifest_key(key)):
+            backend.delete(each)
+            result.deleted.append(each)
+    if catalogued_keys is not None:
+        known = set(catalogued_keys) | set(expired_keys)
+        cutoff = now - timedelta(days=store.retention_days)
+        result.uncatalogued = [
+            obj.key
+            for obj in backend.list(prefix)
+            if not obj.key.endswith(MANIFEST_SUFFIX)
+            and obj.key not in known
+            and backup_time(obj) < cutoff
+        ]
     backend.cleanup_incomplete(prefix=prefix)
-    return deleted
+    return result
+
+
+@api_task("check_backup_present", timeout_seconds=360)  # a hung S3: 5 tries x 60 s read
+def check_backup_present(store: BackupStore, source: CatalogEntry) -> StoredObject:
+    """The cheap pre-check of a restore or drill, before any approval or scaling: the object
+    ``source`` names is in the environment's store, with the catalogued size and sha256 (HEAD
+    and its ``.sha256`` file; PermanentError naming the backup if not).
+
+    This does not read the content: the restore stream checks the sha256 of every byte (and
+    ``verify_backup`` reads the whole object first where a restore cannot be undone)."""
+    backend = open_store(store)
+    what = f"backup {source.backup_id} of {source.kind} {source.database!r}"
+    fix = "choose another backup (`opsflow backups list --env ENV`) or take a new one"
+    if source.store_url != store.url:
+        raise PermanentError(
+            f"{what} was stored in {source.store_url}, but the environment's backup_store is now "
+            f"{store.url} (fix: {fix}, or point backup_store back at {source.store_url})"
+        )
+    found = backend.head(source.key)
+    if found is None:
+        raise PermanentError(
+            f"{what} is not in the store: {backend.url}/{source.key} does not exist (fix: {fix})"
+        )
+    if found.sha256 != source.sha256 or found.size != source.bytes:
+        raise PermanentError(
+            f"{what} in the store is not the catalogued one: {found.url} holds {found.size} bytes "
+            f"with sha256 {found.sha256 or '(no checksum file)'}, the catalog says {source.bytes} "
+            f"bytes with sha256 {source.sha256} (fix: {fix})"
+        )
+    return found
 
 
 @transfer_task("verify_backup", timeout_seconds=6 * 3600)

@@ -27,12 +27,13 @@ from connectors.stores import open_store
 from connectors.stores.base import manifest_key
 from connectors.stores.objects import DumpResult, choose_key, manifest
 from connectors.streams import decrypt, encrypt, resolve_key
+from opsflow.backup_names import CONFIG_BACKUP_NAME
 from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import BackupStore, inventory_path
 from opsflow.redaction import redact_data
 from tasks.policy import api_task
 
-CONFIG_SERIES = "config"
+CONFIG_SERIES = CONFIG_BACKUP_NAME  # reserved in the inventory: no database may take it
 CONFIG_EXTENSION = "json.enc"
 EXPORT_FORMAT = 1
 CIPHER = "AES-256-GCM (opsflow framed stream v1)"

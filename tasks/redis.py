@@ -87,13 +87,17 @@ def summarize(info: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _connect(target: RedisTarget, field: str) -> tuple[str, str, redis.Redis]:
+    """(resolved URL, where it is for messages, a client) of an inventory Redis target."""
+    url = resolve(target.url, field=f"{field}.url")
+    return url, f"redis {target.name!r} ({_where(url)})", redis_client(url, field)
+
+
 @probe_task("check_redis", timeout_seconds=60)
 def check_redis(target: RedisTarget, thresholds: Thresholds, field: str) -> CheckResult:
     """PING, INFO memory/stats/clients/replication graded against the thresholds."""
     started = time.monotonic()
-    url = resolve(target.url, field=f"{field}.url")
-    where = f"redis {target.name!r} ({_where(url)})"
-    client = redis_client(url, field)
+    _url, where, client = _connect(target, field)
     try:
         with client:
             client.ping()
@@ -143,9 +147,7 @@ def dump_redis(
     logical database (``INFO keyspace``) just before the snapshot started.
     """
     started = time.monotonic()
-    url = resolve(target.url, field=f"{field}.url")
-    where = f"redis {target.name!r} ({_where(url)})"
-    client = redis_client(url, field)
+    url, where, client = _connect(target, field)
     try:
         with client:
             counts = keyspace_counts(client.info("keyspace"))

@@ -1,5 +1,7 @@
-"""SQLite health check (open read-only, ``PRAGMA quick_check``, size and journal mode) and
-backup (``dump_sqlite``: online backup API into a temp copy, streamed compressed to a store)."""
+"""SQLite, every concern in one place: the health check (open read-only, ``PRAGMA quick_check``,
+size and journal mode), backup (``dump_sqlite``: online backup API into a temp copy, streamed
+compressed to a store), restore (``restore_sqlite``: a checked temp file renamed over the
+target, the old file kept aside) and the DR drill's scratch copy (``drill_sqlite``)."""
 
 from __future__ import annotations
 
@@ -231,25 +233,13 @@ def dump_sqlite(
 # --- restore and drill ----------------------------------------------------------------------
 
 
-def _sqlite_counts(conn: sqlite3.Connection) -> dict[str, int]:
-    tables = [
-        str(row[0])
-        for row in conn.execute(
-            "select name from sqlite_schema where type = 'table' "
-            "and name not like 'sqlite_%' order by name"
-        )
-    ]
-    quoted = {t: '"' + t.replace('"', '""') + '"' for t in tables}
-    return {t: int(conn.execute(f"select count(*) from {quoted[t]}").fetchone()[0]) for t in tables}
-
-
 def check_sqlite_file(path: Path, source: RestoreSource, pragma: str) -> VerifyResult:
     """``PRAGMA integrity_check``/``quick_check`` and row counts of a restored SQLite file."""
     started = time.monotonic()
     conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, timeout=5)
     try:
         lines = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}(20)")]
-        counts = _sqlite_counts(conn) if lines == ["ok"] else {}
+        counts = _row_counts(conn) if lines == ["ok"] else {}
     except sqlite3.DatabaseError as exc:
         lines, counts = [f"cannot read the restored file: {exc}"], {}
     finally:

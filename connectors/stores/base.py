@@ -1,6 +1,7 @@
-"""The backup store interface (``Store``, ``StoredObject``), key layout, checksum sidecars and
-retention selection. Implementations: ``connectors.stores.local`` and ``connectors.stores.s3``;
-``connectors.stores.open_store`` picks one for an inventory ``backup_store``.
+"""The backup store interface (``Store``, ``StoredObject``), key layout and checksum sidecars.
+Implementations: ``connectors.stores.local`` and ``connectors.stores.s3``;
+``connectors.stores.open_store`` picks one for an inventory ``backup_store``. What retention
+deletes is decided from the catalog (``opsflow.catalog.retention``), not from a listing.
 
 Writes stream (constant memory, sha256 and size computed on the way) and become visible
 atomically and only when complete: local stores write a hidden temp file, fsync and rename; S3
@@ -18,7 +19,7 @@ import builtins
 import json
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -202,37 +203,3 @@ def sidecar_text(sha256: str, key: str) -> bytes:
 def parse_sidecar(text: bytes) -> str | None:
     first = text.decode("ascii", "replace").split(" ", 1)[0].strip().lower()
     return first if is_sha256(first) else None
-
-
-# --- retention ------------------------------------------------------------------------------
-
-
-def select_expired(
-    objects: Iterable[StoredObject],
-    retention_days: int,
-    now: datetime,
-    verified_keys: Collection[str],
-) -> builtins.list[StoredObject]:
-    """Backups older than ``retention_days``, oldest first, never the newest verified one.
-
-    Backups are grouped by series (``<env>/<db>``); in each series the newest backup whose key
-    is in ``verified_keys`` is kept whatever its age. A series with no verified backup keeps
-    its newest backup (fail-safe: retention never empties a series). Manifests are never
-    selected: delete ``manifest_key(obj.key)`` together with each selected object.
-    """
-    if retention_days < 1:
-        raise InputError("retention_days", f"{retention_days} is below 1", "use 1 or more")
-    if now.tzinfo is None:
-        raise ValueError("select_expired needs a timezone-aware `now`")
-    cutoff = now - timedelta(days=retention_days)
-    backups = [o for o in objects if not o.key.endswith(MANIFEST_SUFFIX)]
-    series: dict[str, builtins.list[StoredObject]] = {}
-    for obj in backups:
-        series.setdefault(backup_series(obj.key), []).append(obj)
-    keep: set[str] = set()
-    for members in series.values():
-        verified = [o for o in members if o.key in verified_keys]
-        newest = max(verified or members, key=lambda o: (backup_time(o), o.key))
-        keep.add(newest.key)
-    expired = [o for o in backups if backup_time(o) < cutoff and o.key not in keep]
-    return sorted(expired, key=lambda o: (backup_time(o), o.key))

@@ -12,17 +12,20 @@ object is deleted again, so a backup is either complete with its manifest or abs
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.stores import open_store
 from connectors.stores.base import Store, backup_key, manifest_key
-from connectors.streams import CODECS, EXTENSIONS, Counted, compress, decompress
+from connectors.streams import CODECS, EXTENSIONS, Counted, Hashed, compress, decompress, iter_file
 from opsflow.catalog import Codec, RestoreSource
 from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import (
@@ -30,6 +33,8 @@ from opsflow.inventory import (
 )
 from opsflow.progress import TransferProgress
 from opsflow.redaction import redact_data
+from opsflow.settings import get_settings
+from opsflow.units import format_bytes
 
 MANIFEST_VERSION = 1
 MAX_KEY_ATTEMPTS = 120
@@ -154,23 +159,66 @@ def manifest(result: DumpResult) -> dict[str, Any]:
 
 @dataclass
 class BackupStream:
-    """``get_stream`` (sha256 checked at the end) -> count -> decompress -> count."""
+    """A catalogued backup, verified before one byte of it is handed on.
+
+    The object is copied from the store into a private spool file (anonymous: unlinked from
+    the start, so nothing is left behind even after a SIGKILL, and no other process can open it
+    by name) while its sha256 and size are computed; only when both equal the catalogued values
+    is the spool read back: ``stored`` (counted, with progress) -> decompress -> ``plain``
+    (counted). A swapped, corrupted or truncated object raises ``PermanentError`` here, at
+    construction, before any database client sees a byte. The cost is one read of the stored
+    (compressed) object and one local write and read of it (docs/performance.md).
+    """
 
     backend: Store
     source: RestoreSource
+    spool_dir: Path | None = None
 
     def __post_init__(self) -> None:
-        self.raw = self.backend.get_stream(self.source.key, expected_sha256=self.source.sha256)
-        self.stored = Counted(self.raw, TransferProgress(f"restore {self.source.key}"))
-        self.plain = Counted(self._decompressed())
+        self.spool = self._verified_copy()
+        self.stored = Counted(_drain(self.spool), TransferProgress(f"restore {self.source.key}"))
+        self.plain = Counted(decompress(self.stored, self.source.codec))
 
-    def _decompressed(self) -> Iterator[bytes]:
+    def _verified_copy(self) -> BinaryIO:
+        source = self.source
+        where = f"{self.backend.url}/{source.key}"
+        directory = self.spool_dir or get_settings().home / "spool"
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        free = shutil.disk_usage(directory).free
+        if free < source.bytes + SPOOL_RESERVE:
+            raise PermanentError(
+                f"backup {where} ({format_bytes(source.bytes)}) cannot be verified before use: "
+                f"only {format_bytes(free)} free in {directory} (fix: free space there, or point "
+                "OPSFLOW_HOME at a filesystem with room for the compressed backup)"
+            )
+        spool = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by _drain, or below
         try:
-            yield from decompress(self.stored, self.source.codec)
-        except PermanentError as exc:
-            try:  # read the rest: a corrupt object is reported as the sha256 mismatch it is
-                for _ in self.raw:
-                    continue
-            except PermanentError as checksum_error:
-                raise checksum_error from exc
+            hashed = Hashed(
+                self.backend.get_stream(source.key, expected_sha256=source.sha256),
+                source.sha256,
+                f"backup {where}",
+            )
+            verifying = Counted(hashed, TransferProgress(f"verify {source.key}"))
+            for chunk in verifying:
+                spool.write(chunk)
+            if hashed.size != source.bytes:
+                raise PermanentError(
+                    f"backup {where} holds {hashed.size} bytes, the catalog says {source.bytes}; "
+                    "do not use it, restore from another backup"
+                )
+            spool.flush()
+            spool.seek(0)
+        except BaseException:
+            spool.close()
             raise
+        return spool
+
+
+SPOOL_RESERVE = 64 << 20
+"""Free space left over when a backup is spooled for verification."""
+
+
+def _drain(spool: BinaryIO) -> Iterator[bytes]:
+    """The spool's bytes in chunks; the spool is closed (and so gone) at the end."""
+    with spool:
+        yield from iter_file(spool)

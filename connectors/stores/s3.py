@@ -59,7 +59,7 @@ MIN_PART_SIZE = 5 << 20
 MAX_PARTS = 10_000
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
-MAX_ATTEMPTS = 5
+MAX_ATTEMPTS = 5  # tries in all, the first included (botocore's total_max_attempts)
 _TRANSIENT_CODES = {
     "InternalError",
     "ServiceUnavailable",
@@ -102,7 +102,7 @@ class S3Store(Store):
         config = Config(
             connect_timeout=CONNECT_TIMEOUT_S,
             read_timeout=READ_TIMEOUT_S,
-            retries={"mode": "standard", "max_attempts": MAX_ATTEMPTS},
+            retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             max_pool_connections=self.max_concurrency + 4,
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )

@@ -130,7 +130,7 @@ def _deployment_result(deployment: Any, started: float) -> CheckResult:
     )
 
 
-@probe_task("check_pods", timeout_seconds=60)
+@probe_task("check_pods", timeout_seconds=90)  # a hung API: 2 tries x 30 s read, + slack
 def check_pods(target: KubernetesTarget, thresholds: Thresholds) -> list[CheckResult]:
     """One result per pod of the deployment (or label selector), plus the deployment's."""
     started = time.monotonic()
@@ -177,7 +177,7 @@ def _limits(pod: Any) -> dict[str, tuple[Decimal | None, Decimal | None]]:
     return limits
 
 
-@probe_task("check_pod_resources", timeout_seconds=60)
+@probe_task("check_pod_resources", timeout_seconds=90)
 def check_pod_resources(target: KubernetesTarget, thresholds: Thresholds) -> list[CheckResult]:
     """Memory and CPU use (metrics.k8s.io PodMetrics) against each container's limits."""
     started = time.monotonic()

@@ -55,6 +55,13 @@ def restore_postgres(
     started = time.monotonic()
     access = PgAccess.of(db, field, docker, kubernetes)
     check_pg_name(into, "target database")
+    try:  # verified end to end before anything changes (and before psql sees a byte)
+        stream = BackupStream(open_store(store), source)
+    except (PermanentError, TransientError) as exc:
+        raise type(exc)(
+            f"restore of {db.name} from backup {source.backup_id} refused: {exc}. "
+            "Nothing was touched: no database was created, dropped or written."
+        ) from exc
     if replace:
         options, owner = access.properties(into)
         access.drop(into)
@@ -66,7 +73,6 @@ def restore_postgres(
     else:
         options, owner = access.properties(like)
     access.create(into, options)
-    stream = BackupStream(open_store(store), source)
     prefix = [f"SET ROLE {_ident(owner)};\n".encode()] if owner else []
     try:
         access.feed(into, _chain(prefix, stream.plain), RESTORE_TIMEOUT_S)

@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from typing import Any
 
 import httpx
 import pytest
+import zstandard
 
-from tests.fixtures.e2e_env import REPO, Workspace
+from opsflow import catalog
+from opsflow.catalog import CatalogEntry
+from tests.fixtures.e2e_env import E2E_ROWS, REPO, Workspace, sha256_of
 from tests.support.cli import OPSFLOW
 
 pytestmark = pytest.mark.e2e
@@ -58,17 +63,70 @@ def deployment_id(api: str, flow_name: str, name: str) -> str:
     return str(response.json()["id"])
 
 
+def expected_checks(ws: Workspace) -> set[tuple[str, str]]:
+    """(check, target) of every check the e2e inventory asks for: one endpoint, one SQLite
+    database, one disk, and the backup freshness of that database."""
+    return {
+        ("endpoint", "prefect-api"),
+        ("sqlite", "appdb"),
+        ("disk", str(ws.root)),
+        ("backup_freshness", "appdb"),
+    }
+
+
+def the_backup(ws: Workspace) -> CatalogEntry:
+    """The e2e environment's one catalogued backup (taken by `opsflow run backup`)."""
+    [entry] = catalog.fold(ws.ledger().backups(env="e2e"))
+    return entry
+
+
 def assert_recorded(ws: Workspace, api: str, run_id: str) -> None:
     runs = [r for r in ws.ledger().runs(env="e2e") if r.flow_run_id == run_id]
     assert len(runs) == 1 and runs[0].status == "healthy", runs
+    assert runs[0].runbook == "health-check", runs[0]
     steps = ws.ledger().steps(run_id)
-    assert {s.step for s in steps} >= {"endpoint", "sqlite", "disk"} or len(steps) >= 3, steps
+    assert sorted((s.step, s.target) for s in steps) == sorted(expected_checks(ws)), [
+        (s.step, s.target) for s in steps
+    ]
     assert all(s.status == "healthy" for s in steps), [(s.step, s.summary) for s in steps]
-    report = artifacts(api, "health-check-e2e")
-    assert report and "HEALTHY" in report[0]["data"]
-    assert any(a["flow_run_id"] == run_id for a in report)
-    table = artifacts(api, "health-check-e2e-checks")
-    assert table and table[0]["type"] == "table"
+    # the freshness check graded the real backup, not some other row
+    [fresh] = [s for s in steps if s.step == "backup_freshness"]
+    backup = the_backup(ws)
+    assert fresh.details["backup_id"] == backup.backup_id, fresh.details
+    assert fresh.details["key"] == backup.key and fresh.details["bytes"] == backup.bytes
+    assert backup.backup_id in fresh.summary, fresh.summary
+    report = [a for a in artifacts(api, "health-check-e2e") if a["flow_run_id"] == run_id]
+    assert len(report) == 1 and "HEALTHY" in report[0]["data"], report
+    table = [a for a in artifacts(api, "health-check-e2e-checks") if a["flow_run_id"] == run_id]
+    assert len(table) == 1 and table[0]["type"] == "table", table
+    rows = json.loads(table[0]["data"])
+    assert len(rows) == len(expected_checks(ws)), rows
+
+
+def test_the_e2e_backup_is_real_and_matches_its_catalog_row(e2e_workspace: Workspace) -> None:
+    """The backup the health check relies on was taken by the backup runbook: its object is in
+    the store with the catalogued size and sha256, has a manifest, and holds the database."""
+    ws = e2e_workspace
+    backup = the_backup(ws)
+    assert (backup.database, backup.kind, backup.status) == ("appdb", "sqlite", "complete")
+    assert backup.store_url == f"file://{ws.store}" and backup.flow_run_id, backup
+    [run] = ws.ledger().runs(env="e2e", runbook="backup")
+    assert run.flow_run_id == backup.flow_run_id and run.status == "complete", run
+    obj = ws.store / backup.key
+    assert obj.is_file(), sorted(str(p) for p in ws.store.rglob("*"))
+    assert obj.stat().st_size == backup.bytes
+    assert sha256_of(obj) == backup.sha256
+    manifests = list(obj.parent.glob("*.manifest.json"))
+    assert len(manifests) == 1 and backup.sha256 in manifests[0].read_text(), manifests
+    # the object is the database: decompress it and read the rows back
+    copy = ws.root / "appdb-from-backup.db"
+    with obj.open("rb") as src, copy.open("wb") as dst:
+        zstandard.ZstdDecompressor().copy_stream(src, dst)
+    try:
+        with closing(sqlite3.connect(copy)) as conn:
+            assert conn.execute("select x from t order by x").fetchall() == E2E_ROWS
+    finally:
+        copy.unlink()
 
 
 def test_cli_run_is_recorded_with_report_and_ledger(
@@ -78,9 +136,10 @@ def test_cli_run_is_recorded_with_report_and_ledger(
     assert result.returncode == 0, result.stderr + result.stdout
     report = json.loads(result.stdout)
     assert report["overall"] == "healthy"
-    checks = {(r["check"], r["status"]) for r in report["results"]}
-    assert ("disk", "healthy") in checks and ("sqlite", "healthy") in checks, checks
-    newest = e2e_workspace.ledger().runs(env="e2e", limit=1)[0]
+    checks = {(r["check"], r["target"], r["status"]) for r in report["results"]}
+    assert checks == {(c, t, "healthy") for c, t in expected_checks(e2e_workspace)}, checks
+    assert len(report["results"]) == len(checks)
+    newest = e2e_workspace.ledger().runs(env="e2e", runbook="health-check", limit=1)[0]
     assert_recorded(e2e_workspace, prefect_api, newest.flow_run_id)
     assert e2e_workspace.ledger().verify().ok
 

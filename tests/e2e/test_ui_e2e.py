@@ -6,12 +6,15 @@ from __future__ import annotations
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import yaml
 from playwright.sync_api import Page, sync_playwright
 
 from tests.e2e.test_approvals_e2e import GatedRun
-from tests.fixtures.e2e_env import Workspace
+from tests.fixtures.e2e_env import REPO, Workspace
 
 pytestmark = pytest.mark.e2e
 CHROMIUM_ARGS = [
@@ -23,6 +26,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
+# prefect.yaml's crons as the Prefect UI words them; a new cron needs its wording here
+UI_WORDING = {"0 9 * * *": "At 09:00 AM every day"}
 
 
 @pytest.fixture(scope="module")
@@ -36,14 +41,46 @@ def page(tmp_path_factory: pytest.TempPathFactory) -> Page:
         browser.close()
 
 
-def test_ui_lists_the_scheduled_deployment(
+def yaml_schedules(deployment: str) -> list[dict[str, Any]]:
+    """The schedules prefect.yaml (the single source of deployments) gives ``deployment``."""
+    spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
+    [dep] = [d for d in spec["deployments"] if d["name"] == deployment]
+    return list(dep["schedules"])
+
+
+def test_ui_shows_the_deployment_with_its_schedule(
     served: subprocess.Popen[bytes], prefect_api: str, page: Page, tmp_path: Path
 ) -> None:
+    [wanted] = yaml_schedules("daily")
+    # what the server holds: exactly prefect.yaml's schedule, active
+    dep = httpx.get(f"{prefect_api}/deployments/name/health-check/daily", timeout=10).json()
+    served_schedules = [
+        (s["schedule"]["cron"], s["schedule"]["timezone"], s["active"]) for s in dep["schedules"]
+    ]
+    assert served_schedules == [(wanted["cron"], wanted["timezone"], wanted["active"])]
+    assert wanted["active"] is True and dep["paused"] is False, dep
+    # how the UI words that cron (Prefect's UI renders crons with cronstrue)
+    shown = UI_WORDING[wanted["cron"]]
     ui = prefect_api.removesuffix("/api")
+
+    # the deployments list: the row of health-check/daily shows the schedule
     page.goto(f"{ui}/deployments", wait_until="networkidle")
-    page.get_by_text("daily").first.wait_for(timeout=30_000)
+    row = page.locator("tr").filter(has=page.get_by_role("link", name="daily", exact=True))
+    row.first.wait_for(timeout=30_000)
     page.screenshot(path=str(tmp_path / "deployments.png"))
-    assert "health-check" in page.content()
+    assert row.count() == 1, row.count()
+    assert "health-check" in row.inner_text()
+    assert shown in row.inner_text(), row.inner_text()
+
+    # the deployment's own page: one schedule card with that wording and its toggle on
+    page.goto(f"{ui}/deployments/deployment/{dep['id']}", wait_until="networkidle")
+    cards = page.locator(".deployment-schedule-card")
+    cards.first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "deployment.png"))
+    assert cards.count() == 1, cards.all_inner_texts()
+    assert cards.first.inner_text().strip() == shown
+    toggle = cards.first.get_by_role("switch")
+    assert toggle.get_attribute("aria-checked") == "true", "the schedule is shown inactive"
 
 
 def test_approval_answered_in_the_ui_resume_form(

@@ -41,7 +41,7 @@ from connectors.stores.base import backup_key, manifest_key
 from connectors.streams import decompress
 from flows.backup import BackupReport, backup
 from opsflow.inventory import BackupStore
-from opsflow.ledger import BackupRow, Ledger, RunRow, StepRow
+from opsflow.ledger import BackupRow, Ledger, RunRow, StepRow, utcnow
 
 if TYPE_CHECKING:
     from tests.fixtures.backups import PgbenchDatabase
@@ -244,9 +244,10 @@ def test_backs_up_postgres_and_a_sqlite_being_written_to_the_local_store(
     assert counted == manifest["row_counts"]["events"] >= 500
     assert max_id == counted  # no gaps: a transaction-consistent snapshot
 
-    # retention removed the expired backup and its manifest, nothing else
-    assert report.deleted == [old, manifest_key(old)]
-    assert store.head(old) is None and store.head(manifest_key(old)) is None
+    # retention deletes only what the catalog expired: an old object that no catalog entry
+    # names (another ledger's, or one that was never confirmed) is reported and left in place
+    assert report.deleted == [] and report.uncatalogued == [old]
+    assert store.head(old) is not None and store.head(manifest_key(old)) is not None
     assert store.head(rows["pgmain"].key) is not None
 
     # report artifact with sizes, rates and durations; the ledger run
@@ -413,3 +414,146 @@ environments:
     dump = b"".join(decompress(store.get_stream(row.key), "zstd")).decode()
     assert "CREATE TABLE public.pgbench_accounts" in dump
     assert len(copy_section(dump, "public.pgbench_accounts")) == 100_000
+
+
+def catalogue_old_backup(
+    ws: Workspace, name: str, days: float, *, kind: str = "sqlite", ext: str = "sqlite.zst"
+) -> BackupRow:
+    """A backup taken ``days`` ago: its object and manifest in the store, its ledger row as the
+    backup flow writes it."""
+    store = open_store(ws.local_store)
+    when = datetime.now(UTC).replace(microsecond=0) - timedelta(days=days)
+    key = backup_key("bk", name, when, ext)
+    stored = store.put_stream(key, [f"{kind} {name} taken {days} days ago".encode()])
+    store.put_json(manifest_key(key), {"key": key})
+    assert stored.sha256 is not None
+    return ws.ledger().record_backup(
+        env="bk",
+        database=name,
+        kind=kind,
+        store_url=ws.local_store.url,
+        key=key,
+        bytes=stored.size,
+        sha256=stored.sha256,
+        status="complete",
+        created_at=when.replace(tzinfo=None),
+        details={"via": "file", "codec": "zstd", "manifest_key": manifest_key(key)},
+    )
+
+
+def states(ws: Workspace, backup_id: str) -> list[str]:
+    """Every state a backup went through, in ledger order."""
+    rows = [r for r in ws.ledger().backups(env="bk", limit=None) if r.backup_id == backup_id]
+    return [r.status for r in sorted(rows, key=lambda r: r.id)]
+
+
+def test_retention_keeps_the_newest_verified_and_records_every_deletion(
+    backup_workspace: Workspace, tmp_path: Path
+) -> None:
+    """The finding: retention was handed complete *and* verified keys as "verified", so a
+    drill-verified backup was deleted once a newer unverified one existed; deletions never
+    reached the ledger, so `backups list`, restore by id and the drill offered objects that
+    were gone."""
+    from flows.restore import plan_restore
+    from opsflow.errors import InputError
+    from opsflow.inventory import load_inventory
+
+    ws = backup_workspace
+    app_db = tmp_path / "app.db"
+    with sqlite3.connect(app_db) as conn:
+        conn.execute("create table t (id integer primary key)")
+        conn.executemany("insert into t values (?)", [(i,) for i in range(10)])
+    conn.close()
+    ws.write_inventory(f"""
+environments:
+  bk:
+    databases: [{{name: appdb, kind: sqlite, path: "{app_db}"}}]
+    backup_store: {{url: "file://{ws.store_dir}", retention_days: 30}}
+""")
+    oldest = catalogue_old_backup(ws, "appdb", 45)
+    drilled = catalogue_old_backup(ws, "appdb", 40)
+    ws.ledger().mark_verified(drilled, verified_at=utcnow(), flow_run_id="drill", how="dr-drill")
+    newer_unverified = catalogue_old_backup(ws, "appdb", 35)
+    # a Redis backup of the same name (from before names had to be unique): its own series,
+    # whose only and newest backup it is
+    rdb = catalogue_old_backup(ws, "appdb", 50, kind="redis", ext="rdb.zst")
+    store = open_store(ws.local_store)
+
+    state, report, run_id = run_backup(env="bk")
+
+    assert state.is_completed(), state.message
+    [today] = [b for b in report.backups if b.status == "complete"]
+    for kept in (drilled, rdb):  # the newest verified; the newest of its own series
+        assert store.head(kept.key) is not None and store.head(manifest_key(kept.key)) is not None
+    assert store.head(today.key or "") is not None
+    expired = [oldest, newer_unverified]
+    for gone in expired:
+        assert store.head(gone.key) is None and store.head(manifest_key(gone.key)) is None
+    assert report.deleted == [k for r in expired for k in (r.key, manifest_key(r.key))]
+
+    # every deletion is in the ledger: `deleting` before the object went, `deleted` after
+    for gone in expired:
+        assert states(ws, gone.backup_id) == ["complete", "deleting", "deleted"]
+        [deleted] = [
+            r
+            for r in ws.ledger().backups(env="bk", limit=None)
+            if r.backup_id == gone.backup_id and r.status == "deleted"
+        ]
+        assert deleted.key == gone.key and deleted.sha256 == gone.sha256
+        assert deleted.details["deleted"]["by"] == {"flow_run_id": run_id, "how": "retention"}
+    assert states(ws, drilled.backup_id) == ["complete", "verified"]
+    assert ws.ledger().verify().ok
+    assert [d.backup_id for d in report.deleted_backups] == [r.backup_id for r in expired]
+    retention_step = [s for s in ws.ledger().steps(run_id) if s.step == "apply_retention"]
+    assert retention_step[0].details["deleted_backups"] == [r.backup_id for r in expired]
+    assert "deleted backup " + oldest.backup_id in artifact_text("backup-bk")
+
+    # nothing deleted is offered: not listed, not restorable by id
+    result = CliRunner().invoke(app, ["backups", "list", "--env", "bk", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {(item["kind"], item["backup_id"]) for item in json.loads(result.output)}
+    assert listed == {
+        ("sqlite", today.backup_id),
+        ("sqlite", drilled.backup_id),
+        ("redis", rdb.backup_id),
+    }
+    env = load_inventory().environment("bk")
+    for gone in expired:
+        with pytest.raises(InputError, match=f"no complete backup '{gone.backup_id}'"):
+            plan_restore("bk", env, database="appdb", backup_id=gone.backup_id)
+    chosen = plan_restore("bk", env, database="appdb", backup_id=drilled.backup_id)
+    assert drilled.key in chosen.to_markdown()
+
+
+def test_a_deletion_interrupted_after_its_intent_is_finished_by_the_next_run(
+    backup_workspace: Workspace, tmp_path: Path
+) -> None:
+    ws = backup_workspace
+    app_db = tmp_path / "app.db"
+    sqlite3.connect(app_db).close()
+    ws.write_inventory(f"""
+environments:
+  bk:
+    databases: [{{name: appdb, kind: sqlite, path: "{app_db}"}}]
+    backup_store: {{url: "file://{ws.store_dir}", retention_days: 30}}
+""")
+    interrupted = catalogue_old_backup(ws, "appdb", 40)
+    catalogue_old_backup(ws, "appdb", 39)  # newer: the newest of the series until today
+    # a crash right after retention recorded its intent: the object is still there
+    values = {
+        c.key: getattr(interrupted, c.key)
+        for c in BackupRow.__table__.columns
+        if c.key not in ("id", "status", "recorded_at", "prev_hash", "row_hash")
+    }
+    ws.ledger().record_backup(**values, status="deleting")
+    store = open_store(ws.local_store)
+    assert store.head(interrupted.key) is not None
+    result = CliRunner().invoke(app, ["backups", "list", "--env", "bk", "--json"])
+    assert interrupted.backup_id not in {i["backup_id"] for i in json.loads(result.output)}
+
+    state, report, _ = run_backup(env="bk")
+
+    assert state.is_completed(), state.message
+    assert store.head(interrupted.key) is None
+    assert interrupted.backup_id in [d.backup_id for d in report.deleted_backups]
+    assert states(ws, interrupted.backup_id) == ["complete", "deleting", "deleted"]

@@ -36,13 +36,15 @@ def _env(**extra: object) -> Environment:
     )
 
 
-def _backup(ledger: Ledger, env: str, database: str, age: timedelta, status: str) -> str:
+def _backup(
+    ledger: Ledger, env: str, database: str, age: timedelta, status: str, kind: str = "postgres"
+) -> str:
     row = ledger.record_backup(
         env=env,
         database=database,
-        kind="pg_dump",
+        kind=kind,
         store_url="file:///backups",
-        key=f"{env}/{database}/{status}.sql.zst",
+        key=f"{env}/{database}/{kind}-{status}.zst",
         bytes=1234,
         sha256="0" * 64,
         status=status,
@@ -57,10 +59,10 @@ def test_each_database_graded_by_its_newest_complete_backup(catalog_ledger_url: 
     fresh_id = _backup(ledger, "prod", "fresh", timedelta(hours=1), "verified")
     _backup(ledger, "prod", "fresh", timedelta(minutes=5), "failed")  # newer but not good
     _backup(ledger, "prod", "stale", timedelta(hours=30), "complete")
-    _backup(ledger, "prod", "ancient", timedelta(hours=60), "complete")
+    _backup(ledger, "prod", "ancient", timedelta(hours=60), "complete", kind="sqlite")
     _backup(ledger, "prod", "never", timedelta(hours=1), "failed")
     _backup(ledger, "staging", "never", timedelta(hours=1), "complete")  # other environment
-    _backup(ledger, "prod", "cache", timedelta(hours=2), "complete")
+    _backup(ledger, "prod", "cache", timedelta(hours=2), "complete", kind="redis")
     ledger.close()
 
     results = check_backup_freshness.fn(
@@ -103,3 +105,30 @@ def test_environment_without_backup_store_is_degraded(catalog_ledger_url: str) -
     assert results[0].target == "dev"
     assert "backups are not configured" in results[0].summary
     assert "add backup_store" in results[0].summary
+
+
+def test_each_target_is_graded_by_the_backups_of_its_own_kind(catalog_ledger_url: str) -> None:
+    """The finding: the freshness check grouped backups by name, so a fresh backup of another
+    kind with the same name (a Redis target, the config export) made a stale database look
+    fresh."""
+    env = Environment.model_validate(
+        {
+            "databases": [{"name": "main", "kind": "postgres", "dsn": "env:UNUSED"}],
+            "redis": [{"name": "sessions", "url": "redis://127.0.0.1:6379/0"}],
+            "backup_store": {"url": "file:///backups"},
+        }
+    )
+    ledger = Ledger(catalog_ledger_url)
+    old_pg = _backup(ledger, "prod", "main", timedelta(hours=60), "complete")
+    _backup(ledger, "prod", "main", timedelta(minutes=5), "complete", kind="redis")
+    _backup(ledger, "prod", "main", timedelta(minutes=5), "complete", kind="config")
+    _backup(ledger, "prod", "sessions", timedelta(minutes=5), "verified", kind="postgres")
+    ledger.close()
+
+    results = {r.target: r for r in check_backup_freshness.fn("prod", env, catalog_ledger_url)}
+
+    assert results["main"].status is Status.CRITICAL, results["main"].summary
+    assert results["main"].details["backup_id"] == old_pg
+    assert results["main"].details["kind"] == "postgres database"
+    assert results["sessions"].status is Status.CRITICAL
+    assert "no complete backup of redis 'sessions' in prod" in results["sessions"].summary

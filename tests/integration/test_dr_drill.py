@@ -125,3 +125,36 @@ def test_drill_fails_when_a_restored_copy_does_not_match_its_manifest(
     assert "table public.pgbench_accounts has 100000 rows, the backup had 100001" in main.problems
     assert lab.databases() == [lab.dbname]
     assert not [r for r in ledger.backups(env="lab", database="main") if r.status == "verified"]
+
+
+def test_drill_fails_a_backup_that_is_gone_or_different_without_restoring_it(
+    restore_lab: RestoreLab,
+) -> None:
+    lab = restore_lab
+    take_backups(lab)
+    rows = {r.database: r for r in lab.ledger().backups(env="lab")}
+    (lab.store_dir / rows["main"].key).unlink()  # gone behind the catalog's back
+    (lab.store_dir / f"{rows['appdb'].key}.sha256").write_text(f"{'e' * 64}  x\n")
+
+    state, report = run_drill()
+
+    assert state.is_failed()
+    main, appdb = report.databases
+    assert main.outcome == appdb.outcome == "failed"
+    assert main.problems == [
+        f"nothing restored: backup {rows['main'].backup_id} of postgres 'main' is not in the "
+        f"store: file://{lab.store_dir}/{rows['main'].key} does not exist (fix: choose another "
+        "backup (`opsflow backups list --env ENV`) or take a new one)"
+    ]
+    assert appdb.problems[0].startswith(
+        f"nothing restored: backup {rows['appdb'].backup_id} of sqlite 'appdb' in the store is "
+        "not the catalogued one"
+    )
+    assert main.scratch == "" and main.rto_seconds == 0 and not main.checks
+    assert lab.databases() == [lab.dbname]
+    drills = {d.database: d for d in lab.ledger().drills(env="lab")}
+    assert {n: (d.outcome, d.backup_id) for n, d in drills.items()} == {
+        "main": ("failed", rows["main"].backup_id),
+        "appdb": ("failed", rows["appdb"].backup_id),
+    }
+    assert not [r for r in lab.ledger().backups(env="lab") if r.status == "verified"]

@@ -23,8 +23,9 @@ from docker.models.containers import Container
 from connectors.stores.base import manifest_key
 from flows.backup import BackupReport, backup
 from flows.dr_drill import DrillReport, dr_drill
-from flows.restore import RestoreReport, restore
+from flows.restore import restore
 from opsflow.ledger import BackupRow
+from opsflow.results import RestoreReport
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import (
     RESTORE_DSN_VAR,

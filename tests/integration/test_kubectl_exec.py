@@ -35,9 +35,10 @@ from connectors.stores.base import manifest_key
 from connectors.streams import decompress
 from flows.backup import BackupReport, backup
 from flows.dr_drill import dr_drill
-from flows.restore import RestoreReport, restore
+from flows.restore import restore
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, KubernetesTarget
+from opsflow.results import RestoreReport
 from tests.fixtures.kube_api import ExecCall, KubeApiServer, KubeCluster
 from tests.fixtures.restores import RESTORE_DSN_VAR, RestoreLab
 

@@ -15,17 +15,23 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import zstandard
 from docker.models.containers import Container
 
+from connectors.stores import open_store
+from connectors.stores.base import backup_key, manifest_key
 from flows.backup import backup
 from flows.dr_drill import dr_drill
-from flows.restore import RestoreReport, restore
+from flows.restore import restore
+from opsflow.inventory import BackupStore
 from opsflow.ledger import BackupRow
+from opsflow.results import RestoreReport
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import (
     PGBENCH_TABLES,
@@ -155,7 +161,7 @@ def test_corrupt_object_stops_with_a_checksum_error_before_touching_the_target(
     assert state.is_failed()
     error = report.databases[0].error or ""
     assert "sha256" in error and "does not match" in error and row.key in error, error
-    assert "nothing else was touched" in error
+    assert "Nothing was touched: no database was created, dropped or written" in error
     assert lab.checksums() == changed  # the live database is untouched
     assert lab.databases() == [lab.dbname]  # the scratch database was dropped
     assert lab.ledger().runs(env="lab", runbook="restore")[0].status == "failed"
@@ -311,6 +317,97 @@ environments:
     assert not [n for n in names.split(",") if "_drill_" in n or "_restore_" in n], names
 
 
+# --- identity and pre-checks ------------------------------------------------------------------
+
+
+def catalogue_rdb_named(lab: RestoreLab, name: str, after: BackupRow) -> BackupRow:
+    """A genuine Redis RDB backup named like the database (its object, sidecar and manifest in
+    the store, its catalog row newer than ``after``), as a Redis target of that name left it."""
+    store = open_store(BackupStore(url=f"file://{lab.store_dir}"))
+    when = (after.created_at + timedelta(minutes=5)).replace(tzinfo=UTC)
+    key = backup_key(after.env, name, when, "rdb.zst")
+    rdb = b"REDIS0011" + b"\xfa\x09redis-ver\x057.2.4" + b"\xfe\x00\xfb\x00\x00\xff" + bytes(8)
+    stored = store.put_stream(key, [zstandard.ZstdCompressor().compress(rdb)])
+    store.put_json(manifest_key(key), {"key": key, "kind": "redis"})
+    assert stored.sha256 is not None
+    return lab.ledger().record_backup(
+        env=after.env,
+        database=name,
+        kind="redis",
+        store_url=after.store_url,
+        key=key,
+        bytes=stored.size,
+        sha256=stored.sha256,
+        status="complete",
+        created_at=when.replace(tzinfo=None),
+        details={"via": "direct", "codec": "zstd", "row_counts": {"db0": 3}},
+    )
+
+
+def test_drop_recreate_restores_the_database_s_own_backup_not_a_same_named_rdb(
+    restore_lab: RestoreLab,
+) -> None:
+    """The finding: backups were grouped by name regardless of kind, so drop-recreate took the
+    newer RDB file of a Redis target named `main`, verified it (a genuine object), dropped the
+    live database and then failed to load the RDB into it."""
+    lab = restore_lab
+    backed_up = lab.checksums()
+    row = take_backup(lab)
+    rdb = catalogue_rdb_named(lab, "main", after=row)
+    lab.change_data()
+
+    state, report = run_restore(env="lab", database="main", mode="drop-recreate")
+
+    assert state.is_completed(), state.message
+    [outcome] = report.databases
+    assert (outcome.backup_id, outcome.key) == (row.backup_id, row.key)
+    assert outcome.backup_id != rdb.backup_id
+    assert lab.checksums() == backed_up
+    run = lab.ledger().runs(env="lab", runbook="restore")[0]
+    verified = [s for s in lab.ledger().steps(run.flow_run_id) if s.step == "verify_backup"]
+    assert [s.target for s in verified] == [row.key]
+
+
+def break_behind_the_catalog(lab: RestoreLab, missing: BackupRow, other: BackupRow) -> None:
+    """``missing``'s object is gone; ``other``'s checksum file no longer matches the catalog."""
+    (lab.store_dir / missing.key).unlink()
+    (lab.store_dir / f"{missing.key}.sha256").unlink()
+    (lab.store_dir / f"{other.key}.sha256").write_text(f"{'e' * 64}  x\n")
+
+
+def test_a_missing_or_different_object_fails_before_anything_is_scaled(
+    restore_lab: RestoreLab, kube_cluster: KubeCluster
+) -> None:
+    lab = restore_lab
+    lab.write_inventory(
+        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
+        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
+    )
+    take_backup(lab)
+    rows = {r.database: r for r in lab.ledger().backups(env="lab")}
+    break_behind_the_catalog(lab, rows["main"], rows["appdb"])
+    lab.change_data()
+    changed = lab.checksums()
+    path = f"/apis/apps/v1/namespaces/{kube_cluster.namespace}/deployments/app"
+
+    with kube_cluster.controller:
+        state, report = run_restore(env="lab")
+
+    assert state.is_failed()
+    run = lab.ledger().runs(env="lab", runbook="restore")[0]
+    assert run.status == "failed" and "is not the catalogued one" in run.summary
+    assert lab.ledger().steps(run.flow_run_id) == []  # nothing was done: no scaling, no restore
+    dep = kube_cluster.api.get(path)
+    assert dep is not None and dep["spec"]["replicas"] == 4  # never scaled
+    assert not (dep["metadata"].get("annotations") or {}).get("opsflow.io/replicas-before-restore")
+    assert report.scaled == "" and report.databases == []
+    main_error, app_error = report.errors  # both reported at once
+    assert f"backup {rows['main'].backup_id} of postgres 'main' is not in the store" in main_error
+    assert "is not the catalogued one" in app_error and "e" * 64 in app_error
+    assert all("Nothing was changed" in e for e in report.errors)
+    assert lab.checksums() == changed and lab.databases() == [lab.dbname]
+
+
 # --- approvals, through the CLI and the Prefect REST API ------------------------------------
 
 
@@ -444,3 +541,27 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
     assert lab.checksums() == backed_up
     decision = lab.ledger().approval_events(run_id)[-1]
     assert (decision.actor, decision.reason) == ("bob", "CHG-42 restore after bad migration")
+
+
+def test_protected_restore_of_a_missing_backup_fails_before_asking_for_approval(
+    restore_lab: RestoreLab,
+) -> None:
+    lab = restore_lab
+    take_backup(lab, env="gated")
+    rows = {r.database: r for r in lab.ledger().backups(env="gated")}
+    break_behind_the_catalog(lab, rows["main"], rows["appdb"])
+    lab.change_data()
+    changed = lab.checksums()
+    cli = CliRestore(lab, timeout=30)
+    try:
+        code, out = cli.finish()
+    finally:
+        cli.kill()
+    assert code == 1, out  # failed, not rejected or timed out: no approval was asked
+    assert "is not in the store" in " ".join(out.split()), out
+    run = lab.ledger().runs(env="gated", runbook="restore")[0]
+    assert run.status == "failed"
+    assert lab.ledger().approval_events(run.flow_run_id) == []
+    assert lab.ledger().steps(run.flow_run_id) == []
+    assert lab.ledger().pending_approval(run.flow_run_id) is None
+    assert lab.checksums() == changed

@@ -18,9 +18,10 @@ from connectors.stores import open_store
 from connectors.stores.base import Store, backup_key, manifest_key
 from connectors.stores.local import LocalStore
 from connectors.stores.s3 import S3Store
+from opsflow.catalog import CatalogEntry
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore
-from tasks.backups import apply_retention, verify_backup
+from tasks.backups import apply_retention, check_backup_present, verify_backup
 from tests.fixtures.s3_server import FaultProxy
 
 pytestmark = pytest.mark.integration
@@ -238,7 +239,9 @@ def test_cleanup_incomplete_removes_only_stale_leftovers(
     assert [o.key for o in store.list("")] == [key]
 
 
-def test_apply_retention_deletes_only_what_it_should(store_config: BackupStore) -> None:
+def test_apply_retention_deletes_what_the_catalog_expired_and_nothing_else(
+    store_config: BackupStore,
+) -> None:
     store = open_store(store_config)
 
     def backup(db: str, age_days: int) -> str:
@@ -247,17 +250,71 @@ def test_apply_retention_deletes_only_what_it_should(store_config: BackupStore) 
         store.put_json(manifest_key(key), {"key": key})
         return key
 
-    main = {age: backup("main", age) for age in (40, 35, 32, 2)}
-    cache = {age: backup("cache", age) for age in (50, 45)}
+    main = {age: backup("main", age) for age in (40, 35, 2)}
+    stray = backup("stray", 90)  # in no catalog: left in place, reported
+    other_env = backup_key("stage", "main", NOW - timedelta(days=90), "sql.zst")
+    store.put_stream(other_env, [b"stage"])
+    catalogued = sorted(main.values())
 
-    deleted = apply_retention.fn(store_config, "prod/", [main[35]], now=NOW)
+    result = apply_retention.fn(
+        store_config, "prod/", expired_keys=[main[40]], catalogued_keys=catalogued, now=NOW
+    )
 
-    expected_gone = [cache[50], main[40], main[32]]  # oldest first
-    assert deleted == [k for key in expected_gone for k in (key, manifest_key(key))]
-    remaining = {o.key for o in store.list("prod/")}
-    kept = [main[35], main[2], cache[45]]  # newest verified; recent; a series' only/newest
-    assert remaining == {k for key in kept for k in (key, manifest_key(key))}
-    assert apply_retention.fn(store_config, "prod/", [main[35]], now=NOW) == []  # idempotent
+    assert result.deleted == [main[40], manifest_key(main[40])]
+    assert result.uncatalogued == [stray]
+    remaining = {o.key for o in store.list("")}
+    kept = [main[35], main[2], stray]  # old but not expired by the catalog; recent; stray
+    assert remaining == {k for key in kept for k in (key, manifest_key(key))} | {other_env}
+    assert store.head(main[40]) is None
+    again = apply_retention.fn(  # idempotent: an interrupted run is finished by the next one
+        store_config, "prod/", expired_keys=[main[40]], catalogued_keys=catalogued, now=NOW
+    )
+    assert again.deleted == [main[40], manifest_key(main[40])]
+    assert {o.key for o in store.list("")} == remaining
+    with pytest.raises(PermanentError, match="not backups under 'prod/'; nothing was deleted"):
+        apply_retention.fn(
+            store_config,
+            "prod/",
+            expired_keys=[main[35], other_env],
+            catalogued_keys=catalogued,
+            now=NOW,
+        )
+    assert {o.key for o in store.list("")} == remaining
+
+
+def test_check_backup_present_heads_the_object_and_its_checksum(
+    store_config: BackupStore,
+) -> None:
+    store = open_store(store_config)
+    key = backup_key("prod", "main", NOW, "sql.zst")
+    stored = store.put_stream(key, [b"a backup"])
+    assert stored.sha256 is not None
+    source = CatalogEntry(
+        backup_id="b1",
+        env="prod",
+        database="main",
+        kind="postgres",
+        store_url=store_config.url,
+        key=key,
+        sha256=stored.sha256,
+        bytes=stored.size,
+        codec="zstd",
+        created_at=NOW,
+    )
+
+    assert check_backup_present.fn(store_config, source) == store.head(key)
+    wrong = source.model_copy(update={"sha256": "f" * 64})
+    with pytest.raises(PermanentError, match="is not the catalogued one") as info:
+        check_backup_present.fn(store_config, wrong)
+    assert stored.sha256 in str(info.value) and "f" * 64 in str(info.value)
+    with pytest.raises(PermanentError, match="is not the catalogued one"):
+        check_backup_present.fn(store_config, source.model_copy(update={"bytes": 7}))
+    moved = source.model_copy(update={"store_url": "file:///elsewhere"})
+    with pytest.raises(PermanentError, match="was stored in file:///elsewhere"):
+        check_backup_present.fn(store_config, moved)
+    store.delete(key)
+    with pytest.raises(PermanentError, match="backup b1 of postgres 'main' is not in the store"):
+        check_backup_present.fn(store_config, source)
 
 
 def test_verify_backup_task_reads_the_whole_object(store_config: BackupStore) -> None:

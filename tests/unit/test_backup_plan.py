@@ -10,7 +10,13 @@ import pytest
 from connectors.postgres import pg_dump_argv, split_password
 from connectors.stores.objects import dump_extension
 from deployments.runbooks import get_runbook
-from flows.backup import BackupReport, DatabaseBackup, plan_backup, render_backup_report
+from flows.backup import (
+    BackupReport,
+    DatabaseBackup,
+    DeletedBackup,
+    plan_backup,
+    render_backup_report,
+)
 from opsflow.errors import InputError
 from opsflow.inventory import load_inventory, parse_inventory
 
@@ -120,7 +126,20 @@ def test_report_shows_sizes_rates_and_failures() -> None:
                 error="database does not exist",
             ),
         ],
-        deleted=["prod/main/2025/11/20251101T020000Z.sql.zst"],
+        deleted=[
+            "prod/main/2025/11/20251101T020000Z.sql.zst",
+            "prod/main/2025/11/20251101T020000Z.manifest.json",
+        ],
+        deleted_backups=[
+            DeletedBackup(
+                backup_id="b0",
+                kind="postgres",
+                name="main",
+                key="prod/main/2025/11/20251101T020000Z.sql.zst",
+                created_at=datetime(2025, 11, 1, 2, tzinfo=UTC),
+            )
+        ],
+        uncatalogued=["prod/main/2025/10/20251001T020000Z.sql.zst"],
         seconds=3.5,
     )
     text = render_backup_report(report, datetime(2026, 1, 1, 2, tzinfo=UTC))
@@ -131,4 +150,9 @@ def test_report_shows_sizes_rates_and_failures() -> None:
         in text
     )
     assert "- **ghost**: database does not exist" in text
-    assert "deleted `prod/main/2025/11/20251101T020000Z.sql.zst`" in text
+    assert (
+        "- deleted backup b0 (postgres main, taken 2025-11-01 02:00 UTC) "
+        "`prod/main/2025/11/20251101T020000Z.sql.zst` and its manifest"
+    ) in text
+    assert "in no catalog entry of this ledger and were left in place: " in text
+    assert "`prod/main/2025/10/20251001T020000Z.sql.zst`" in text

@@ -1,6 +1,7 @@
 """opsflow.catalog, the one reading of the ledger's backup rows (pure: rows in, entries out):
-the good statuses, the fold to each backup's latest state (verified wins), newest, series
-grouping through one key function, and the keys retention must keep."""
+the good statuses, the fold to each backup's latest state (verified wins, deleted is final),
+newest, series identified by (environment, kind, name) through one key function, and what
+retention keeps and deletes."""
 
 from __future__ import annotations
 
@@ -14,17 +15,21 @@ from opsflow.catalog import (
     GOOD_STATUSES,
     CatalogEntry,
     RestoreSource,
+    SeriesKey,
     by_series,
+    choose,
     codec_of,
     fold,
     good,
-    good_keys,
     is_good,
     newest,
     newest_by_series,
     restorable,
+    retention,
     series_key,
 )
+from opsflow.errors import InputError
+from opsflow.inventory import Environment
 from opsflow.ledger import BackupRow
 
 T0 = datetime(2026, 11, 1, 2, 0, 0)
@@ -127,7 +132,18 @@ def test_a_later_state_that_is_not_good_takes_the_backup_out() -> None:
     assert [e.backup_id for e in good(entries)] == ["kept"]
     chosen = newest(entries)
     assert chosen is not None and chosen.backup_id == "kept"
-    assert good_keys(entries, "file:///b") == [kept.key]
+
+
+def test_deleting_and_deleted_are_final_whatever_comes_after() -> None:
+    original = row("b1", table_checksums={"t": "x"})
+    deleting = row("b1", status="deleting")
+    late_verified = verified_copy(original)  # a drill that finished after retention started
+    [entry] = fold([original, deleting, late_verified])
+    assert entry.status == "deleting" and not entry.good
+    [entry] = fold([original, deleting, row("b1", status="deleted"), late_verified])
+    assert entry.status == "deleted" and not entry.good
+    assert restorable(fold([original, deleting, late_verified])) == {}
+    assert newest(fold([original, deleting, late_verified])) is None
 
 
 def test_newest_ignores_bad_states_and_ranks_ties_by_catalogue_order() -> None:
@@ -163,7 +179,7 @@ def test_rows_without_ids_keep_the_order_given() -> None:
     assert entry.status == "verified"
 
 
-def test_series_group_backups_of_the_same_database_newest_first() -> None:
+def test_series_group_backups_of_the_same_thing_newest_first() -> None:
     entries = fold(
         [
             row("m1", hours=0),
@@ -173,23 +189,75 @@ def test_series_group_backups_of_the_same_database_newest_first() -> None:
             row("r1", database="cache", kind="redis", hours=4),
         ]
     )
+    main, app, cache = (
+        SeriesKey("prod", "postgres", "main"),
+        SeriesKey("prod", "sqlite", "app"),
+        SeriesKey("prod", "redis", "cache"),
+    )
     grouped = by_series(entries)
     assert {k: [e.backup_id for e in v] for k, v in grouped.items()} == {
-        "cache": ["r1"],
-        "main": ["m3", "m2", "m1"],
-        "app": ["a1"],
+        cache: ["r1"],
+        main: ["m3", "m2", "m1"],
+        app: ["a1"],
     }
     assert {k: [e.backup_id for e in v] for k, v in restorable(entries).items()} == {
-        "cache": ["r1"],
-        "main": ["m2", "m1"],
-        "app": ["a1"],
+        cache: ["r1"],
+        main: ["m2", "m1"],
+        app: ["a1"],
     }
     assert {k: e.backup_id for k, e in newest_by_series(entries).items()} == {
-        "cache": "r1",
-        "main": "m2",
-        "app": "a1",
+        cache: "r1",
+        main: "m2",
+        app: "a1",
     }
-    assert series_key("prod", "postgres", "main") == "main" == entries[-1].series
+    assert series_key("prod", "postgres", "main") == main == entries[-1].series
+    assert str(main) == "prod/postgres/main"
+
+
+SHARED_NAMES = Environment.model_validate(
+    {
+        "databases": [
+            {"name": "cache", "kind": "postgres", "dsn": "env:UNUSED"},
+            {"name": "main", "kind": "sqlite", "path": "main.db"},
+        ]
+    }
+)
+
+
+def test_same_name_of_another_kind_is_another_series() -> None:
+    """The finding: rows were grouped by name alone, so a Redis target (or the config export)
+    named like a database shared its series; a restore or drill of the database took the
+    newer RDB file (or config export) instead of the database's own backup."""
+    rows = [
+        row("pg", database="cache", kind="postgres", hours=1),
+        row("rdb", database="cache", kind="redis", hours=2, key="prod/cache/2026/11/x.rdb.zst"),
+        row("lite", database="main", kind="sqlite", hours=1),
+        row("pg-main", database="main", kind="postgres", hours=3),  # another kind, newer
+        row("cfg", database="config", kind="config", hours=4),
+    ]
+    chosen = choose(restorable(fold(rows)), "prod", SHARED_NAMES)
+    assert [(db.name, source.backup_id) for _i, db, source in chosen] == [
+        ("cache", "pg"),
+        ("main", "lite"),
+    ]
+    newest_of = newest_by_series(fold(rows))
+    assert newest_of[series_key("prod", "postgres", "cache")].backup_id == "pg"
+    assert newest_of[series_key("prod", "redis", "cache")].backup_id == "rdb"
+    assert newest_of[series_key("prod", "sqlite", "main")].backup_id == "lite"
+    assert newest_of[series_key("prod", "config", "config")].backup_id == "cfg"
+    assert series_key("prod", "postgres", "config") not in newest_of
+    # and an environment is part of the identity
+    other_env = [
+        row("pg", env="prod", database="cache"),
+        row("st", env="staging", database="cache"),
+    ]
+    assert set(by_series(fold(other_env))) == {
+        SeriesKey("prod", "postgres", "cache"),
+        SeriesKey("staging", "postgres", "cache"),
+    }
+    only_rdb = [row("rdb", database="cache", kind="redis")]
+    with pytest.raises(InputError, match="cache in prod has no complete backup"):
+        choose(restorable(fold(only_rdb)), "prod", SHARED_NAMES, database="cache")
 
 
 def test_series_key_is_the_one_place_that_decides_identity(
@@ -199,30 +267,96 @@ def test_series_key_is_the_one_place_that_decides_identity(
         row("pg", database="main", kind="postgres", hours=1),
         row("lite", database="main", kind="sqlite", hours=2),
     ]
-    assert [e.backup_id for e in restorable(fold(rows))["main"]] == ["lite", "pg"]
-
-    monkeypatch.setattr(
-        catalog, "series_key", lambda env, kind, name: f"{env}/{kind}/{name}"
-    )  # identity by (environment, kind, name): one edit
-    newest_of = {k: e.backup_id for k, e in newest_by_series(fold(rows)).items()}
-    assert newest_of == {"prod/postgres/main": "pg", "prod/sqlite/main": "lite"}
+    assert len(restorable(fold(rows))) == 2
+    monkeypatch.setattr(catalog, "series_key", lambda env, kind, name: name)  # name alone
+    assert {k: [e.backup_id for e in v] for k, v in restorable(fold(rows)).items()} == {
+        "main": ["lite", "pg"]
+    }
 
 
-def test_good_keys_are_what_retention_keeps_in_that_store() -> None:
-    entries = fold(
-        [
-            row("a", hours=0),
-            row("b", hours=1, status="verified"),
-            row("c", hours=2, status="failed"),
-            row("d", hours=3, store_url="s3://other/prod"),
-            row("a", hours=0, status="verified"),
-        ]
+# --- retention ------------------------------------------------------------------------------
+
+NOW = (T0 + timedelta(days=60)).replace(tzinfo=UTC)
+
+
+def aged(backup_id: str, days: float, **fields: Any) -> BackupRow:
+    """A backup taken ``days`` before NOW."""
+    return row(backup_id, hours=(NOW.replace(tzinfo=None) - T0).days * 24 - days * 24, **fields)
+
+
+def decide(rows: list[BackupRow], days: int = 30, store: str = "file:///b") -> tuple[Any, ...]:
+    decided = retention(fold(rows), store, days, NOW)
+    return (
+        sorted(e.backup_id for e in decided.kept),
+        [e.backup_id for e in decided.expired],
     )
-    assert good_keys(entries, "file:///b") == sorted(
-        ["prod/main/2026/11/a.sql.zst", "prod/main/2026/11/b.sql.zst"]
-    )
-    assert good_keys(entries, "s3://other/prod") == ["prod/main/2026/11/d.sql.zst"]
-    assert good_keys([], "file:///b") == []
+
+
+def test_retention_keeps_the_newest_verified_and_the_newest_whatever_their_age() -> None:
+    """The finding: a drill-verified backup was deleted once a newer unverified one existed
+    (retention was handed complete *and* verified keys as "verified")."""
+    verified = aged("verified", 40)
+    rows = [
+        aged("oldest", 50),
+        verified,
+        verified_copy(verified),
+        aged("old", 35),
+        aged("newest-old", 31),
+    ]
+    assert decide(rows) == (["newest-old", "verified"], ["oldest", "old"])
+    rows.append(aged("fresh", 1))
+    assert decide(rows) == (["fresh", "verified"], ["oldest", "old", "newest-old"])
+    # within the retention period nothing goes; a series without a verified backup keeps its
+    # newest; a verified backup that is also the newest is kept once
+    assert decide([aged("a", 20), aged("b", 10)]) == (["b"], [])
+    assert decide([aged("a", 90), aged("b", 80)]) == (["b"], ["a"])
+    lone = aged("lone", 90, status="verified")
+    assert decide([aged("older", 95), lone]) == (["lone"], ["older"])
+
+
+def test_retention_decides_per_series_of_environment_kind_and_name() -> None:
+    rows = [
+        aged("pg-old", 40, database="cache"),
+        aged("pg-new", 35, database="cache"),
+        aged("rdb-old", 45, database="cache", kind="redis", key="prod/cache/a.rdb.zst"),
+        aged("rdb-new", 38, database="cache", kind="redis", key="prod/cache/b.rdb.zst"),
+        aged("cfg", 50, database="config", kind="config", key="prod/config/c.json.enc"),
+    ]
+    kept, expired = decide(rows)
+    assert kept == ["cfg", "pg-new", "rdb-new"]  # each series keeps its newest
+    assert expired == ["rdb-old", "pg-old"]
+
+
+def test_retention_never_deletes_an_object_another_kept_entry_names() -> None:
+    first = aged("first", 50)
+    again = aged("again", 1, key=first.key)  # the same object catalogued again, newer
+    assert decide([first, again]) == (["again"], [])
+    shared_old = aged("old-copy", 45, key=aged("x", 44).key)
+    assert decide([shared_old, aged("x", 44), aged("new", 1)]) == (["new"], ["old-copy", "x"])
+
+
+def test_retention_finishes_interrupted_deletions_and_ignores_other_states_and_stores() -> None:
+    interrupted = aged("interrupted", 40)
+    rows = [
+        interrupted,
+        aged("interrupted", 40, status="deleting"),
+        aged("done", 45),
+        aged("done", 45, status="deleted"),
+        aged("failed", 50, status="failed"),
+        aged("elsewhere", 90, store_url="s3://old-store/prod"),
+        aged("newest", 1),
+    ]
+    kept, expired = decide(rows)
+    assert kept == ["newest"]
+    assert expired == ["interrupted"]  # its deletion is done again; deleted/failed left alone
+    assert decide(rows, store="s3://old-store/prod") == (["elsewhere"], [])
+
+
+def test_retention_validates_its_input() -> None:
+    with pytest.raises(InputError, match="below 1"):
+        retention([], "file:///b", 0, NOW)
+    with pytest.raises(ValueError, match="timezone-aware"):
+        retention([], "file:///b", 30, NOW.replace(tzinfo=None))
 
 
 def test_codec_and_exact_counts() -> None:

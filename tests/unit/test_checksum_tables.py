@@ -9,7 +9,7 @@ import pytest
 
 from connectors.postgres import checksum_sql, missing_tables_sql, parse_checksums, quote_table
 from flows.dr_drill import compared_checksums
-from opsflow.catalog import fold, restorable
+from opsflow.catalog import fold, restorable, series_key
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow
 from opsflow.results import compare_checksums
@@ -122,7 +122,7 @@ def test_catalog_carries_checksums_and_the_drill_compares_them() -> None:
         created_at=datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None),
         details={"via": "direct", "table_checksums": {"t": "a" * 32}},
     )
-    [source] = restorable(fold([row]))["main"]
+    [source] = restorable(fold([row]))[series_key("lab", "postgres", "main")]
     assert source.table_checksums == {"t": "a" * 32}
     assert compared_checksums(source.table_checksums, {"t": "b" * 32}) == {
         "t": {"backup": "a" * 32, "restored": "b" * 32}

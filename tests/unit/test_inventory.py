@@ -155,3 +155,139 @@ def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
 def test_shipped_inventory_is_valid() -> None:
     inventory = load_inventory(Path(__file__).parents[2] / "inventory.yaml")
     assert "local" in inventory.environments
+
+
+# --- duplicate keys -------------------------------------------------------------------------
+
+DUPLICATE_PRODUCTION = """
+environments:
+  production:
+    protected: true
+    approvals: {approvers: [alice, bob]}
+    databases: [{name: main, kind: postgres, dsn: "secret:prod-db"}]
+  production:
+    description: pasted again further down, without protected or approvals
+"""
+
+
+def test_a_second_block_of_the_same_name_is_refused_naming_both_lines() -> None:
+    """The finding: YAML keeps the second `production:` silently, which dropped
+    `protected: true` and the approvals, and `inventory check` said OK."""
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(DUPLICATE_PRODUCTION, "dup.yaml")
+    assert info.value.problems == [
+        (
+            "environments.production",
+            "is defined twice (lines 3 and 7): YAML keeps only the second one and silently "
+            "drops everything the first one sets",
+            "merge the two `production:` entries into one, or rename one of them",
+        )
+    ]
+    assert str(info.value).startswith("invalid inventory dup.yaml:\n  environments.production:")
+
+
+def test_duplicate_keys_are_refused_at_any_depth_all_at_once() -> None:
+    text = (
+        "environments:\n"  # 1
+        "  p:\n"  # 2
+        "    thresholds: {disk_pct: 80, cpu_pct: 70, disk_pct: 95}\n"  # 3
+        "    databases:\n"  # 4
+        "      - name: main\n"  # 5
+        "        kind: postgres\n"  # 6
+        '        dsn: "env:A"\n'  # 7
+        '        dsn: "env:B"\n'  # 8
+        "    protected: false\n"  # 9
+        "    protected: true\n"  # 10
+        "environments: {}\n"  # 11
+    )
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text)
+    found = [(field, problem.split(":")[0]) for field, problem, _fix in info.value.problems]
+    assert found == [
+        ("environments.p.thresholds.disk_pct", "is defined twice (line 3, columns 18 and 45)"),
+        ("environments.p.databases[0].dsn", "is defined twice (lines 7 and 8)"),
+        ("environments.p.protected", "is defined twice (lines 9 and 10)"),
+        ("environments", "is defined twice (lines 1 and 11)"),
+    ]
+
+
+def test_yaml_merge_keys_may_be_overridden_by_the_mapping_s_own_keys() -> None:
+    text = """
+environments:
+  p:
+    databases:
+      - &pg {name: main, kind: postgres, dsn: "env:A"}
+      - {<<: *pg, name: other, dsn: "env:B"}
+"""
+    main, other = parse_inventory(text).environment("p").databases
+    assert (main.name, main.dsn) == ("main", "env:A")
+    assert (other.name, other.kind, other.dsn) == ("other", "postgres", "env:B")
+
+
+def test_inventory_check_refuses_duplicate_keys_with_exit_2_and_no_traceback(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    path = tmp_path / "inventory.yaml"
+    path.write_text(DUPLICATE_PRODUCTION)
+    result = CliRunner().invoke(app, ["inventory", "check", str(path)])
+    assert result.exit_code == 2, result.output
+    output = " ".join(result.output.split())
+    assert "environments.production: is defined twice (lines 3 and 7)" in output
+    assert "OK" not in output and "Traceback" not in output
+    assert not isinstance(result.exception, InventoryError)  # handled, not raised
+
+
+# --- backup names: unique across kinds, `config` reserved -----------------------------------
+
+
+def test_a_database_and_a_redis_target_may_not_share_a_name() -> None:
+    """The finding: a PostgreSQL database and a Redis target both named `cache` shared one
+    backup series, so a restore of the database could take the Redis target's RDB file."""
+    text = """
+environments:
+  p:
+    databases:
+      - {name: main, kind: postgres, dsn: "env:A"}
+      - {name: cache, kind: postgres, dsn: "env:B"}
+    redis: [{name: cache, url: "env:R"}]
+"""
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text, "names.yaml")
+    [(field, problem, fix)] = info.value.problems
+    assert field == "environments.p"
+    assert problem == "databases[1] (postgres) and redis[0] are both named 'cache'"
+    assert "unique name other than `config`" in fix
+
+
+def test_config_is_reserved_and_every_clash_is_listed() -> None:
+    """A database named `config` would share the configuration export's series."""
+    text = """
+environments:
+  p:
+    databases:
+      - {name: config, kind: sqlite, path: a.db}
+      - {name: main, kind: sqlite, path: b.db}
+      - {name: main, kind: postgres, dsn: "env:A"}
+  q:
+    redis: [{name: config, url: "env:R"}]
+"""
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text)
+    problems = {field: problem for field, problem, _fix in info.value.problems}
+    assert problems == {
+        "environments.p": "databases[0] (sqlite) is named 'config', which is reserved for the "
+        "configuration export's backups; databases[1] (sqlite) and databases[2] (postgres) are "
+        "both named 'main'",
+        "environments.q": "redis[0] is named 'config', which is reserved for the configuration "
+        "export's backups",
+    }
+    # the same names in different environments are different backups: allowed
+    parse_inventory("""
+environments:
+  a: {databases: [{name: cache, kind: sqlite, path: a.db}]}
+  b: {redis: [{name: cache, url: "env:R"}]}
+""")

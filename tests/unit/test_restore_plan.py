@@ -15,7 +15,16 @@ from connectors.stores.base import manifest_key
 from deployments.runbooks import get_runbook
 from flows.dr_drill import missed_targets, plan_dr_drill
 from flows.restore import build_restore_plan, plan_restore
-from opsflow.catalog import CatalogEntry, choose, codec_of, fold, newest_by_series, restorable
+from opsflow.catalog import (
+    CatalogEntry,
+    SeriesKey,
+    choose,
+    codec_of,
+    fold,
+    newest_by_series,
+    restorable,
+    series_key,
+)
 from opsflow.errors import InputError
 from opsflow.inventory import InventoryError, parse_inventory
 from opsflow.ledger import BackupRow, Ledger, utcnow
@@ -46,14 +55,21 @@ T0 = datetime(2026, 11, 1, 2, 0, 0)
 
 
 def row(
-    id_: int, backup_id: str, database: str, sha: str, *, hours: int = 0, status: str = "complete"
+    id_: int,
+    backup_id: str,
+    database: str,
+    sha: str,
+    *,
+    hours: int = 0,
+    status: str = "complete",
+    env: str = "prod",
 ) -> BackupRow:
     kind = "sqlite" if database == "app" else "postgres"
     ext = "sqlite.zst" if kind == "sqlite" else "sql.zst"
     return BackupRow(
         id=id_,
         backup_id=backup_id,
-        env="prod",
+        env=env,
         database=database,
         kind=kind,
         store_url="file:///var/backups",
@@ -66,7 +82,10 @@ def row(
     )
 
 
-def sources_of(rows: list[BackupRow]) -> dict[str, list[CatalogEntry]]:
+MAIN, APP = series_key("prod", "postgres", "main"), series_key("prod", "sqlite", "app")
+
+
+def sources_of(rows: list[BackupRow]) -> dict[SeriesKey, list[CatalogEntry]]:
     """The catalog as restore and the drill read it."""
     return restorable(fold(rows, manifest_of=manifest_key))
 
@@ -82,10 +101,10 @@ ROWS = [
 
 def test_catalog_keeps_good_backups_newest_first_and_knows_verified_ones() -> None:
     catalog = sources_of(ROWS)
-    assert [s.backup_id for s in catalog["main"]] == ["new", "old"]  # failed one left out
-    assert [s.verified for s in catalog["main"]] == [False, True]
-    assert catalog["main"][0].codec == "zstd" and catalog["main"][0].row_counts == {"public.t": 3}
-    assert catalog["app"][0].manifest_key == "prod/app/2026/11/app1.sqlite.zst.manifest.json"
+    assert [s.backup_id for s in catalog[MAIN]] == ["new", "old"]  # failed one left out
+    assert [s.verified for s in catalog[MAIN]] == [False, True]
+    assert catalog[MAIN][0].codec == "zstd" and catalog[MAIN][0].row_counts == {"public.t": 3}
+    assert catalog[APP][0].manifest_key == "prod/app/2026/11/app1.sqlite.zst.manifest.json"
 
 
 def test_default_plan_on_protected_kubernetes_environment() -> None:
@@ -125,6 +144,42 @@ def test_target_db_touches_neither_original_nor_application() -> None:
         plan_restore("prod", INVENTORY.environment("prod"), ROWS, "all", target_db="copy")
 
 
+@pytest.mark.parametrize(
+    ("database", "target_db", "problem"),
+    [
+        ("app", "", "is empty"),  # was: the live file replaced, the plan saying "not touched"
+        ("app", "  ", "is empty"),
+        ("app", "/srv/app.db", "is the live file of app"),
+        ("app", "/srv/../srv/app.db", "is the live file of app"),
+        ("main", "", "is empty"),
+        ("main", "bad name;drop", "is not a usable PostgreSQL database name"),
+        ("main", "x" * 64, "is not a usable PostgreSQL database name"),
+    ],
+)
+def test_target_db_must_name_a_new_place(database: str, target_db: str, problem: str) -> None:
+    with pytest.raises(InputError) as info:
+        plan_restore("prod", INVENTORY.environment("prod"), ROWS, database, target_db=target_db)
+    assert info.value.field == "target_db"
+    assert problem in info.value.problem
+    naming = "not a usable" in problem
+    assert ("letters, digits" if naming else "leave target_db out") in info.value.fix
+
+
+def test_target_db_naming_the_live_postgres_database_is_refused() -> None:
+    inventory = parse_inventory("""
+environments:
+  prod:
+    databases: [{name: main, kind: postgres, dsn: "postgresql://app@db.internal:5432/shop"}]
+    backup_store: {url: "file:///var/backups"}
+""")
+    rows = [r for r in ROWS if r.database == "main"]
+    with pytest.raises(InputError) as info:
+        plan_restore("prod", inventory.environment("prod"), rows, "main", target_db="shop")
+    assert info.value.field == "target_db" and "live database of main" in info.value.problem
+    plan = plan_restore("prod", inventory.environment("prod"), rows, "main", target_db="shop_copy")
+    assert plan.steps[-1].target == "main -> new database shop_copy"
+
+
 def test_drop_recreate_verifies_the_object_before_dropping() -> None:
     plan = plan_restore("prod", INVENTORY.environment("prod"), ROWS, "main", mode="drop-recreate")
     actions = [s.action for s in plan.steps]
@@ -134,11 +189,15 @@ def test_drop_recreate_verifies_the_object_before_dropping() -> None:
 
 
 def test_docker_environment_stops_containers_and_bare_one_says_nothing_scales() -> None:
-    rows = [r for r in ROWS if r.database == "main"]
-    plan = plan_restore("staging", INVENTORY.environment("staging"), rows)
+    def rows(env: str) -> list[BackupRow]:
+        return [row(1, "b", "main", SHA_NEW, env=env)]
+
+    plan = plan_restore("staging", INVENTORY.environment("staging"), rows("staging"))
     assert plan.steps[0].action == "scale_down_app"
     assert plan.steps[0].target == "containers svg-ai"
-    bare = plan_restore("bare", INVENTORY.environment("bare"), rows)
+    with pytest.raises(InputError, match="main in staging has no complete backup"):
+        plan_restore("staging", INVENTORY.environment("staging"), rows("bare"))  # another env's
+    bare = plan_restore("bare", INVENTORY.environment("bare"), rows("bare"))
     assert "scale_down_app" not in [s.action for s in bare.steps]
     assert any("nothing is scaled down" in note for note in bare.notes)
 
@@ -254,7 +313,7 @@ def test_drill_rows_and_verified_backups_keep_the_chain(tmp_path: Path) -> None:
     assert verified.details["row_counts"] == {"t": 1}
     assert [d.rto_seconds for d in ledger.drills(env="prod")] == [1.25]
     assert ledger.verify().ok
-    assert sources_of(ledger.backups(env="prod"))["main"][0].verified
+    assert sources_of(ledger.backups(env="prod"))[MAIN][0].verified
 
 
 def choose_sources(rows: list[BackupRow], env: str, database: str = "all") -> list[Any]:

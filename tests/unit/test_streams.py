@@ -1,5 +1,6 @@
-"""Streaming helpers (connectors.streams) and the pure parts of connectors.stores.base: keys
-and retention."""
+"""Streaming helpers (connectors.streams) and the pure parts of connectors.stores.base: keys,
+manifests and backup times (what retention deletes is decided by the catalog:
+tests/unit/test_catalog.py)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,6 @@ from connectors.stores.base import (
     local_root,
     manifest_key,
     parse_sidecar,
-    select_expired,
     sidecar_text,
 )
 from connectors.streams import (
@@ -242,7 +242,7 @@ def test_encrypted_then_compressed_pipeline_round_trip() -> None:
     assert b"".join(restored) == data
 
 
-# --- keys, manifests and retention (stores.base) ------------------------------------------
+# --- keys, manifests and backup times (stores.base) ---------------------------------------
 
 NOW = datetime(2026, 3, 1, 2, 0, tzinfo=UTC)
 
@@ -302,53 +302,11 @@ def obj(key: str, days_old: float = 0) -> StoredObject:
     )
 
 
-def at(db: str, days_old: float, ext: str = "sql.zst") -> StoredObject:
-    return obj(backup_key("prod", db, NOW - timedelta(days=days_old), ext))
-
-
-def test_select_expired_deletes_old_but_keeps_the_newest_verified() -> None:
-    old_verified, older, recent = at("main", 40), at("main", 45), at("main", 1)
-    newest_old_unverified = at("main", 31)
-    objects = [recent, old_verified, older, newest_old_unverified, obj(manifest_key(older.key))]
-
-    expired = select_expired(objects, 30, NOW, {old_verified.key})
-
-    assert expired == [older, newest_old_unverified]  # oldest first, no manifest
-
-
-def test_select_expired_never_returns_the_newest_verified_even_if_all_are_old() -> None:
-    backups = [at("main", age) for age in (100, 90, 80)]
-    verified = {backups[0].key, backups[1].key}
-    expired = select_expired(backups, 30, NOW, verified)
-    assert expired == [backups[0], backups[2]]
-    assert backups[1] not in expired
-
-
-def test_select_expired_keeps_the_newest_of_a_series_without_verified_backups() -> None:
-    backups = [at("main", 60), at("main", 50), at("cache", 70), at("cache", 65)]
-    expired = select_expired(backups, 30, NOW, verified_keys=set())
-    assert expired == [backups[2], backups[0]]  # cache 70 and main 60: each series keeps one
-
-
-def test_select_expired_uses_the_key_stamp_not_the_file_time() -> None:
+def test_backup_time_is_the_key_stamp_not_the_file_time() -> None:
     copied = obj(backup_key("prod", "main", NOW - timedelta(days=40), "sql"), days_old=0)
-    newer = at("main", 1)
     assert backup_time(copied) == NOW - timedelta(days=40)
-    assert select_expired([copied, newer], 30, NOW, {newer.key}) == [copied]
-    loose = [obj("misc/a.tar", 40), obj("misc/b.tar", 35)]  # no stamp: file time
-    assert select_expired(loose, 30, NOW, set()) == [loose[0]]
-
-
-def test_select_expired_keeps_everything_within_retention() -> None:
-    backups = [at("main", age) for age in (29, 10, 0.5)]
-    assert select_expired(backups, 30, NOW, set()) == []
-
-
-def test_select_expired_validates_input() -> None:
-    with pytest.raises(InputError):
-        select_expired([], 0, NOW, set())
-    with pytest.raises(ValueError, match="timezone-aware"):
-        select_expired([], 30, datetime(2026, 1, 1), set())
+    loose = obj("misc/a.tar", 35)  # no stamp: the file time
+    assert backup_time(loose) == NOW - timedelta(days=35)
 
 
 def test_resolve_key_reads_a_reference_and_registers_it_for_redaction(

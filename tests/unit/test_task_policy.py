@@ -1,17 +1,87 @@
 """Every task follows the policy of DESIGN.md: verb_object name, explicit timeout, retries only
-for transient failures."""
+for transient failures, and a timeout that is enforced, not only declared.
+
+Prefect cannot interrupt a blocking call in a worker thread (``timeout_seconds`` only marks a
+run TimedOut once the call returns), so a task must bound its own waits: socket, HTTP, libpq and
+API-client timeouts. Every task that talks to the network is called (``task.fn``, one attempt)
+against its own black hole, a local port that accepts TCP connections and never answers:
+
+* ``test_network_task_gives_up_at_its_inner_timeout``: with the inner timeout made small (in
+  the inventory where the task takes it from there, else the module constant the task reads at
+  call time), the call fails with a TransientError after exactly ``waits`` such timeouts: the
+  black hole counts ``waits`` connections, and time.monotonic measures at least ``waits`` x the
+  timeout and at most that plus the client's back-off and a small slack. That timeout is what
+  ends the call, nothing else.
+* ``test_inner_timeout_as_shipped_fits_the_declared_timeout``: at the shipped settings the same
+  ``waits`` x the inner timeout (+ back-off) fits in the task's declared ``timeout_seconds``.
+* ``test_every_task_is_probed_or_says_why_not``: a new task joins the table or says why not.
+
+All probes run at once (one thread each) so the module takes seconds, not minutes.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 import re
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 from prefect import Task
 
 import tasks
-from opsflow.errors import API_RETRIES, PROBE_RETRIES, TRANSFER_RETRIES, retry_on_transient
+from connectors.stores import s3
+from opsflow.catalog import CatalogEntry
+from opsflow.errors import (
+    API_RETRIES,
+    PROBE_RETRIES,
+    TRANSFER_RETRIES,
+    TransientError,
+    retry_on_transient,
+)
+from opsflow.inventory import (
+    BackupStore,
+    Database,
+    DockerService,
+    DockerTarget,
+    Endpoint,
+    Environment,
+    KubernetesTarget,
+    MetricsSource,
+    Notify,
+    RedisTarget,
+    Thresholds,
+)
+from tasks.backups import (
+    apply_retention,
+    check_backup_freshness,
+    check_backup_present,
+    confirm_backup,
+    verify_backup,
+)
+from tasks.docker.checks import check_containers, scan_container_logs
+from tasks.docker.config import export_docker_config
+from tasks.http import check_endpoint, check_metrics
+from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
+from tasks.kubernetes.config import export_kubernetes_config
+from tasks.notify import send_notification
+from tasks.postgres.backup import dump_postgres
+from tasks.postgres.checks import check_postgres
+from tasks.postgres.restore import drop_postgres_database, swap_postgres_database
+from tasks.redis import check_redis, dump_redis
+from tasks.scaling import scale_down_app
+from tasks.system import check_tls_certificate
+from tests.support.net import BlackHole, free_port
 
 ALL_TASKS: list[Task] = sorted(  # type: ignore[type-arg]
     {
@@ -47,3 +117,512 @@ def test_task_policy(task: Task) -> None:  # type: ignore[type-arg]
         and task.retry_jitter_factor == policy["retry_jitter_factor"]
     ]
     assert len(used) == 1, "every task uses one retry policy of opsflow.errors"
+
+
+# --- timeouts are enforced ---------------------------------------------------------------------
+
+SLACK_S = 3.0  # thread start, client set-up, the GIL shared by every probe, a loaded CI machine
+EARLY_S = 0.05  # a timeout never fires before its time; allow clock granularity only
+TH = Thresholds()
+WHEN = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def module_of(task: Task) -> ModuleType:  # type: ignore[type-arg]
+    """The module a task is defined in (where the constants it reads at call time live)."""
+    return sys.modules[task.fn.__module__]
+
+
+@functools.cache
+def s3_module() -> ModuleType:
+    """The module of the S3 store the store tasks open (found through the tasks themselves)."""
+    open_store = verify_backup.fn.__globals__["open_store"]
+    store = open_store(BackupStore(url="s3://bucket/p", endpoint_url="http://127.0.0.1:9"))
+    return sys.modules[type(store).__module__]
+
+
+@dataclass(frozen=True)
+class Knob:
+    """Where a task's inner timeout comes from: its shipped value, and how the test makes it
+    small (nothing to patch when the probe passes it through the inventory)."""
+
+    what: str
+    shipped: Callable[[], float]
+    shrink: Callable[[pytest.MonkeyPatch, float], None] | None = None
+
+
+def constant(module: Callable[[], ModuleType], name: str) -> Knob:
+    """A module constant (seconds, a timedelta, or a (connect, read) tuple) read at call time."""
+
+    def seconds(value: Any) -> float:
+        if isinstance(value, timedelta):
+            return value.total_seconds()
+        if isinstance(value, tuple):  # (connect, read): a black hole accepts, so reads wait
+            return float(value[1])
+        return float(value)
+
+    def shrink(mp: pytest.MonkeyPatch, small: float) -> None:
+        old = getattr(module(), name)
+        new: Any = small
+        if isinstance(old, timedelta):
+            new = timedelta(seconds=small)
+        elif isinstance(old, tuple):
+            new = (small, small)
+        elif isinstance(old, int) and float(small).is_integer():
+            new = int(small)
+        for holder in _holders(old, name):
+            mp.setattr(holder, name, new)
+
+    return Knob(name, lambda: seconds(getattr(module(), name)), shrink)
+
+
+def _holders(value: Any, name: str) -> list[ModuleType]:
+    """Every first-party module that holds ``value`` under ``name``: a constant imported by name
+    is a copy in each importer, and all of them shrink together."""
+    first_party = ("opsflow", "connectors", "tasks", "flows", "deployments", "cli")
+    return [
+        module
+        for module_name, module in list(sys.modules.items())
+        if module_name.split(".")[0] in first_party and getattr(module, name, None) is value
+    ]
+
+
+def connector(name: str) -> Callable[[], ModuleType]:
+    """The connector module that defines a constant its functions read at call time."""
+    return lambda: importlib.import_module(name)
+
+
+def docker_default() -> Knob:
+    """``docker_client(target, timeout=API_TIMEOUT)``: the default is bound at import time."""
+    client = scan_container_logs.fn.__globals__["docker_client"]
+    return Knob(
+        "docker_client default timeout (API_TIMEOUT)",
+        lambda: float(client.__defaults__[0]),
+        lambda mp, small: mp.setattr(client, "__defaults__", (small,)),
+    )
+
+
+def inventory(what: str, shipped: Callable[[], float]) -> Knob:
+    """A timeout the probe passes through the inventory; ``shipped`` is its default."""
+    return Knob(what, shipped)
+
+
+@dataclass(frozen=True)
+class Probe:
+    id: str
+    task: Task  # type: ignore[type-arg]
+    call: Callable[[int, float, Path], Callable[[], Any]]  # (port, small timeout, tmp dir)
+    knob: Knob
+    small: float  # the inner timeout during the probe, seconds
+    waits: int  # how many times one call waits that timeout on a peer that never answers
+    pause: float = 0.0  # the most the client sleeps between its own tries, seconds
+
+
+def _url(port: int, path: str = "/health", scheme: str = "http") -> str:
+    return f"{scheme}://127.0.0.1:{port}{path}"
+
+
+def _pg(port: int, query: str = "") -> Database:
+    return Database(name="db", kind="postgres", dsn=f"postgresql://app@127.0.0.1:{port}/app{query}")
+
+
+def _k8s(port: int) -> KubernetesTarget:
+    return KubernetesTarget(namespace="ns", deployment="app", api_url=_url(port, ""))
+
+
+def _docker(port: int) -> DockerTarget:
+    return DockerTarget(
+        host=f"tcp://127.0.0.1:{port}", services=[DockerService(name="web", container="web")]
+    )
+
+
+def _s3(port: int) -> BackupStore:
+    return BackupStore(url="s3://backups/e2e", endpoint_url=_url(port, ""))
+
+
+def _files(tmp: Path) -> BackupStore:
+    return BackupStore(url=f"file://{tmp / 'store'}")
+
+
+ENDPOINT_TIMEOUT = inventory(
+    "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
+)
+K8S = constant(connector("connectors.kubernetes"), "REQUEST_TIMEOUT")
+K8S_WAITS = 2  # kube_api sets the client's retries to 1: urllib3 tries each request twice
+S3 = constant(s3_module, "READ_TIMEOUT_S")
+S3_WAITS = s3.MAX_ATTEMPTS  # botocore's total_max_attempts: every try, the first included
+S3_BACKOFF_S = sum(0.05 * 2**i for i in range(S3_WAITS - 1))  # botocore standard mode: 1.55 s
+PG = constant(connector("connectors.postgres"), "CONNECT_TIMEOUT_S")
+PG_SMALL = 2.0  # libpq does not wait less than 2 s, whatever connect_timeout says
+PG_DSN_SMALL = 3.0  # differs from PG_SMALL, so the probe shows the DSN's value is the one used
+
+PROBES = [
+    Probe(
+        "check_endpoint",
+        check_endpoint,
+        lambda port, s, tmp: (
+            lambda: check_endpoint.fn(
+                Endpoint(name="web", url=_url(port), timeout=timedelta(seconds=s)), TH
+            )
+        ),
+        ENDPOINT_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_tls_certificate",
+        check_tls_certificate,
+        lambda port, s, tmp: (
+            lambda: check_tls_certificate.fn(
+                Endpoint(name="web", url=_url(port, scheme="https"), timeout=timedelta(seconds=s)),
+                TH,
+            )
+        ),
+        ENDPOINT_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_metrics",
+        check_metrics,
+        lambda port, s, tmp: (
+            lambda: check_metrics.fn(MetricsSource(name="app", url=_url(port, "/metrics")), TH)
+        ),
+        constant(lambda: module_of(check_metrics), "METRICS_TIMEOUT"),
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_postgres[dsn connect_timeout]",
+        check_postgres,
+        lambda port, s, tmp: (
+            lambda: check_postgres.fn(_pg(port, f"?connect_timeout={int(s)}"), TH, "databases[0]")
+        ),
+        inventory("databases[].dsn connect_timeout (default CONNECT_TIMEOUT_S)", PG.shipped),
+        PG_DSN_SMALL,
+        1,
+    ),
+    Probe(
+        "check_postgres[default]",
+        check_postgres,
+        lambda port, s, tmp: lambda: check_postgres.fn(_pg(port), TH, "databases[0]"),
+        PG,
+        PG_SMALL,
+        1,
+    ),
+    Probe(
+        "dump_postgres",
+        dump_postgres,
+        lambda port, s, tmp: lambda: dump_postgres.fn(_pg(port), _files(tmp), "e2e", WHEN),
+        PG,
+        PG_SMALL,
+        1,
+    ),
+    Probe(
+        "drop_postgres_database",
+        drop_postgres_database,
+        lambda port, s, tmp: lambda: drop_postgres_database.fn(_pg(port), "app_restore_1"),
+        constant(connector("connectors.postgres"), "CONNECT_TIMEOUT_S"),
+        PG_SMALL,
+        1,
+    ),
+    Probe(
+        "swap_postgres_database",
+        swap_postgres_database,
+        lambda port, s, tmp: (
+            lambda: swap_postgres_database.fn(_pg(port), "app_restore_1", "app_before_1")
+        ),
+        constant(connector("connectors.postgres"), "CONNECT_TIMEOUT_S"),
+        PG_SMALL,
+        1,
+    ),
+    Probe(
+        "check_redis",
+        check_redis,
+        lambda port, s, tmp: (
+            lambda: check_redis.fn(
+                RedisTarget(name="cache", url=f"redis://127.0.0.1:{port}/0"), TH, "redis[0]"
+            )
+        ),
+        constant(connector("connectors.redis"), "SOCKET_TIMEOUT_S"),
+        0.5,
+        1,
+    ),
+    Probe(
+        "dump_redis",
+        dump_redis,
+        lambda port, s, tmp: (
+            lambda: dump_redis.fn(
+                RedisTarget(name="cache", url=f"redis://127.0.0.1:{port}/0"),
+                _files(tmp),
+                "e2e",
+                WHEN,
+            )
+        ),
+        constant(connector("connectors.redis"), "SOCKET_TIMEOUT_S"),
+        0.5,
+        1,
+    ),
+    Probe(
+        "send_notification",
+        send_notification,
+        lambda port, s, tmp: (
+            lambda: send_notification.fn([Notify(webhook=_url(port, "/hook"))], "subject", "body")
+        ),
+        constant(lambda: module_of(send_notification), "WEBHOOK_TIMEOUT"),
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_pods",
+        check_pods,
+        lambda port, s, tmp: lambda: check_pods.fn(_k8s(port), TH),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "check_pod_resources",
+        check_pod_resources,
+        lambda port, s, tmp: lambda: check_pod_resources.fn(_k8s(port), TH),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "scan_pod_logs",
+        scan_pod_logs,
+        lambda port, s, tmp: lambda: scan_pod_logs.fn(_k8s(port), timedelta(hours=1), "ERROR", TH),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "export_kubernetes_config",
+        export_kubernetes_config,
+        lambda port, s, tmp: lambda: export_kubernetes_config.fn(_k8s(port)),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "scale_down_app[kubernetes]",
+        scale_down_app,
+        lambda port, s, tmp: lambda: scale_down_app.fn(_k8s(port), None),
+        constant(connector("connectors.kubernetes"), "REQUEST_TIMEOUT"),
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "check_containers",
+        check_containers,
+        lambda port, s, tmp: lambda: check_containers.fn(_docker(port), TH),
+        constant(lambda: module_of(check_containers), "STATS_TIMEOUT"),
+        0.5,
+        1,
+    ),
+    Probe(
+        "scan_container_logs",
+        scan_container_logs,
+        lambda port, s, tmp: (
+            lambda: scan_container_logs.fn(_docker(port), timedelta(hours=1), "ERROR", TH)
+        ),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    Probe(
+        "export_docker_config",
+        export_docker_config,
+        lambda port, s, tmp: lambda: export_docker_config.fn(_docker(port)),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_backup_freshness[postgres ledger]",
+        check_backup_freshness,
+        lambda port, s, tmp: (
+            lambda: check_backup_freshness.fn(
+                "e2e",
+                Environment(databases=[_pg(port)], backup_store=_files(tmp)),
+                f"postgresql+psycopg://app@127.0.0.1:{port}/ledger",
+            )
+        ),
+        constant(lambda: module_of(check_backup_freshness), "PG_CONNECT_TIMEOUT_S"),
+        PG_SMALL,
+        1,
+    ),
+    Probe(
+        "confirm_backup[s3]",
+        confirm_backup,
+        lambda port, s, tmp: lambda: confirm_backup.fn(_s3(port), "e2e/db/x.sql.zst", "0" * 64, 1),
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+    ),
+    Probe(
+        "verify_backup[s3]",
+        verify_backup,
+        lambda port, s, tmp: lambda: verify_backup.fn(_s3(port), "e2e/db/x.sql.zst", "0" * 64),
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+    ),
+    Probe(
+        "check_backup_present[s3]",
+        check_backup_present,
+        lambda port, s, tmp: (
+            lambda: check_backup_present.fn(
+                _s3(port),
+                CatalogEntry(
+                    backup_id="b",
+                    database="db",
+                    kind="postgres",
+                    store_url=_s3(port).url,
+                    key="e2e/db/x.sql.zst",
+                    sha256="0" * 64,
+                    bytes=1,
+                    codec="zstd",
+                    created_at=datetime(2026, 1, 1, tzinfo=UTC),
+                ),
+            )
+        ),
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+    ),
+    Probe(
+        "apply_retention[s3]",
+        apply_retention,
+        lambda port, s, tmp: lambda: apply_retention.fn(_s3(port), "e2e/", []),
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+    ),
+]
+
+# Tasks that reach no network peer, or whose network part is not probed here (and why).
+NOT_PROBED = {
+    "check_disk": "local: statvfs of a path",
+    "check_sqlite": "local: a SQLite file (sqlite busy timeout)",
+    "dump_sqlite": "local: a SQLite file into the store",
+    "scan_log_file": "local: reads a log file",
+    "restore_sqlite": "local: a SQLite file from the store",
+    "drill_sqlite": "local: a SQLite file from the store",
+    "store_config_export": "needs collected config; stores through the S3 client probed above",
+    "restore_postgres": "reads the store object before it connects (the connect is PG's above)",
+    "verify_postgres_restore": "connects like drop/swap_postgres_database above",
+    "scale_up_app": "needs a ScaleState from scale_down_app; same client and timeout",
+}
+
+
+@dataclass
+class Outcome:
+    seconds: float | None = None  # None: still waiting when the probes were given up
+    error: BaseException | None = None
+    value: Any = None
+    connections: int = 0  # how many TCP connections the black hole accepted from this call
+
+
+SHIPPED = {p.id: p.knob.shipped() for p in PROBES}  # read before any probe shrinks a knob
+
+
+def _run_all(
+    calls: dict[str, Callable[[], Any]], outcomes: dict[str, Outcome], wait: float
+) -> None:
+    """Run every call in its own (daemon) thread at once; give up on them after ``wait``."""
+
+    def run(probe_id: str) -> None:
+        started = time.monotonic()
+        try:
+            outcomes[probe_id].value = calls[probe_id]()
+        except BaseException as exc:  # the outcome is what the tests check
+            outcomes[probe_id].error = exc
+        outcomes[probe_id].seconds = time.monotonic() - started
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in calls]
+    for thread in threads:
+        thread.start()
+    give_up = time.monotonic() + wait
+    for thread in threads:
+        thread.join(timeout=max(give_up - time.monotonic(), 0))
+
+
+@pytest.fixture(scope="module")
+def black_hole_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Outcome]]:
+    """Run every probe at once, each against its own black hole, with the knobs made small;
+    knobs and environment are restored before the tests look at the outcomes.
+
+    A warm-up round against a refusing port first pays the one-time costs of a process
+    (imports, API models, client set-up), which are not waits on the peer."""
+    tmp = tmp_path_factory.mktemp("black-hole")
+    outcomes = {p.id: Outcome() for p in PROBES}
+    with pytest.MonkeyPatch.context() as mp, ExitStack() as holes:
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+            mp.setenv(name, "opsflow-test")  # boto3 signs before it connects
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("DOCKER_HOST", raising=False)
+        mp.delenv("KUBECONFIG", raising=False)
+        for probe in PROBES:
+            if probe.knob.shrink is not None:
+                probe.knob.shrink(mp, probe.small)
+        refused = free_port()
+        warm_up = {p.id: p.call(refused, p.small, tmp / "warm-up" / p.id) for p in PROBES}
+        _run_all(warm_up, {p.id: Outcome() for p in PROBES}, wait=30)
+        hole = {p.id: holes.enter_context(BlackHole()) for p in PROBES}
+        calls = {p.id: p.call(hole[p.id].port, p.small, tmp / p.id) for p in PROBES}
+        longest = max(p.waits * p.small + p.pause for p in PROBES)
+        _run_all(calls, outcomes, wait=longest + 10 * SLACK_S)
+        for probe_id, outcome in outcomes.items():
+            outcome.connections = hole[probe_id].connections
+    yield outcomes
+
+
+@pytest.mark.parametrize("probe", PROBES, ids=lambda p: p.id)
+def test_network_task_gives_up_at_its_inner_timeout(
+    probe: Probe, black_hole_outcomes: dict[str, Outcome]
+) -> None:
+    outcome = black_hole_outcomes[probe.id]
+    waited = probe.waits * probe.small
+    limit = waited + probe.pause + SLACK_S
+    knob = f"{probe.knob.what} = {probe.small:g}s"
+    assert outcome.seconds is not None, (
+        f"{probe.id} still waited on a peer that never answers after {limit + 9 * SLACK_S:.1f}s "
+        f"({knob}, x{probe.waits})"
+    )
+    assert isinstance(outcome.error, TransientError), (outcome.error, outcome.value)
+    assert outcome.connections == probe.waits, (
+        f"{probe.id} tried the peer {outcome.connections} time(s), expected {probe.waits}"
+    )
+    assert outcome.seconds <= limit, (
+        f"{probe.id} took {outcome.seconds:.2f}s; {knob} x{probe.waits} should have ended it "
+        f"after {waited:g}s (+{probe.pause:g}s of client back-off)"
+    )
+    assert outcome.seconds >= waited - EARLY_S, (
+        f"{probe.id} gave up after {outcome.seconds:.2f}s, before {probe.waits} wait(s) of "
+        f"{knob}: something else ended it ({outcome.error})"
+    )
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [pytest.param(p, id=p.id) for p in PROBES],
+)
+def test_inner_timeout_as_shipped_fits_the_declared_timeout(probe: Probe) -> None:
+    worst = probe.waits * SHIPPED[probe.id] + probe.pause
+    assert probe.task.timeout_seconds is not None
+    assert worst <= probe.task.timeout_seconds, (
+        f"{probe.id}: a peer that never answers holds one call {probe.waits} x "
+        f"{probe.knob.what} (+{probe.pause:g}s back-off) = {worst:g}s, beyond its declared "
+        f"timeout_seconds {probe.task.timeout_seconds:g}s (Prefect cannot cut a blocking call)"
+    )
+
+
+def test_every_task_is_probed_or_says_why_not() -> None:
+    probed = {p.task.name for p in PROBES}
+    assert probed.isdisjoint(NOT_PROBED), probed & set(NOT_PROBED)
+    assert {t.name for t in ALL_TASKS} == probed | set(NOT_PROBED)
