@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import httpx
@@ -111,6 +112,7 @@ def run(
     the Prefect UI like any other."""
     params: dict[str, Any] = parse_params(param or [])
     _check_env(env)
+    _check_ledger()
     api = use_server_if_running()
     from deployments.runbooks import get_runbook
 
@@ -204,9 +206,12 @@ def _rejection(state: Any) -> str | None:
     if state.is_completed() or state.state_details.flow_run_id is None:
         return None
     from opsflow.approvals import final_decision
-    from opsflow.ledger import Ledger
+    from opsflow.ledger import Ledger, LedgerUnavailable
 
-    decision = final_decision(Ledger(), str(state.state_details.flow_run_id))
+    try:
+        decision = final_decision(Ledger(), str(state.state_details.flow_run_id))
+    except LedgerUnavailable:
+        return None  # the run failed on the ledger itself; its state says how
     if decision is None:
         return None
     who = f" by {decision.actor}" if decision.actor else ""
@@ -233,6 +238,21 @@ def _print_result(result: Any) -> None:
             str(r.duration_ms),
         )
     out.print(table)
+
+
+def _check_ledger() -> None:
+    """A ledger that cannot be written (unreachable, locked, read-only, wrong key) fails here,
+    in one line, before a flow run exists."""
+    from opsflow.ledger import Ledger, LedgerUnavailable
+
+    try:
+        ledger = Ledger()
+        ledger.check_writable()
+        ledger.close()
+    except LedgerUnavailable as exc:
+        fail(EXIT_FAILED, str(exc))
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
 
 
 def _check_env(env: str) -> None:
@@ -478,17 +498,56 @@ def backups_list(
 
 
 @ledger_app.command("verify")
-def ledger_verify() -> None:
-    """Recompute the hash chain; exit 1 when a row was changed, inserted or removed."""
-    from opsflow.ledger import Ledger
+def ledger_verify(
+    store: Annotated[
+        list[str] | None,
+        typer.Option("--store", help="also check the heads published in this backup store URL"),
+    ] = None,
+    inventory_stores: Annotated[
+        bool,
+        typer.Option("--inventory-stores", help="also check the heads in the inventory's stores"),
+    ] = False,
+    heads: Annotated[
+        list[Path] | None,
+        typer.Option("--heads", help="also check a heads file kept elsewhere (e.g. an artifact)"),
+    ] = None,
+) -> None:
+    """Check the ledger: each row's HMAC and payload, each chain, and the chain heads published
+    after each run (the copy in OPSFLOW_HOME, plus --store/--inventory-stores/--heads).
+    Exit 1 when a row was changed, inserted or removed, or a chain was cut or emptied."""
+    from connectors import ledger_heads
+    from opsflow.ledger import Ledger, LedgerUnavailable
 
-    report = Ledger().verify()
-    if report.ok:
-        out.print(f"ledger OK: {report.rows} rows, hash chain intact")
+    try:
+        ledger = Ledger()
+        published = ledger_heads.gather(ledger, store or [], inventory_stores, heads or [])
+        report = ledger.verify(published)
+    except LedgerUnavailable as exc:
+        fail(EXIT_FAILED, str(exc))
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
+    problems = [str(p) for p in report.problems]
+    if not published and report.rows:
+        problems.append(
+            "heads: no published chain heads found, so a cut tail or an emptied table would "
+            "go unseen (fix: pass --store URL, --inventory-stores or --heads FILE; runs "
+            "publish them when they finish)"
+        )
+    if not problems:
+        against = ", ".join(report.heads_checked) or "no published heads (empty ledger)"
+        out.print(
+            f"ledger OK: {report.rows} rows, every chain intact; heads: {against}",
+            markup=False,
+            soft_wrap=True,
+        )
         return
-    for problem in report.problems:
-        where = f"row {problem.row_id}" if problem.row_id is not None else "chain head"
-        err.print(f"[red]{problem.table} {where}: {problem.problem}[/]")
+    for problem in problems:
+        err.print(redact(problem), style="red", markup=False, soft_wrap=True)
+    err.print(
+        f"ledger {ledger.display_url} FAILED: {len(problems)} problem(s)",
+        markup=False,
+        soft_wrap=True,
+    )
     raise typer.Exit(EXIT_FAILED)
 
 

@@ -7,9 +7,10 @@ goes through ``run.record_check``, which writes its row the same way, ``run.reco
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -19,6 +20,7 @@ from prefect import Flow, flow, get_run_logger
 from prefect.context import get_run_context
 from pydantic import BaseModel
 
+from connectors import ledger_heads
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Environment, Inventory, load_inventory
 from opsflow.ledger import Ledger, StepRow, utcnow
@@ -161,6 +163,9 @@ class RunbookRun:
             flow_run_id=current_flow_run_id(),
             requested_by=requested_by or "unknown",
         )
+        # Before any side effect: a locked, unreachable or read-only ledger, or the wrong
+        # key, fails the run here, not after a backup was taken that cannot be catalogued.
+        run.ledger.check_writable()
         logger.info("%s on %s requested by %s", runbook, env_name, run.requested_by)
         return run
 
@@ -266,3 +271,70 @@ class RunbookRun:
             details=details or {},
         )
         self.logger.info("%s on %s finished: %s (%s)", self.runbook, self.env_name, status, summary)
+        self.publish_ledger_heads()
+
+    def publish_ledger_heads(self) -> None:
+        """Publish the ledger's signed chain heads outside its database: an artifact of this
+        run, ``$OPSFLOW_HOME`` and the environment's backup store (see docs/ledger.md).
+
+        The heads replace the previous ones only if the ledger still holds what those said
+        (else a cut tail would be laundered into the newest heads): otherwise the problem is
+        logged as an error and the old heads stay. An unreadable or badly signed earlier copy
+        is logged and replaced. Publishing never fails the run."""
+        try:
+            doc = self.ledger.heads(self.flow_run_id)
+            earlier = [self.ledger.local_heads()]
+            if self.env.backup_store is not None:
+                earlier.append(ledger_heads.previous(self.env.backup_store, self.env_name))
+            found = [p for e in earlier if e is not None for p in self.ledger.check_heads(e)]
+        except Exception as exc:  # noqa: BLE001 - the run's work is done; say why, go on
+            self.logger.error("Ledger heads not published: %s", redact(str(exc)))
+            return
+        # An earlier copy that cannot be read or is not validly signed is replaced (and said
+        # so); rows that an earlier valid copy names and the ledger no longer holds are not.
+        for problem in (p for p in found if p.table == "heads"):
+            self.logger.error("Ledger heads: %s; replacing it", problem.problem)
+        problems = [p for p in found if p.table != "heads"]
+        publish_markdown(
+            f"{self.key}-ledger-heads", render_heads(doc, problems), "Ledger chain heads"
+        )
+        if problems:
+            self.logger.error(
+                "Ledger does not extend its published heads, which were kept (run `opsflow "
+                "ledger verify`): %s",
+                "; ".join(str(p) for p in problems[:5]),
+            )
+            return
+        self.ledger.save_local_heads(doc)
+        if self.env.backup_store is not None:
+            try:
+                ledger_heads.publish(self.env.backup_store, self.env_name, doc)
+            except Exception as exc:  # noqa: BLE001 - the local copy and the artifact exist
+                self.logger.error(
+                    "Ledger heads not published to %s: %s", self.env.backup_store.url, exc
+                )
+
+
+def render_heads(doc: dict[str, Any], problems: Sequence[object]) -> str:
+    """The heads artifact: a table of heads and the signed document to keep."""
+    lines = [
+        f"# Ledger chain heads after this run ({doc['published_at']})",
+        "",
+        f"Ledger `{doc['ledger']}`, key id `{doc['key_id']}`.",
+        "",
+        "| table | seq | row hash |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {h['seq']} | `{h['row_hash']}` |" for t, h in sorted(doc["heads"].items())]
+    if problems:
+        lines += ["", "## Not published: the ledger does not extend its earlier heads", ""]
+        lines += [f"- {p}" for p in problems]
+    lines += [
+        "",
+        "Keep a copy: `opsflow ledger verify --heads FILE` checks the ledger against it.",
+        "",
+        "```json",
+        json.dumps(doc, indent=2, sort_keys=True),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"

@@ -22,12 +22,28 @@ class Settings(BaseSettings):
     home: Path = Field(Path(".opsflow"), description="state directory (ledger, backups, server)")
     inventory: Path = Field(Path("inventory.yaml"), description="inventory file")
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
+    ledger_key: str | None = Field(
+        None,
+        description="the ledger's HMAC key as a secret reference (env:VAR or secret:NAME); "
+        "unset: the key file (ledger_key_file)",
+    )
+    ledger_key_file: Path | None = Field(
+        None, description="key file used when ledger_key is unset; default <home>/ledger.key"
+    )
+    ledger_timeout: float = Field(
+        30.0,
+        gt=0,
+        description="seconds to wait for a locked or unreachable ledger before failing",
+    )
     user: str = Field(default_factory=_default_user, description="who you are, for approvals")
 
     def resolved_ledger_url(self) -> str:
         if self.ledger_url:
             return self.ledger_url
         return f"sqlite:///{(self.home / 'ledger.db').resolve()}"
+
+    def resolved_ledger_key_file(self) -> Path:
+        return (self.ledger_key_file or self.home / "ledger.key").resolve()
 
 
 def get_settings() -> Settings:

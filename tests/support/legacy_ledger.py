@@ -1,4 +1,9 @@
-"""The ledger: an append-only, hash-chained record of runs, steps, approvals and backups.
+"""The ledger module exactly as opsflow shipped it before migrations (opsflow/ledger.py at
+b8daf8e), kept to make "old" ledgers that the migration tests upgrade. Do not change it.
+
+The original docstring:
+
+The ledger: an append-only, hash-chained record of runs, steps, approvals and backups.
 
 SQLAlchemy 2; SQLite under ``.opsflow/`` by default, PostgreSQL (or anything SQLAlchemy
 speaks) through ``OPSFLOW_LEDGER_URL``. Each table is a chain: a row's ``row_hash`` is the

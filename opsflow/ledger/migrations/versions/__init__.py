@@ -1,0 +1,1 @@
+"""Revisions of the ledger schema (loaded by Alembic from this directory)."""
