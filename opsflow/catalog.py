@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsflow.errors import InputError
-from opsflow.ledger import VERIFIED, BackupRow
+from opsflow.ledger.models import VERIFIED, BackupRow
 
 if TYPE_CHECKING:  # the inventory (and through its secrets, Prefect) only for type hints
     from opsflow.inventory import Database, Environment
