@@ -113,3 +113,32 @@ def test_drill_refuses_a_swapped_object_before_psql_sees_it(
     assert "sha256" in text and "does not match" in text, main
     verified = [r for r in lab.ledger().backups(env="lab") if r.status == "verified"]
     assert row.backup_id not in {r.backup_id for r in verified}  # never marked verified
+
+
+def test_truncated_object_is_refused_by_restore_and_drill_before_any_change(
+    restore_lab: RestoreLab,
+) -> None:
+    lab = restore_lab
+    row = take_backup(lab)
+    lab.change_data()
+    before = lab.checksums()
+    obj = lab.store_dir / row.key
+    obj.write_bytes(obj.read_bytes()[: row.bytes // 2])  # a copy cut short, sidecar untouched
+
+    state = restore(env="lab", database="main", requested_by="tester", return_state=True)
+    drill = dr_drill(env="lab", requested_by="tester", return_state=True)
+
+    assert lab.checksums() == before  # the live database was never touched
+    assert lab.databases() == [lab.dbname]  # no scratch database was made
+    assert state.is_failed() and drill.is_failed()
+    restored: Any = state.result(raise_on_failure=False)
+    drilled: Any = drill.result(raise_on_failure=False)
+    message = str(state.message) + " ".join(restored.errors if restored is not None else [])
+    assert f"holds {row.bytes // 2} bytes" in message, message
+    [main] = [d for d in drilled.databases if d.database == "main"]
+    assert main.outcome == "failed" and not main.scratch
+    assert any(f"holds {row.bytes // 2} bytes" in p for p in main.problems), main.problems
+    steps = {
+        s.step for r in lab.ledger().runs(env="lab") for s in lab.ledger().steps(r.flow_run_id)
+    }
+    assert "restore_postgres" not in steps  # refused before the restore step began
