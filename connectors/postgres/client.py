@@ -94,7 +94,7 @@ class Postgres:
         return [*argv, "-U", self.user, "-d", dbname]
 
     def connect(self, dbname: str | None = None, **options: Any) -> psycopg.Connection[Any]:
-        """A psycopg connection (``via: direct``); errors classified."""
+        """A psycopg connection (``via: direct``) with the DSN's password; errors classified."""
         try:
             return psycopg.connect(self.dsn.conninfo(dbname), password=self.dsn.password, **options)
         except psycopg.Error as exc:
@@ -105,13 +105,13 @@ class Postgres:
     ) -> list[tuple[str, ...]]:
         """Run one statement (or a ``;``-separated block, as one transaction); rows as text."""
         if self.direct:
-            try:
-                with psycopg.connect(self.dsn.conninfo(dbname), autocommit=True) as conn:
+            with self.connect(dbname, autocommit=True) as conn:
+                try:
                     conn.execute(f"set statement_timeout = {int(timeout * 1000)}")
                     cursor = conn.execute(sql)
                     rows = cursor.fetchall() if cursor.description else []
-            except psycopg.Error as exc:
-                raise classify(exc, self.label, self.field) from None
+                except psycopg.Error as exc:
+                    raise classify(exc, self.label, self.field) from None
             return [tuple("" if v is None else str(v) for v in row) for row in rows]
         done = self.transport.capture(self.psql(dbname, "-tA", "-c", sql), timeout)
         if done.code != 0:
