@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from connectors.postgres import Execute, _direct, _where
+from connectors.postgres import Execute, PgDsn, session
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import (
     Database,
@@ -20,7 +20,6 @@ from opsflow.inventory import (
     Thresholds,
 )
 from opsflow.results import CheckResult, Status, grade
-from opsflow.secrets import resolve
 from opsflow.units import format_bytes
 from tasks.policy import probe_task
 
@@ -104,10 +103,8 @@ def check_postgres(db: Database, thresholds: Thresholds, field: str) -> CheckRes
             f"{field}.via: checking PostgreSQL through {how} is not yet supported "
             "(fix: use via: direct with a DSN reachable from the worker for now)"
         )
-    assert db.dsn is not None  # the inventory model requires it for postgres
-    dsn = resolve(db.dsn, field=f"{field}.dsn")
-    where = f"database {db.name!r} ({_where(dsn)})"
-    with _direct(dsn, where, field) as execute:
+    dsn = PgDsn.of(db, field)
+    with session(dsn, f"database {db.name!r} ({dsn.where})", field) as execute:
         stats = collect_stats(execute)
     status, summary = grade_stats(stats, thresholds)
     details: dict[str, Any] = asdict(stats)

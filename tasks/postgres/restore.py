@@ -14,9 +14,10 @@ from collections.abc import Iterable, Iterator
 from connectors.postgres import (
     RESTORE_TIMEOUT_S,
     VERIFY_TIMEOUT_S,
-    PgAccess,
-    _ident,
+    admin,
     check_pg_name,
+    ident,
+    postgres_for,
 )
 from connectors.stores import open_store
 from connectors.stores.objects import BackupStream
@@ -53,7 +54,6 @@ def restore_postgres(
     flow verified the object end to end before).
     """
     started = time.monotonic()
-    access = PgAccess.of(db, field, docker, kubernetes)
     check_pg_name(into, "target database")
     try:  # verified end to end before anything changes (and before psql sees a byte)
         stream = BackupStream(open_store(store), source)
@@ -62,31 +62,32 @@ def restore_postgres(
             f"restore of {db.name} from backup {source.backup_id} refused: {exc}. "
             "Nothing was touched: no database was created, dropped or written."
         ) from exc
-    if replace:
-        options, owner = access.properties(into)
-        access.drop(into)
-    elif access.exists(into):
-        raise PermanentError(
-            f"database {into!r} already exists on {access.where}; a restore never writes into "
-            "an existing database (fix: choose another target_db, or drop it first)"
-        )
-    else:
-        options, owner = access.properties(like)
-    access.create(into, options)
-    prefix = [f"SET ROLE {_ident(owner)};\n".encode()] if owner else []
-    try:
-        access.feed(into, _chain(prefix, stream.plain), RESTORE_TIMEOUT_S)
-    except BaseException as exc:
+    with postgres_for(db, field, docker, kubernetes) as pg:
         if replace:
-            left = f"{into} was dropped and is left empty: restore it again."
+            options, owner = admin.properties(pg, into)
+            admin.drop(pg, into)
+        elif admin.exists(pg, into):
+            raise PermanentError(
+                f"database {into!r} already exists on {pg.where}; a restore never writes into "
+                "an existing database (fix: choose another target_db, or drop it first)"
+            )
         else:
-            access.drop(into)
-            left = f"The new database {into} was dropped; nothing else was touched."
-        if isinstance(exc, PermanentError | TransientError):
-            raise type(exc)(
-                f"restore of {db.name} from backup {source.backup_id} stopped: {exc}. {left}"
-            ) from exc
-        raise
+            options, owner = admin.properties(pg, like)
+        admin.create(pg, into, options)
+        prefix = [f"SET ROLE {ident(owner)};\n".encode()] if owner else []
+        try:
+            pg.feed(into, _chain(prefix, stream.plain), RESTORE_TIMEOUT_S)
+        except BaseException as exc:
+            if replace:
+                left = f"{into} was dropped and is left empty: restore it again."
+            else:
+                admin.drop(pg, into)
+                left = f"The new database {into} was dropped; nothing else was touched."
+            if isinstance(exc, PermanentError | TransientError):
+                raise type(exc)(
+                    f"restore of {db.name} from backup {source.backup_id} stopped: {exc}. {left}"
+                ) from exc
+            raise
     return RestoreResult(
         database=db.name,
         target=into,
@@ -117,26 +118,27 @@ def verify_postgres_restore(
     tables against the catalog; ``pg_amcheck`` when asked and available. Returns ``ok=False``
     with the problems (it raises only when it cannot check)."""
     started = time.monotonic()
-    access = PgAccess.of(db, field, docker, kubernetes)
-    counts = access.row_counts(dbname)
-    problems, warnings = compare_counts(source.row_counts, counts, source.exact_counts)
-    checks = [f"row counts of {len(source.row_counts)} table(s) against the manifest"]
-    if not source.row_counts:
-        warnings.append("the manifest holds no row counts: only the restore itself was checked")
-    checksums = access.table_checksums(dbname, sorted(source.table_checksums))
-    if source.table_checksums:
-        more, warned = compare_checksums(source.table_checksums, checksums, source.exact_counts)
-        problems += more
-        warnings += warned
-        checks.append(f"content checksums of {len(source.table_checksums)} table(s)")
-    if amcheck:
-        status, detail = access.amcheck(dbname)
-        if status == "corrupt":
-            problems.append(detail)
-        elif status == "unavailable":
-            warnings.append(detail)
-        else:
-            checks.append("pg_amcheck (heap and btree indexes)")
+    with postgres_for(db, field, docker, kubernetes) as pg:
+        counts = admin.row_counts(pg, dbname)
+        problems, warnings = compare_counts(source.row_counts, counts, source.exact_counts)
+        checks = [f"row counts of {len(source.row_counts)} table(s) against the manifest"]
+        if not source.row_counts:
+            warnings.append("the manifest holds no row counts: only the restore itself was checked")
+        checksums = admin.table_checksums(pg, dbname, sorted(source.table_checksums))
+        if source.table_checksums:
+            recorded = source.table_checksums
+            more, warned = compare_checksums(recorded, checksums, source.exact_counts)
+            problems += more
+            warnings += warned
+            checks.append(f"content checksums of {len(source.table_checksums)} table(s)")
+        if amcheck:
+            status, detail = admin.amcheck(pg, dbname)
+            if status == "corrupt":
+                problems.append(detail)
+            elif status == "unavailable":
+                warnings.append(detail)
+            else:
+                checks.append("pg_amcheck (heap and btree indexes)")
     return VerifyResult(
         target=dbname,
         ok=not problems,
@@ -162,12 +164,12 @@ def swap_postgres_database(
 
     Idempotent: when ``restored`` is gone and ``aside`` exists the swap already happened.
     """
-    access = PgAccess.of(db, field, docker, kubernetes)
-    check_pg_name(aside, "aside database")
-    if not access.exists(restored) and access.exists(aside):
-        return access.dbname
-    access.swap(access.dbname, restored, aside)
-    return access.dbname
+    with postgres_for(db, field, docker, kubernetes) as pg:
+        check_pg_name(aside, "aside database")
+        if not admin.exists(pg, restored) and admin.exists(pg, aside):
+            return pg.dbname
+        admin.swap(pg, pg.dbname, restored, aside)
+        return pg.dbname
 
 
 @api_task("drop_postgres_database", timeout_seconds=600)
@@ -179,7 +181,7 @@ def drop_postgres_database(
     kubernetes: KubernetesTarget | None = None,
 ) -> None:
     """Drop ``dbname`` (closing its connections); refuses the inventory database itself."""
-    access = PgAccess.of(db, field, docker, kubernetes)
-    if dbname == access.dbname:
-        raise PermanentError(f"refusing to drop {dbname}: it is the live database of {db.name}")
-    access.drop(dbname)
+    with postgres_for(db, field, docker, kubernetes) as pg:
+        if dbname == pg.dbname:
+            raise PermanentError(f"refusing to drop {dbname}: it is the live database of {db.name}")
+        admin.drop(pg, dbname)

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from docker.models.containers import Container
 
-from connectors.docker import docker_client, exec_capture, exec_feed, exec_stream
+from connectors.transports import Completed, DockerExec
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.results import Status
@@ -168,40 +168,37 @@ def test_exec_capture_returns_exit_code_stdout_and_stderr(
     docker_engine: str, docker_busybox_image: str, docker_test_containers: Run
 ) -> None:
     box = docker_test_containers(docker_busybox_image, ["sleep", "600"])
-    client = docker_client(DockerTarget(host=docker_engine))
+    exec_in = DockerExec(DockerTarget(host=docker_engine), box.name)
     try:
-        assert exec_capture(client, box.name, ["echo", "hi"], timeout=10) == (0, b"hi\n", b"")
-        code, out, err = exec_capture(
-            client,
-            box.name,
-            ["sh", "-c", "cat; echo oops >&2; exit 3"],
-            timeout=10,
-            stdin=b"hello\nworld\n",
+        assert exec_in.capture(["echo", "hi"], timeout=10) == (0, b"hi\n", b"")
+        code, out, err = exec_in.capture(
+            ["sh", "-c", "cat; echo oops >&2; exit 3"], timeout=10, stdin=b"hello\nworld\n"
         )
         assert (code, out, err) == (3, b"hello\nworld\n", b"oops\n")
+        assert isinstance(exec_in.capture(["true"], timeout=10), Completed)
         with pytest.raises(TransientError, match="timed out"):
-            exec_capture(client, box.name, ["sleep", "5"], timeout=0.5)
+            exec_in.capture(["sleep", "5"], timeout=0.5)
         with pytest.raises(PermanentError, match="not found"):
-            exec_capture(client, "no-such-container", ["true"], timeout=5)
+            DockerExec(DockerTarget(host=docker_engine), "no-such-container").capture(
+                ["true"], timeout=5
+            )
     finally:
-        client.close()
+        exec_in.close()
 
 
 def test_exec_stream_and_feed_move_megabytes(
     docker_engine: str, docker_busybox_image: str, docker_test_containers: Run
 ) -> None:
     box = docker_test_containers(docker_busybox_image, ["sleep", "600"])
-    client = docker_client(DockerTarget(host=docker_engine))
+    exec_in = DockerExec(DockerTarget(host=docker_engine), box.name)
     size = 8 * 1024 * 1024
     try:
-        chunks = list(exec_stream(client, box.name, ["head", "-c", str(size), "/dev/urandom"]))
+        chunks = list(exec_in.stream_out(["head", "-c", str(size), "/dev/urandom"], timeout=60))
         assert sum(len(c) for c in chunks) == size
         assert len(chunks) > 1  # streamed, not one buffer
 
         payload = b"".join(chunks)
-        code, out, _ = exec_feed(
-            client,
-            box.name,
+        code, out, _ = exec_in.feed_in(
             ["sh", "-c", "cat > /tmp/in && wc -c < /tmp/in && md5sum /tmp/in"],
             (payload[i : i + 65536] for i in range(0, size, 65536)),
             timeout=30,
@@ -211,11 +208,11 @@ def test_exec_stream_and_feed_move_megabytes(
         assert out.split()[1].decode() == hashlib.md5(payload).hexdigest()
 
         with pytest.raises(PermanentError, match=r"exited with code 4: .*broken"):
-            list(exec_stream(client, box.name, ["sh", "-c", "echo part; echo broken >&2; exit 4"]))
+            list(exec_in.stream_out(["sh", "-c", "echo part; echo broken >&2; exit 4"], timeout=60))
         with pytest.raises(TransientError, match="timed out"):
-            list(exec_stream(client, box.name, ["sleep", "5"], idle_timeout=0.5))
+            list(exec_in.stream_out(["sleep", "5"], timeout=60, idle_timeout=0.5))
     finally:
-        client.close()
+        exec_in.close()
 
 
 @pytest.mark.parametrize("kind", ["unix", "tcp"])

@@ -29,10 +29,11 @@ from typing import Any
 
 import pytest
 
-from connectors.kubernetes import find_pod, kube_api, pod_exec_feed, pod_exec_stream
+from connectors.kubernetes import find_pod, kube_api
 from connectors.stores import open_store
 from connectors.stores.base import manifest_key
 from connectors.streams import decompress
+from connectors.transports import PodExec
 from flows.backup import BackupReport, backup
 from flows.dr_drill import dr_drill
 from flows.restore import restore
@@ -271,8 +272,12 @@ def test_a_failing_or_killed_dump_in_the_pod_leaves_nothing(
 # --- the exec client itself ---------------------------------------------------------------------
 
 
+def _target(cluster: KubeCluster) -> KubernetesTarget:
+    return KubernetesTarget(namespace=cluster.namespace, api_url=cluster.url)
+
+
 def _api(cluster: KubeCluster) -> Any:
-    return kube_api(KubernetesTarget(namespace=cluster.namespace, api_url=cluster.url))
+    return kube_api(_target(cluster))
 
 
 def test_pod_exec_stream_yields_before_the_command_ends_and_maps_failures(
@@ -300,7 +305,8 @@ def test_pod_exec_stream_yields_before_the_command_ends_and_maps_failures(
         with _api(kube_cluster) as api:
             ns = kube_cluster.namespace
             pod = find_pod(api, ns, kube_cluster.deployment)
-            chunks = pod_exec_stream(api, ns, pod, ["stream"], container="db")
+            in_pod = PodExec(_target(kube_cluster), pod, api=api)
+            chunks = PodExec(_target(kube_cluster), pod, "db", api=api).stream_out(["stream"], 60)
             assert next(chunks) == b"first chunk\n"
             first_seen.set()
             rest = b"".join(chunks)
@@ -308,13 +314,13 @@ def test_pod_exec_stream_yields_before_the_command_ends_and_maps_failures(
 
             got: list[bytes] = []
             with pytest.raises(PermanentError, match="exited with code 3") as failed:
-                got.extend(pod_exec_stream(api, ns, pod, ["fail"]))
+                got.extend(in_pod.stream_out(["fail"], 60))
             assert got == [b"partial"]
             message = str(failed.value)
             assert "bad" in message and "hunter2-secret" not in message and len(message) < 1200
 
             with pytest.raises(TransientError, match="no output"):
-                list(pod_exec_stream(api, ns, pod, ["silent"], idle_timeout=1))
+                list(in_pod.stream_out(["silent"], 60, idle_timeout=1))
     finally:
         kube_api_server.set_exec_stream_handler(None)
 
@@ -338,9 +344,10 @@ def test_pod_exec_feed_streams_stdin_and_signals_its_end(
         with _api(kube_cluster) as api:
             ns = kube_cluster.namespace
             pod = find_pod(api, ns, kube_cluster.deployment)
-            code, out, err = pod_exec_feed(api, ns, pod, ["sink"], iter(chunks), timeout=60)
+            in_pod = PodExec(_target(kube_cluster), pod, api=api)
+            code, out, err = in_pod.feed_in(["sink"], iter(chunks), timeout=60)
             assert (code, out, err) == (0, f"{4 << 20} {expected}".encode(), b"done\n")
-            code, out, _ = pod_exec_feed(api, ns, pod, ["sink"], iter([]), timeout=60)
+            code, out, _ = in_pod.feed_in(["sink"], iter([]), timeout=60)
             assert (code, out) == (4, f"0 {hashlib.sha256().hexdigest()}".encode())
 
             def broken() -> Iterator[bytes]:
@@ -348,6 +355,6 @@ def test_pod_exec_feed_streams_stdin_and_signals_its_end(
                 raise PermanentError("the backup's sha256 did not match")
 
             with pytest.raises(PermanentError, match="sha256 did not match"):
-                pod_exec_feed(api, ns, pod, ["sink"], broken(), timeout=60)
+                in_pod.feed_in(["sink"], broken(), timeout=60)
     finally:
         kube_api_server.set_exec_stream_handler(None)

@@ -8,7 +8,8 @@ from datetime import timedelta
 import kubernetes.client
 import pytest
 
-from connectors.kubernetes import find_pod, kube_api, pod_exec_capture
+from connectors.kubernetes import find_pod, kube_api
+from connectors.transports import PodExec
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.results import Status
@@ -159,15 +160,8 @@ def test_pod_exec_capture_through_the_exec_websocket(
         with kube_api_client(kube_cluster) as api:
             pod = find_pod(api, kube_cluster.namespace, kube_cluster.deployment)
             assert pod in (kube_cluster.pods["ready-1"], kube_cluster.pods["ready-2"])
-            code, out, err = pod_exec_capture(
-                api,
-                kube_cluster.namespace,
-                pod,
-                ["psql", "-c", "select 1"],
-                timeout=10,
-                container="app",
-                stdin=b"\\q\n",
-            )
+            in_pod = PodExec(_target(kube_cluster), pod, container="app", api=api)
+            code, out, err = in_pod.capture(["psql", "-c", "select 1"], timeout=10, stdin=b"\\q\n")
             assert (code, out, err) == (0, b"ok:\\q\n", b"")
             assert calls[-1] == (
                 kube_cluster.namespace,
@@ -176,7 +170,7 @@ def test_pod_exec_capture_through_the_exec_websocket(
                 ["psql", "-c", "select 1"],
                 b"\\q\n",
             )
-            code, out, err = pod_exec_capture(api, kube_cluster.namespace, pod, ["nope"], 10)
+            code, out, err = PodExec(_target(kube_cluster), pod, api=api).capture(["nope"], 10)
             assert (code, err) == (2, b"no such command\n")
             with pytest.raises(PermanentError, match=r"deployment .*/ghost: not found"):
                 find_pod(api, kube_cluster.namespace, "ghost")

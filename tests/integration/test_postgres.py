@@ -10,11 +10,12 @@ from contextlib import ExitStack
 import psycopg
 import pytest
 
-from connectors.postgres import parse_psql_rows, psql_argv
+from connectors.postgres import admin, parse_psql_rows, postgres_for, psql_argv
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import Database, Thresholds
 from opsflow.results import Status
 from tasks.postgres.checks import check_postgres, collect_stats
+from tasks.postgres.restore import drop_postgres_database
 from tests.fixtures.databases import (
     PostgresDatabase,
     PostgresRole,
@@ -146,3 +147,14 @@ def test_health_sql_runs_through_psql_tA(postgres_database: PostgresDatabase) ->
     assert stats.version == direct.version
     assert stats.max_connections == direct.max_connections
     assert stats.size_bytes == direct.size_bytes
+
+
+def test_restore_side_sql_logs_in_with_the_dsn_password(
+    monkeypatch: pytest.MonkeyPatch, postgres_password_role: PostgresRole
+) -> None:
+    """restore/verify/swap/drop (via: direct) send the DSN's password like the check does."""
+    db = _db(monkeypatch, postgres_password_role.dsn)
+    drop_postgres_database.fn(db, "opsflow_no_such_db", FIELD)  # drop if exists: logs in
+    with postgres_for(db, FIELD) as pg:
+        assert pg.run_sql("select current_user") == [(postgres_password_role.user,)]
+        assert admin.exists(pg, "postgres") and not admin.exists(pg, "opsflow_no_such_db")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.postgres import pg_dump_argv, split_password
+from connectors.postgres import PgDsn, pg_dump_argv
 from connectors.stores.objects import dump_extension
 from deployments.runbooks import get_runbook
 from flows.backup import (
@@ -90,10 +90,10 @@ def test_registered_as_nightly_and_shipped_local_env_backs_up_its_ledger() -> No
 
 
 def test_password_goes_to_the_environment_never_the_command_line() -> None:
-    conninfo, password = split_password(
-        "postgresql://backup:s3cr3t-pw@db.example.test:5433/app", "db"
-    )
+    dsn = PgDsn.parse("postgresql://backup:s3cr3t-pw@db.example.test:5433/app", "db")
+    conninfo, password = dsn.conninfo(), dsn.password
     assert password == "s3cr3t-pw"
+    assert dsn.env()["PGPASSWORD"] == "s3cr3t-pw"
     assert "s3cr3t-pw" not in conninfo
     argv = pg_dump_argv(conninfo, snapshot="00000003-1")
     assert "s3cr3t-pw" not in " ".join(argv)
