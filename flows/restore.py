@@ -544,7 +544,7 @@ def restore(
     except Exception as exc:  # noqa: BLE001 - scaling down failed: nothing was restored
         report.errors.append(f"scale down: {redact(str(exc))}")
     finally:
-        if scaled.kind != "none":
+        if scale:  # also after a failed scale-down: scale_up_app finds what it had stopped
             try:
                 with run.step("scale_up_app", _app_target(run.env)) as step:
                     report.scaled_back = step.result(
@@ -553,7 +553,7 @@ def restore(
             except Exception as exc:  # noqa: BLE001 - reported loudly, the run fails
                 report.errors.append(
                     f"scaling back up failed: {redact(str(exc))} (fix: scale "
-                    f"{scaled.target} back to {scaled.replicas} by hand)"
+                    f"{_app_target(run.env)} back by hand, see docs/runbooks/restore.md)"
                 )
 
     if target_db is None:
