@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store
+from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
@@ -51,6 +51,7 @@ from tasks.sqlite import check_sqlite, restore_sqlite
 RUNBOOK = "restore"
 Mode = Literal["swap", "drop-recreate"]
 MODES: tuple[str, ...] = ("swap", "drop-recreate")
+Chosen = list[tuple[int, Database, RestoreSource]]
 
 
 # --- choosing backups (pure) -----------------------------------------------------------------
@@ -463,6 +464,7 @@ def restore(
     dry_run: bool = False,
     requested_by: str = "",
     approval_timeout_seconds: int | None = None,
+    wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Restore databases of ``env`` from their backups.
 
@@ -476,6 +478,7 @@ def restore(
         dry_run: only publish the plan.
         requested_by: who asked for this run (the approver must be someone else).
         approval_timeout_seconds: how long to wait for approval (default: the inventory's).
+        wait_for_lock: seconds to wait for the environment lock after approval (0: fail at once).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     require_store(env, run.env)
@@ -510,7 +513,12 @@ def restore(
         except ApprovalRejected as exc:
             run.finish("rejected", str(exc))
             raise
+    with run.exclusive(wait_for_lock):  # everything that changes something, under the lock
+        return _apply(run, chosen, report, stamp)
 
+
+def _apply(run: RunbookRun, chosen: Chosen, report: RestoreReport, stamp: str) -> State[Any]:
+    env, mode, target_db = run.env_name, report.mode, report.target_db
     scale = target_db is None and _scales(run.env)
     k8s, docker = run.env.kubernetes, run.env.docker
     scaled = ScaleState(kind="none")

@@ -23,6 +23,13 @@ class Settings(BaseSettings):
     inventory: Path = Field(Path("inventory.yaml"), description="inventory file")
     ledger_url: str | None = Field(None, description="SQLAlchemy URL; default SQLite in home")
     user: str = Field(default_factory=_default_user, description="who you are, for approvals")
+    lock_lease_seconds: float = Field(
+        120.0,
+        ge=60.0,
+        le=86400.0,
+        description="lease of an environment lock, renewed while the run lives: how long a "
+        "killed run keeps its environment locked (Prefect's minimum is 60 s)",
+    )
 
     def resolved_ledger_url(self) -> str:
         if self.ledger_url:
