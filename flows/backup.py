@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from connectors.stores.base import manifest_key
 from connectors.stores.objects import DumpResult
 from connectors.streams import CODECS
-from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
+from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
@@ -403,6 +403,7 @@ def backup(
     codec: Literal["zstd", "gzip"] = "zstd",
     dry_run: bool = False,
     requested_by: str = "",
+    wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Back up every database of ``env``.
 
@@ -411,6 +412,8 @@ def backup(
         codec: compression of the dumps (zstd, or gzip for tools that lack zstd).
         dry_run: only publish the plan (what would be backed up).
         requested_by: who asked for this run (shown in the ledger).
+        wait_for_lock: seconds to wait while another run holds the environment (0: fail at
+            once, naming it).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     plan = plan_backup(env, run.env, codec)
@@ -419,7 +422,13 @@ def backup(
     if dry_run:
         report = BackupReport(env=env, store_url=store.url, dry_run=True)
         return Completed(message="dry run: plan published", data=report)
+    with run.exclusive(wait_for_lock):
+        return _back_up(run, store, codec)
 
+
+def _back_up(run: RunbookRun, store: BackupStore, codec: Any) -> State[Any]:
+    """The changing part of the backup, under the environment's lock."""
+    env = run.env_name
     when = datetime.now(UTC).replace(microsecond=0)
     report = BackupReport(env=env, store_url=store.url)
     items: list[tuple[str, str, str, str, Any]] = [

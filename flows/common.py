@@ -1,33 +1,67 @@
 """What every runbook flow does around its steps: resolve the environment, log through the
-redacting handlers, publish the plan, record each step and the run in the ledger, and classify
-the ending.
+redacting handlers, publish the plan, take the environment's lock, record each step and the run
+in the ledger, and classify the ending.
 
 Steps are recorded in one way: ``with run.step(name, target) as step: ...`` (a check result
-goes through ``run.record_check``, which writes its row the same way, ``run.record``)."""
+goes through ``run.record_check``, which writes its row the same way, ``run.record``).
+
+**The environment lock.** ``with run.exclusive(wait_seconds): ...`` holds the environment's
+lock for the block: a strict Prefect global concurrency limit ``env-<name>`` with limit 1,
+which opsflow creates (or sets back to limit 1, active) when it is missing. Backup, restore and
+the DR drill (and, later, deploy and maintenance) take it around everything they change, so two
+of them never change one environment at once; runs of different environments do not wait for
+each other. A run that finds the lock held polls for it up to ``wait_seconds`` (the runbooks'
+``wait_for_lock`` parameter: default ``LOCK_WAIT_SECONDS``, 0 = do not wait), logging who holds
+it, then fails with ``PermanentError`` naming the run that holds it (its flow-run name and id:
+the holder tags its flow run ``opsflow-holds:env-<name>`` while it holds the lock) and records
+the failed run in the ledger. The slot is a lease (``OPSFLOW_LOCK_LEASE_SECONDS``, default
+120 s) renewed in the background while the run lives: a killed run's lock frees itself once
+its lease expires (then at most ~15 s later, when the server's repossessor runs). The lock is
+not re-entrant (a flow holding it must not start another locked runbook of the same
+environment as a subflow), and a renewal that fails is logged, not fatal: a run is never cut
+off half-way through a restore because the Prefect API blinked."""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
+import httpx
 from prefect import Flow, flow, get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterState,
+    FlowRunFilterStateType,
+    FlowRunFilterTags,
+)
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
+from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel
 
 from connectors import ledger_heads
-from opsflow.errors import InputError
+from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Environment, Inventory, load_inventory
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact
 from opsflow.reports import artifact_key, publish_markdown
 from opsflow.results import CheckResult, Status
+from opsflow.settings import get_settings
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,6 +88,22 @@ class _DropThreadTimeoutWarning(logging.Filter):
 _QUIET = _DropThreadTimeoutWarning()
 
 
+class _DropLockPollError(logging.Filter):
+    """Prefect's slot-acquisition service logs an ERROR for every attempt that is refused; the
+    environment lock polls with single attempts and reports the outcome itself (waiting: INFO,
+    giving up: the run's error), so those records are only noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        service = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        return not (
+            str(record.msg).startswith("Service %r failed to process item")
+            and type(service).__name__ == "ConcurrencySlotAcquisitionWithLeaseService"
+        )
+
+
+_QUIET_LOCK = _DropLockPollError()
+
+
 def quiet_thread_timeout_warning() -> None:
     for name in ("", "prefect", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
@@ -67,6 +117,70 @@ def _ms_since(started: float) -> int:
 
 CATALOG_SCAN = 10_000
 """How many ledger backup rows a runbook reads to build its catalog."""
+
+LOCK_WAIT_SECONDS = 1800
+"""How long a run waits for its environment's lock by default (``wait_for_lock``)."""
+LOCK_POLL_SECONDS = 2.0
+LOCK_LOG_EVERY_SECONDS = 60.0
+HOLDER_TAG = "opsflow-holds:"
+
+
+def lock_name(env_name: str) -> str:
+    """The Prefect global concurrency limit that serialises the runs of one environment."""
+    return f"env-{env_name}"
+
+
+def ensure_lock(name: str) -> None:
+    """Create the global concurrency limit ``name`` (limit 1, active, no decay) if it is
+    missing, or set it back to that if someone changed it."""
+    with get_client(sync_client=True) as client:
+        try:
+            limit = client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1, active=True)
+                )
+                return
+            except ObjectAlreadyExists:  # another run created it at the same moment
+                limit = client.read_global_concurrency_limit_by_name(name)
+        if limit.limit != 1 or not limit.active or limit.slot_decay_per_second:
+            client.update_global_concurrency_limit(
+                name,
+                GlobalConcurrencyLimitUpdate(limit=1, active=True, slot_decay_per_second=0.0),
+            )
+
+
+def lock_holders(name: str, exclude: str = "") -> list[str]:
+    """``<runbook> run '<name>' (<id>)`` of each running flow run tagged as holding ``name``."""
+    running = FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PAUSED])
+    )
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                tags=FlowRunFilterTags(all_=[HOLDER_TAG + name]), state=running
+            ),
+            limit=10,
+        )
+        return [
+            f"{client.read_flow(r.flow_id).name} run '{r.name}' ({r.id})"
+            for r in runs
+            if str(r.id) != exclude
+        ]
+
+
+def _locked(exc: ConcurrencySlotAcquisitionError) -> bool:
+    """The limit exists and is full (HTTP 423), as opposed to a missing limit or an API error."""
+    cause = exc.__cause__
+    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
+
+
+def _flow_run_uuid(flow_run_id: str) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(flow_run_id)
+    except ValueError:  # "local": not a Prefect flow run
+        return None
 
 
 def require_store(env_name: str, env: Environment) -> BackupStore:
@@ -241,6 +355,97 @@ class RunbookRun:
         level = _LEVELS.get(status, logging.INFO)
         self.logger.log(level, "%s %s: %s %s", name, target, status, redact(summary))
         return row
+
+    @contextmanager
+    def exclusive(self, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+        """Hold this environment's lock for the block (see the module docstring): wait up to
+        ``wait_seconds`` for it (0: not at all), else record the run failed and raise
+        ``PermanentError`` naming the run that holds it."""
+        name = lock_name(self.env_name)
+        concurrency_log = logging.getLogger("prefect._internal.concurrency")
+        if _QUIET_LOCK not in concurrency_log.filters:
+            concurrency_log.addFilter(_QUIET_LOCK)
+        try:
+            ensure_lock(name)
+        except (httpx.HTTPError, RuntimeError) as exc:
+            raise TransientError(
+                f"cannot set up the lock {name} of environment {self.env_name}: "
+                f"{redact(str(exc))} (fix: check that the Prefect server is reachable)"
+            ) from None
+        me = _flow_run_uuid(self.flow_run_id)
+        holder = ConcurrencyLeaseHolder(type="flow_run", id=me) if me else None
+        lease = get_settings().lock_lease_seconds
+        started = time.monotonic()
+        logged = -LOCK_LOG_EVERY_SECONDS
+        with ExitStack() as stack:
+            while True:
+                slot = concurrency(
+                    name,
+                    occupy=1,
+                    max_retries=0,  # one attempt: this loop waits, logs and gives up
+                    lease_duration=lease,
+                    strict=True,
+                    holder=holder,
+                    raise_on_lease_renewal_failure=False,
+                )
+                try:
+                    stack.enter_context(slot)
+                    break
+                except ConcurrencySlotAcquisitionError as exc:
+                    if not _locked(exc):
+                        raise TransientError(
+                            f"cannot take the lock {name} of environment {self.env_name}: "
+                            f"{redact(str(exc))} (fix: check that the Prefect server is "
+                            "reachable)"
+                        ) from None
+                waited = time.monotonic() - started
+                if waited >= wait_seconds:
+                    self._busy(name, wait_seconds)
+                if waited - logged >= LOCK_LOG_EVERY_SECONDS:
+                    holders = lock_holders(name, exclude=self.flow_run_id) or ["another run"]
+                    self.logger.info(
+                        "waiting for the lock %s of %s (held by %s), up to %ds",
+                        name,
+                        self.env_name,
+                        ", ".join(holders),
+                        wait_seconds,
+                    )
+                    logged = waited
+                time.sleep(min(LOCK_POLL_SECONDS, max(wait_seconds - waited, 0.0)))
+            self.logger.info(
+                "%s holds the lock %s (after %.1fs)", self.runbook, name, time.monotonic() - started
+            )
+            if me is not None:
+                stack.callback(self._tag, me, HOLDER_TAG + name, False)
+                self._tag(me, HOLDER_TAG + name, True)
+            yield
+
+    def _busy(self, name: str, wait_seconds: float) -> None:
+        try:
+            holders = lock_holders(name, exclude=self.flow_run_id)
+        except (httpx.HTTPError, RuntimeError):
+            holders = []
+        who = ", ".join(holders) or (
+            "another run (not found: it may have just finished, or it was killed and its "
+            "lease expires soon)"
+        )
+        waited = f"waited {wait_seconds:.0f}s" if wait_seconds > 0 else "did not wait"
+        message = (
+            f"environment {self.env_name} is busy: {who} holds its lock {name}; this "
+            f"{self.runbook} run {waited} and changed nothing (fix: let that run finish, then "
+            "run this again, or pass wait_for_lock=<seconds> to wait longer)"
+        )
+        self.finish(FAILED, message)
+        raise PermanentError(message)
+
+    def _tag(self, flow_run: uuid.UUID, tag: str, add: bool) -> None:
+        """Add or remove ``tag`` on this flow run (best effort: it only names the holder)."""
+        try:
+            with get_client(sync_client=True) as client:
+                tags = set(client.read_flow_run(flow_run).tags)
+                client.update_flow_run(flow_run, tags=sorted(tags | {tag} if add else tags - {tag}))
+        except (httpx.HTTPError, RuntimeError, ObjectNotFound) as exc:
+            self.logger.warning("could not %s tag %s: %s", "set" if add else "clear", tag, exc)
 
     def notifier(self) -> Callable[[str, str], None] | None:
         """Send (subject, body) to the environment's notify targets; None when it has none.

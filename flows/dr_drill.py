@@ -27,11 +27,11 @@ from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
+from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
-from opsflow.inventory import Database, Environment
+from opsflow.inventory import BackupStore, Database, Environment
 from opsflow.ledger import utcnow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
@@ -254,13 +254,20 @@ def render_drill_report(report: DrillReport, started: datetime) -> str:
     "DR drill: restore the newest backup of every database into a scratch target, "
     "check it, tear it down, and measure RTO and RPO against the environment's targets.",
 )
-def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") -> State[Any]:
+def dr_drill(
+    env: str = "local",
+    dry_run: bool = False,
+    requested_by: str = "",
+    wait_for_lock: int = LOCK_WAIT_SECONDS,
+) -> State[Any]:
     """Run the DR drill for ``env``.
 
     Args:
         env: environment name from the inventory.
         dry_run: only publish the plan.
         requested_by: who asked for this run (shown in the ledger).
+        wait_for_lock: seconds to wait while another run holds the environment (0: fail at
+            once, naming it).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     store = require_store(env, run.env)
@@ -278,6 +285,19 @@ def dr_drill(env: str = "local", dry_run: bool = False, requested_by: str = "") 
     )
     if dry_run:
         return Completed(message="dry run: plan published", data=report)
+    with run.exclusive(wait_for_lock):
+        return _drill(run, store, newest, report, stamp)
+
+
+def _drill(
+    run: RunbookRun,
+    store: BackupStore,
+    newest: dict[catalog.SeriesKey, RestoreSource],
+    report: DrillReport,
+    stamp: str,
+) -> State[Any]:
+    """The drill itself, under the environment's lock."""
+    env, targets = run.env_name, run.env.recovery
     target_values = {
         "rto_seconds": report.rto_target_seconds,
         "rpo_seconds": report.rpo_target_seconds,

@@ -26,7 +26,7 @@ from prefect.states import Completed, Failed, State
 
 from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, RunbookRun, require_store, runbook_flow
+from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
@@ -53,6 +53,7 @@ from tasks.sqlite import check_sqlite, restore_sqlite
 RUNBOOK = "restore"
 Mode = Literal["swap", "drop-recreate"]
 MODES: tuple[str, ...] = ("swap", "drop-recreate")
+Chosen = list[tuple[int, Database, RestoreSource]]
 
 
 # --- choosing backups (pure) -----------------------------------------------------------------
@@ -427,6 +428,7 @@ def restore(
     dry_run: bool = False,
     requested_by: str = "",
     approval_timeout_seconds: int | None = None,
+    wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Restore databases of ``env`` from their backups.
 
@@ -440,6 +442,7 @@ def restore(
         dry_run: only publish the plan.
         requested_by: who asked for this run (the approver must be someone else).
         approval_timeout_seconds: how long to wait for approval (default: the inventory's).
+        wait_for_lock: seconds to wait for the environment lock after approval (0: fail at once).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     require_store(env, run.env)
@@ -471,7 +474,12 @@ def restore(
         except ApprovalRejected as exc:
             run.finish("rejected", str(exc))
             raise
+    with run.exclusive(wait_for_lock):  # everything that changes something, under the lock
+        return _apply(run, chosen, report, stamp)
 
+
+def _apply(run: RunbookRun, chosen: Chosen, report: RestoreReport, stamp: str) -> State[Any]:
+    mode, target_db = report.mode, report.target_db
     scale = target_db is None and _scales(run.env)
     k8s, docker = run.env.kubernetes, run.env.docker
     scaled = ScaleState(kind="none")
@@ -505,7 +513,7 @@ def restore(
     except Exception as exc:  # noqa: BLE001 - scaling down failed: nothing was restored
         report.errors.append(f"scale down: {redact(str(exc))}")
     finally:
-        if scaled.kind != "none":
+        if scale:  # also after a failed scale-down: scale_up_app finds what it had stopped
             try:
                 with run.step("scale_up_app", _app_target(run.env)) as step:
                     report.scaled_back = step.result(
@@ -514,7 +522,7 @@ def restore(
             except Exception as exc:  # noqa: BLE001 - reported loudly, the run fails
                 report.errors.append(
                     f"scaling back up failed: {redact(str(exc))} (fix: scale "
-                    f"{scaled.target} back to {scaled.replicas} by hand)"
+                    f"{_app_target(run.env)} back by hand, see docs/runbooks/restore.md)"
                 )
 
     if target_db is None:

@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         description="seconds to wait for a locked or unreachable ledger before failing",
     )
     user: str = Field(default_factory=_default_user, description="who you are, for approvals")
+    lock_lease_seconds: float = Field(
+        120.0,
+        ge=60.0,
+        le=86400.0,
+        description="lease of an environment lock, renewed while the run lives: how long a "
+        "killed run keeps its environment locked (Prefect's minimum is 60 s)",
+    )
 
     def resolved_ledger_url(self) -> str:
         if self.ledger_url:

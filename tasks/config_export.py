@@ -162,7 +162,7 @@ def store_config_export(
 ) -> DumpResult:
     """Serialise ``parts`` to JSON, encrypt it in memory and store it with a names-only manifest.
 
-    Key: ``backup_key(env_name, "config", when, "json.enc")`` (moved on by a second if taken).
+    Key: ``choose_key(env_name, "config", when, "json.enc")`` (the stamp and a random suffix).
     ``encryption_key_ref`` is the ``env:``/``secret:`` reference of
     ``environments.<env>.backup_store.encryption_key``; without it nothing is stored
     (``InputError``). Returns a ``DumpResult`` (kind ``config``, codec ``none``,

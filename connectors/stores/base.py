@@ -4,13 +4,36 @@ Implementations: ``connectors.stores.local`` and ``connectors.stores.s3``;
 deletes is decided from the catalog (``opsflow.catalog.retention``), not from a listing.
 
 Writes stream (constant memory, sha256 and size computed on the way) and become visible
-atomically and only when complete: local stores write a hidden temp file, fsync and rename; S3
-completes a multipart upload only at the end (aborted on any error), then HEADs to verify.
-Next to each object the store keeps ``<key>.sha256`` (``sha256sum`` format). Reads verify the
-sha256 while streaming and raise ``PermanentError`` at the end on a mismatch.
+atomically and only when complete: local stores write a hidden temp file, fsync and publish it
+with a hard link (which fails if the name exists); S3 completes a multipart upload only at the
+end (aborted on any error), conditionally (``If-None-Match: *``), then HEADs to verify. Next to
+each object the store keeps ``<key>.sha256`` (``sha256sum`` format). Reads verify the sha256
+while streaming and raise ``PermanentError`` at the end on a mismatch.
 
-Key layout: ``<env>/<db>/<YYYY>/<MM>/<stamp>.<ext>`` (``backup_key``) with the manifest of that
-backup at ``<env>/<db>/<YYYY>/<MM>/<stamp>.manifest.json`` (``manifest_key``).
+**A key is never replaced.** ``put_stream`` refuses a key that exists (``KeyExists``), so an
+object and its checksum file always belong together, and keys are unique by construction:
+``backup_key(..., unique=...)`` adds a random suffix to the stamp (``choose_key`` in
+``connectors.stores.objects``), so two backups started in the same second cannot even ask for
+the same key.
+
+**Order of visibility** of one backup (each step only after the one before succeeded):
+
+1. ``<key>.sha256``, the checksum file, created exclusively (alone it is invisible:
+   ``list`` skips checksum files);
+2. ``<key>``, the object, published exclusively: from now on ``head``/``list`` show it, always
+   with its checksum;
+3. ``<stamp>-<suffix>.manifest.json`` (with its own checksum file), written last by
+   ``store_dump``: only now is the backup complete (``complete_backups``);
+4. the catalog row in the ledger, only after ``confirm_backup`` checked all of the above.
+
+A write that fails at any step removes what it created (a run killed between 2 and 3 leaves an
+object without a manifest: readers treat it as incomplete, retention never keeps it as a
+series' newest and deletes it by age like any backup).
+
+Key layout: ``<env>/<db>/<YYYY>/<MM>/<stamp>-<suffix>.<ext>`` (``backup_key``, e.g.
+``prod/main/2026/01/20260105T020000Z-3f9c2a1b.sql.zst``; keys without a suffix, from before it,
+parse the same) with the manifest of that backup at
+``<env>/<db>/<YYYY>/<MM>/<stamp>-<suffix>.manifest.json`` (``manifest_key``).
 """
 
 from __future__ import annotations
@@ -39,8 +62,10 @@ Progress = Callable[[int], None]
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _EXT = re.compile(r"^[A-Za-z0-9]+(\.[A-Za-z0-9]+)*$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_UNIQUE = re.compile(r"^[0-9a-z]{4,32}$")
 _LAYOUT = re.compile(
-    r"^(?P<series>.+)/(?P<year>\d{4})/(?P<month>\d{2})/(?P<stamp>\d{8}T\d{6}Z)(?:\.(?P<ext>.+))?$"
+    r"^(?P<series>.+)/(?P<year>\d{4})/(?P<month>\d{2})/(?P<stamp>\d{8}T\d{6}Z)"
+    r"(?P<unique>-[0-9a-z]{4,32})?(?:\.(?P<ext>.+))?$"
 )
 MAX_KEY_LENGTH = 900
 
@@ -57,6 +82,10 @@ class StoredObject(BaseModel):
     url: str
 
 
+class KeyExists(PermanentError):
+    """``put_stream`` to a key that is already taken: stores never replace an object."""
+
+
 class Store(ABC):
     """A backup store. Keys are relative to the store's URL and use ``/`` separators."""
 
@@ -66,8 +95,9 @@ class Store(ABC):
     def put_stream(
         self, key: str, chunks: Iterable[bytes], *, progress: Progress | None = None
     ) -> StoredObject:
-        """Store a stream; visible only once complete and verified. Replaces ``key``.
+        """Store a stream; visible only once complete and verified, with its checksum file.
 
+        Never replaces: a ``key`` that exists raises ``KeyExists`` and leaves it as it was.
         Exceptions raised by ``chunks`` propagate unchanged and leave nothing visible.
         """
 
@@ -87,7 +117,8 @@ class Store(ABC):
 
     @abstractmethod
     def list(self, prefix: str = "") -> builtins.list[StoredObject]:
-        """Complete objects whose key starts with ``prefix``, sorted by key."""
+        """Stored objects whose key starts with ``prefix``, sorted by key (manifests included;
+        ``complete_backups`` keeps the backups that have their manifest)."""
 
     @abstractmethod
     def delete(self, key: str) -> None:
@@ -146,10 +177,11 @@ def check_key(key: str) -> str:
     return key
 
 
-def backup_key(env: str, db: str, when: datetime, ext: str) -> str:
-    """``<env>/<db>/<YYYY>/<MM>/<stamp>.<ext>``.
+def backup_key(env: str, db: str, when: datetime, ext: str, unique: str | None = None) -> str:
+    """``<env>/<db>/<YYYY>/<MM>/<stamp>[-<unique>].<ext>``.
 
-    Example: ``prod/main/2026/01/20260105T020000Z.sql.zst`` (the stamp is UTC).
+    Example: ``prod/main/2026/01/20260105T020000Z-3f9c2a1b.sql.zst`` (the stamp is UTC;
+    ``unique``: 4-32 lowercase letters or digits that make the key one of a kind).
     """
     for field, value in (("environment", env), ("database", db)):
         if not _NAME.match(value):
@@ -163,8 +195,11 @@ def backup_key(env: str, db: str, when: datetime, ext: str) -> str:
         raise InputError("extension", f"{ext!r} is not a file extension", "e.g. sql.zst")
     if when.tzinfo is None:
         raise ValueError("backup_key needs a timezone-aware datetime (e.g. datetime.now(UTC))")
+    if unique is not None and not _UNIQUE.match(unique):
+        raise ValueError(f"backup_key: {unique!r} is not 4-32 lowercase letters or digits")
     when = when.astimezone(UTC)
-    return f"{env}/{db}/{when:%Y}/{when:%m}/{when.strftime(STAMP_FORMAT)}.{ext}"
+    suffix = f"-{unique}" if unique else ""
+    return f"{env}/{db}/{when:%Y}/{when:%m}/{when.strftime(STAMP_FORMAT)}{suffix}.{ext}"
 
 
 def manifest_key(key: str) -> str:
@@ -172,7 +207,8 @@ def manifest_key(key: str) -> str:
     match = _LAYOUT.match(key)
     if match is None:
         return key + MANIFEST_SUFFIX
-    return f"{match['series']}/{match['year']}/{match['month']}/{match['stamp']}{MANIFEST_SUFFIX}"
+    stem = f"{match['stamp']}{match['unique'] or ''}"
+    return f"{match['series']}/{match['year']}/{match['month']}/{stem}{MANIFEST_SUFFIX}"
 
 
 def backup_time(obj: StoredObject) -> datetime:
@@ -189,6 +225,24 @@ def backup_series(key: str) -> str:
     if match is not None:
         return match["series"]
     return key.rsplit("/", 1)[0] if "/" in key else ""
+
+
+def complete_backups(objects: Iterable[StoredObject]) -> builtins.list[StoredObject]:
+    """The backups of a listing that are complete, each followed by its manifest.
+
+    A backup is complete once its manifest is stored (it is written last); an object without
+    one (a write killed before the manifest) is left out, and so are manifests without their
+    object."""
+    listed = builtins.list(objects)
+    by_key = {obj.key: obj for obj in listed}
+    complete: builtins.list[StoredObject] = []
+    for obj in listed:
+        if obj.key.endswith(MANIFEST_SUFFIX):
+            continue
+        manifest = by_key.get(manifest_key(obj.key))
+        if manifest is not None:
+            complete += [obj, manifest]
+    return complete
 
 
 def is_sha256(value: str) -> bool:

@@ -1,8 +1,18 @@
-"""Local directory backup store (``file://``): temp file + fsync + rename, then fsync the dir."""
+"""Local directory backup store (``file://``): temp file + fsync, published with ``link``.
+
+A write goes to a hidden temp file next to its key, is fsynced, and is published by a hard
+link to the key's name, which fails when the name exists: an object is never replaced, and
+two writers racing for one key cannot both win. The checksum file ``<key>.sha256`` is published
+the same way just before the object (see ``connectors.stores.base`` for the order), then the
+directory is fsynced. On a file system without hard links a rename after an existence check is
+used instead (best effort: two writers of one key at the same instant could still race; keys
+are unique by construction, so they do not).
+"""
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import errno
 import os
 import uuid
@@ -14,6 +24,7 @@ from typing import BinaryIO
 
 from connectors.stores.base import (
     SHA256_SUFFIX,
+    KeyExists,
     Progress,
     Store,
     StoredObject,
@@ -27,6 +38,7 @@ from opsflow.errors import OpsflowError, PermanentError, TransientError, is_tran
 TEMP_SUFFIX = ".tmp"
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT}
 _NO_ACCESS = {errno.EACCES, errno.EPERM, errno.EROFS}
+_NO_LINKS = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP}  # file systems without hard links
 
 
 class LocalStore(Store):
@@ -42,31 +54,27 @@ class LocalStore(Store):
         path = self._path(key)
         with _os_errors("create the directory of", path):
             path.parent.mkdir(parents=True, exist_ok=True)
+        if os.path.lexists(path):  # before reading the stream: refuse early, cheaply
+            raise _exists(self.url, key)
         temp = _temp_name(path)
         sidecar = _sidecar(path)
         hashed = Hashed(chunks)
-        existed = path.exists()
+        published: list[Path] = []
         try:
             with _os_errors("create", temp):
                 fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                for chunk in hashed:  # exceptions of the producer propagate unchanged
-                    with _os_errors("write", temp):
-                        out.write(chunk)
-                    if progress is not None:
-                        progress(len(chunk))
-                with _os_errors("flush", temp):
-                    out.flush()
-                    os.fsync(out.fileno())
-            # the checksum file first: once the object is visible its sha256 is known
-            _write_atomic(sidecar, sidecar_text(hashed.sha256, key))
-            with _os_errors("rename into place", path):
-                os.replace(temp, path)
+            _write_all(os.fdopen(fd, "wb"), temp, hashed, progress)
+            # the checksum file first, then the object: once visible, its sha256 is known
+            _publish(_write_temp(sidecar, sidecar_text(hashed.sha256, key)), sidecar, self.url, key)
+            published.append(sidecar)
+            _publish(temp, path, self.url, key)
+            published.append(path)
+            with _os_errors("sync the directory of", path):
                 _fsync_dir(path.parent)
         except BaseException:
             temp.unlink(missing_ok=True)
-            if not existed and not path.exists():
-                sidecar.unlink(missing_ok=True)
+            for name in reversed(published):  # only what this write created
+                name.unlink(missing_ok=True)
             raise
         stat = path.stat()
         return self._object(key, path, stat.st_size, hashed.sha256, stat.st_mtime)
@@ -196,19 +204,66 @@ def _temp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}")
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_all(
+    out: BinaryIO, temp: Path, chunks: Iterable[bytes], progress: Progress | None
+) -> None:
+    """Write, flush, fsync and close ``out``; store errors are classified, the producer's
+    propagate unchanged. A close that fails again after an error (a full disk flushing the
+    rest of the buffer) does not hide the first error."""
+    try:
+        for chunk in chunks:  # exceptions of the producer propagate unchanged
+            with _os_errors("write", temp):
+                out.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
+        with _os_errors("flush", temp):
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            out.close()
+        raise
+    with _os_errors("close", temp):
+        out.close()
+
+
+def _write_temp(path: Path, data: bytes) -> Path:
+    """``data`` in a fsynced hidden temp file next to ``path``; returns the temp file."""
     temp = _temp_name(path)
     try:
         with _os_errors("write", temp):
             fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(temp, path)
+        _write_all(os.fdopen(fd, "wb"), temp, [data], None)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+    return temp
+
+
+def _publish(temp: Path, path: Path, url: str, key: str) -> None:
+    """Give ``temp`` the name ``path`` unless that name exists (then ``KeyExists``); the temp
+    name is gone afterwards either way."""
+    try:
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            raise _exists(url, key) from None
+        except OSError as exc:
+            if exc.errno not in _NO_LINKS:
+                raise _os_error(exc, "publish", path) from exc
+            if os.path.lexists(path):  # best effort where hard links are not supported
+                raise _exists(url, key) from None
+            with _os_errors("rename into place", path):
+                os.rename(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def _exists(url: str, key: str) -> KeyExists:
+    return KeyExists(
+        f"{url}/{key} already exists: a stored backup is never replaced (fix: take the backup "
+        "again, it gets a new key; keys from choose_key are unique)"
+    )
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -1,23 +1,32 @@
-"""Backup objects: what every dump shares on the way in (a free key, compress + store, the
-manifest) and the verified stream on the way out.
+"""Backup objects: what every dump shares on the way in (a key of its own, compress + store,
+the manifest) and the verified stream on the way out.
+
+``choose_key`` gives every backup a key no other backup can have: the stamp plus a random
+suffix (``backup_key(..., unique=...)``), so nothing is looked up first (no HEAD-then-PUT race)
+and ``Store.put_stream``, which never replaces a key, cannot meet a taken one in practice.
 
 ``store_dump`` is the tail of each dump pipeline (``dump | compress | sha256 | store``): the
 producer's chunks are counted, compressed and handed to ``Store.put_stream``, which hashes them
-and makes the object visible only once complete. A producer that raises leaves nothing visible.
-The JSON manifest is written next to the object only after it is stored; if that fails the
-object is deleted again, so a backup is either complete with its manifest or absent.
+and makes the object (with its checksum file) visible only once complete. A producer that
+raises leaves nothing visible. The order of visibility is object + checksum, then the JSON
+manifest, last; the catalog row follows only after ``confirm_backup`` (see
+``connectors.stores.base``). If the manifest cannot be written the object is deleted again,
+so a backup is either complete with its manifest or absent; an object whose manifest is
+missing (its writer was killed in between) is incomplete, and readers refuse it.
 
-``BackupStream`` is the reverse: ``get_stream`` (sha256 checked) -> count -> decompress -> count.
+``BackupStream`` is the reverse: the manifest must exist, then ``get_stream`` (sha256 checked)
+-> count -> decompress -> count.
 """
 
 from __future__ import annotations
 
+import secrets
 import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -37,7 +46,7 @@ from opsflow.settings import get_settings
 from opsflow.units import format_bytes
 
 MANIFEST_VERSION = 1
-MAX_KEY_ATTEMPTS = 120
+UNIQUE_BYTES = 4  # 8 hex digits after the stamp: 1 in 4 billion per pair within one second
 
 
 class DumpResult(BaseModel):
@@ -74,16 +83,15 @@ def dump_extension(kind: str, codec: str) -> str:
     return base + EXTENSIONS[codec]
 
 
-def choose_key(backend: Store, env: str, db: str, when: datetime, ext: str) -> str:
-    """``backup_key(env, db, when, ext)``, moved on by a second while that key is taken.
+def choose_key(backend: Store | None, env: str, db: str, when: datetime, ext: str) -> str:
+    """A key of its own for a backup of ``env``/``db`` taken at ``when``: ``backup_key`` with
+    a random suffix, e.g. ``prod/main/2026/01/20260105T020000Z-3f9c2a1b.sql.zst``.
 
-    Two backups started within the same second must not replace each other.
+    Unique by construction: two backups started within the same second get different keys
+    without looking at the store (``backend`` is not used; kept for the callers). Should two
+    ever meet, ``put_stream`` refuses the second (``KeyExists``) rather than replace the first.
     """
-    for step in range(MAX_KEY_ATTEMPTS):
-        key = backup_key(env, db, when + timedelta(seconds=step), ext)
-        if backend.head(key) is None:
-            return key
-    raise PermanentError(f"no free backup key for {env}/{db} near {when:%Y-%m-%d %H:%M:%S}")
+    return backup_key(env, db, when, ext, unique=secrets.token_hex(UNIQUE_BYTES))
 
 
 def store_dump(
@@ -175,6 +183,13 @@ class BackupStream:
     spool_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        manifest = self.source.manifest_key
+        if manifest and self.backend.head(manifest) is None:
+            raise PermanentError(
+                f"backup {self.backend.url}/{self.source.key} is incomplete: its manifest "
+                f"{manifest} is missing, so it is not used (fix: restore another backup, e.g. "
+                "the one before it; `opsflow backups list --env ENV` shows them)"
+            )
         self.spool = self._verified_copy()
         self.stored = Counted(_drain(self.spool), TransferProgress(f"restore {self.source.key}"))
         self.plain = Counted(decompress(self.stored, self.source.codec))

@@ -6,6 +6,17 @@ Parts are uploaded with their Content-MD5 (S3 rejects a part damaged on the way)
 raised by the producer) aborts the upload: nothing becomes visible. After completion a HEAD
 checks the size and the multipart ETag computed from our own part digests.
 
+Never replacing a key (see ``connectors.stores.base``): the checksum file and then the object
+are written with ``If-None-Match: *`` (PutObject and CompleteMultipartUpload), which S3 (and
+moto) refuse with 412 when the key exists; a HEAD before the upload refuses early. A store that
+ignores the header (some S3-compatible servers) is protected only by that HEAD, a best effort
+against a writer racing for the same key, and by keys being unique by construction.
+
+A CompleteMultipartUpload (or PutObject) that S3 carried out but whose answer was lost (a
+timeout, a 5xx after the fact, or a 412 to botocore's retry of our own conditional write) is
+recognised by a HEAD: an object at the key with the ETag computed from our own parts (size only
+for KMS-encrypted objects, whose ETag is not an MD5) is ours, and the write goes on.
+
 Part size starts at ``part_size`` and grows by that much every 1000 parts (S3 allows 10 000
 parts), so the default 8 MiB reaches ~430 GiB with a largest part of 80 MiB.
 
@@ -41,6 +52,7 @@ from botocore.exceptions import (
 
 from connectors.stores.base import (
     SHA256_SUFFIX,
+    KeyExists,
     Progress,
     Store,
     StoredObject,
@@ -88,6 +100,7 @@ class S3Store(Store):
         endpoint_url: str | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         max_concurrency: int = 2,
+        read_timeout: float | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme != "s3" or not parts.netloc:
@@ -101,7 +114,7 @@ class S3Store(Store):
         self.max_concurrency = max(1, max_concurrency)
         config = Config(
             connect_timeout=CONNECT_TIMEOUT_S,
-            read_timeout=READ_TIMEOUT_S,
+            read_timeout=read_timeout if read_timeout is not None else READ_TIMEOUT_S,
             retries={"mode": "standard", "total_max_attempts": MAX_ATTEMPTS},
             max_pool_connections=self.max_concurrency + 4,
             s3={"addressing_style": "path" if endpoint_url else "auto"},
@@ -116,22 +129,33 @@ class S3Store(Store):
         self, key: str, chunks: Iterable[bytes], *, progress: Progress | None = None
     ) -> StoredObject:
         full = self._full(key)
+        if self._head_raw(key) is not None:  # early, and for stores that ignore If-None-Match
+            raise self._exists(key)
         hashed = Hashed(chunks)
         parts = self._parts(hashed)
         first = next(parts)  # producer errors propagate unchanged
         if len(first) < self.part_size:  # the whole stream fits in one request: atomic PUT
+            expected_etag = hashlib.md5(first, usedforsecurity=False).hexdigest()
             self._put_sidecar(key, hashed.sha256)
             try:
-                with self._errors("upload", key):
-                    self._s3.put_object(
-                        Bucket=self.bucket, Key=full, Body=first, ContentMD5=_b64md5(first)
-                    )
+                self._conditional(
+                    key,
+                    "upload",
+                    expected_etag,
+                    len(first),
+                    lambda: self._s3.put_object(
+                        Bucket=self.bucket,
+                        Key=full,
+                        Body=first,
+                        ContentMD5=_b64md5(first),
+                        IfNoneMatch="*",
+                    ),
+                )
             except BaseException:
-                self._drop_sidecar_of_missing(key)
+                self._drop_sidecar(key)
                 raise
             if progress is not None:
                 progress(len(first))
-            expected_etag = hashlib.md5(first, usedforsecurity=False).hexdigest()
         else:
             expected_etag = self._multipart(key, full, first, parts, hashed, progress)
         return self._verify(key, hashed, expected_etag)
@@ -148,6 +172,7 @@ class S3Store(Store):
         with self._errors("start the upload of", key):
             upload_id = self._s3.create_multipart_upload(Bucket=self.bucket, Key=full)["UploadId"]
         done: builtins.list[tuple[int, str, bytes]] = []
+        sidecar = False
         pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="s3-part")
         try:
             try:
@@ -164,22 +189,79 @@ class S3Store(Store):
                     done.append(_harvest(pending.popleft(), progress))
             finally:
                 pool.shutdown(wait=True, cancel_futures=True)
+            digests = b"".join(md5 for _, _, md5 in done)
+            expected_etag = f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(done)}"
             self._put_sidecar(key, hashed.sha256)
-            with self._errors("complete the upload of", key):
-                self._s3.complete_multipart_upload(
+            sidecar = True
+            self._conditional(
+                key,
+                "complete the upload of",
+                expected_etag,
+                hashed.size,
+                lambda: self._s3.complete_multipart_upload(
                     Bucket=self.bucket,
                     Key=full,
                     UploadId=upload_id,
                     MultipartUpload={
                         "Parts": [{"PartNumber": n, "ETag": etag} for n, etag, _ in done]
                     },
-                )
+                    IfNoneMatch="*",
+                ),
+            )
         except BaseException:
             self._abort(key, upload_id)
-            self._drop_sidecar_of_missing(key)
+            if sidecar:
+                self._drop_sidecar(key)
             raise
-        digests = b"".join(md5 for _, _, md5 in done)
-        return f"{hashlib.md5(digests, usedforsecurity=False).hexdigest()}-{len(done)}"
+        return expected_etag
+
+    def _conditional(
+        self, key: str, action: str, expected_etag: str, size: int, write: Any
+    ) -> None:
+        """Run a conditional write (``If-None-Match: *``). When it fails, an object at ``key``
+        that is ours (our ETag and size: S3 carried the write out, its answer was lost) counts
+        as written; another object there is ``KeyExists``; else the error is raised."""
+        try:
+            with self._errors(action, key):
+                write()
+        except OpsflowError as exc:
+            if self._is_ours(key, expected_etag, size):
+                log.warning(
+                    "%s/%s: S3 stored the object although the request failed (%s); it is ours "
+                    "(same ETag and size), going on",
+                    self.url,
+                    key,
+                    exc,
+                )
+                return
+            if isinstance(exc, _PreconditionFailed):
+                raise self._exists(key) from None
+            raise
+
+    def _is_ours(self, key: str, expected_etag: str, size: int) -> bool:
+        try:
+            answer = self._head_raw(key)
+        except OpsflowError:
+            return False
+        if answer is None or answer["ContentLength"] != size:
+            return False
+        if answer.get("ServerSideEncryption") in _KMS or answer.get("SSECustomerAlgorithm"):
+            return True  # no MD5 ETag to compare; the key is unique, the size is ours
+        return str(answer.get("ETag", "")).strip('"') == expected_etag
+
+    def _head_raw(self, key: str) -> Any:
+        """HEAD of the object itself (no checksum read), or None when it does not exist."""
+        try:
+            with self._errors("look up", key):
+                return self._s3.head_object(Bucket=self.bucket, Key=self._full(key))
+        except _NotFound:
+            return None
+
+    def _exists(self, key: str) -> KeyExists:
+        return KeyExists(
+            f"{self.url}/{key} already exists: a stored backup is never replaced (fix: take "
+            "the backup again, it gets a new key; keys from choose_key are unique)"
+        )
 
     def _upload_part(
         self, key: str, upload_id: str, number: int, body: bytes
@@ -249,19 +331,24 @@ class S3Store(Store):
             )
 
     def _put_sidecar(self, key: str, sha256: str) -> None:
-        with self._errors("store the checksum of", key):
-            self._s3.put_object(
-                Bucket=self.bucket,
-                Key=self._full(key) + SHA256_SUFFIX,
-                Body=sidecar_text(sha256, key),
-            )
-
-    def _drop_sidecar_of_missing(self, key: str) -> None:
-        """After a failed write: remove the checksum file unless an object is at ``key``."""
+        """Create ``<key>.sha256`` (never replacing one; a retry of our own write is fine)."""
         try:
-            if self.head(key) is None:
-                with self._errors("delete the checksum of", key):
-                    self._s3.delete_object(Bucket=self.bucket, Key=self._full(key) + SHA256_SUFFIX)
+            with self._errors("store the checksum of", key):
+                self._s3.put_object(
+                    Bucket=self.bucket,
+                    Key=self._full(key) + SHA256_SUFFIX,
+                    Body=sidecar_text(sha256, key),
+                    IfNoneMatch="*",
+                )
+        except _PreconditionFailed:
+            if self._stored_sha256(key) != sha256:
+                raise self._exists(key) from None
+
+    def _drop_sidecar(self, key: str) -> None:
+        """After a failed write: remove the checksum file this write created."""
+        try:
+            with self._errors("delete the checksum of", key):
+                self._s3.delete_object(Bucket=self.bucket, Key=self._full(key) + SHA256_SUFFIX)
         except OpsflowError as exc:  # the checksum file alone is invisible to list()
             log.warning("could not remove checksum file of %s/%s: %s", self.url, key, exc)
 
@@ -393,6 +480,10 @@ class _NotFound(PermanentError):
     """404 from S3: an object (or its checksum file) that does not exist."""
 
 
+class _PreconditionFailed(PermanentError):
+    """412 from S3: a conditional write (``If-None-Match: *``) found the key taken."""
+
+
 def _client_error(exc: ClientError, action: str, where: str, bucket: str) -> OpsflowError:
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
@@ -405,6 +496,8 @@ def _client_error(exc: ClientError, action: str, where: str, bucket: str) -> Ops
         )
     if code in ("NoSuchKey", "404", "NotFound") or status == 404:
         return _NotFound(f"{text} (it does not exist)")
+    if code == "PreconditionFailed" or status == 412:
+        return _PreconditionFailed(f"{text} (the key is taken)")
     if code in _CREDENTIAL_CODES or status in (401, 403):
         return PermanentError(
             f"{text} (fix: check the AWS credentials of the process running the flow and that "

@@ -11,6 +11,7 @@ import base64
 import json
 import logging
 import os
+import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -144,7 +145,7 @@ def test_export_is_encrypted_names_only_in_manifest_and_decrypts(
 
     result = store_config_export.fn("prod", parts, store, store.encryption_key, WHEN)
 
-    assert result.key == "prod/config/2026/06/20260607T020000Z.json.enc"
+    assert re.fullmatch(r"prod/config/2026/06/20260607T020000Z-[0-9a-f]{8}\.json\.enc", result.key)
     assert result.row_counts == {
         "kubernetes.configmaps": 1,
         "kubernetes.secrets": 1,

@@ -6,6 +6,7 @@ import hashlib
 import time
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from docker.models.containers import Container
@@ -15,6 +16,7 @@ from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.results import Status
 from tasks.docker.checks import check_containers, scan_container_logs
+from tasks.scaling import STOPPED_LABEL, ScaleState, scale_down_app, scale_up_app
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -230,3 +232,66 @@ def test_unreachable_daemon_is_transient(kind: str) -> None:
     assert time.monotonic() - started < 15
     with pytest.raises(TransientError):
         scan_container_logs.fn(target, timedelta(minutes=1), "ERROR", Thresholds())
+
+
+# --- scaling around a restore (tasks/scaling.py) ----------------------------------------------
+
+LOOP = ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
+
+
+def test_a_retried_scale_down_remembers_what_the_first_attempt_stopped(
+    docker_engine: str,
+    docker_busybox_image: str,
+    docker_test_containers: Run,
+    docker_engine_client: Any,
+) -> None:
+    web = docker_test_containers(docker_busybox_image, LOOP)
+    api = docker_test_containers(docker_busybox_image, LOOP)
+    idle = docker_test_containers(docker_busybox_image, ["true"])
+    idle.wait(timeout=30)
+    target = _target(docker_engine, web.name, api.name, idle.name)
+    running = sorted([web.name, api.name])
+
+    first = scale_down_app.fn(kubernetes_target=None, docker_target=target)
+    assert sorted(first.stopped) == running
+    # that attempt's answer is lost (its task timed out, its process died): it is retried
+    again = scale_down_app.fn(kubernetes_target=None, docker_target=target)
+    assert sorted(again.stopped) == running  # it remembers what the first attempt stopped
+
+    scale_up_app.fn(state=again, kubernetes_target=None, docker_target=target)
+    for container in (web, api, idle):
+        container.reload()
+    assert (web.status, api.status, idle.status) == ("running", "running", "exited")
+    assert _markers(docker_engine_client, web.name, api.name, idle.name) == []
+
+
+def test_scale_up_after_a_crash_finds_what_was_stopped(
+    docker_engine: str,
+    docker_busybox_image: str,
+    docker_test_containers: Run,
+    docker_engine_client: Any,
+) -> None:
+    """The run that stopped the containers died with its ScaleState: the scale-up of the next
+    run (or the flow's `finally`) finds what was stopped from the engine's own records."""
+    web = docker_test_containers(docker_busybox_image, LOOP)
+    target = _target(docker_engine, web.name)
+
+    scale_down_app.fn(kubernetes_target=None, docker_target=target)
+    web.reload()
+    assert web.status == "exited"
+    assert len(_markers(docker_engine_client, web.name)) == 1  # recorded next to the container
+    back = scale_up_app.fn(
+        state=ScaleState(kind="none"), kubernetes_target=None, docker_target=target
+    )
+
+    web.reload()
+    assert web.status == "running" and back == f"started {web.name}"
+    assert _markers(docker_engine_client, web.name) == []
+
+
+def _markers(client: Any, *containers: str) -> list[str]:
+    """The scale-down records (volumes labelled by tasks.scaling) of these containers."""
+    volumes = client.volumes.list(filters={"label": STOPPED_LABEL})
+    return sorted(
+        v.name for v in volumes if (v.attrs.get("Labels") or {}).get(STOPPED_LABEL) in containers
+    )

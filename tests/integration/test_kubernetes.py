@@ -14,6 +14,7 @@ from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.results import Status
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
+from tasks.scaling import REPLICAS_ANNOTATION, scale_down_app, scale_up_app
 from tests.fixtures.kube_api import KubeApiServer, KubeCluster
 from tests.support.net import free_port
 
@@ -258,3 +259,57 @@ def test_fake_controller_scales_down_and_up(kube_cluster: KubeCluster) -> None:
     results = check_pods.fn(target, Thresholds())
     assert _by_target(results)["app"].details["ready"] == 3
     assert sum(1 for r in results if r.check == "pod" and r.status is Status.HEALTHY) == 3
+
+
+# --- scaling around a restore (tasks/scaling.py) ----------------------------------------------
+
+
+def _app_pods(cluster: KubeCluster) -> list[dict]:
+    """Every pod of the app's selector, terminating ones included (the unrelated pod is not)."""
+    pods = cluster.api.list(f"/api/v1/namespaces/{cluster.namespace}/pods", labelSelector="app=app")
+    return [p for p in pods if p["metadata"]["labels"].get("tier") == "web"]
+
+
+def test_scale_down_waits_until_no_pod_of_the_app_is_left_terminating(
+    kube_cluster: KubeCluster,
+) -> None:
+    """Terminating pods still write: scale-down must wait for them, not for status.replicas."""
+    target = _target(kube_cluster)
+    controller = kube_cluster.controller
+    controller.terminate_slowly(2.5)
+    with controller:
+        started = time.monotonic()
+        state = scale_down_app.fn(kubernetes_target=target, docker_target=None, wait_seconds=30)
+        took = time.monotonic() - started
+        left = _app_pods(kube_cluster)
+
+        assert (state.kind, state.replicas) == ("kubernetes", 4)
+        assert left == [], [p["metadata"] for p in left]
+        assert controller.terminating == {}
+        assert took >= 2.0, took  # it really waited for the terminating pods
+        other = kube_cluster.api.get(f"/api/v1/namespaces/{kube_cluster.namespace}/pods/other-db-0")
+        assert other is not None  # a pod outside the app's selector neither waits nor goes
+
+        back = scale_up_app.fn(
+            state=state, kubernetes_target=target, docker_target=None, wait_seconds=30
+        )
+    assert back.endswith("back to 4 replica(s)")
+    dep = kube_cluster.api.get(f"/apis/apps/v1/namespaces/{kube_cluster.namespace}/deployments/app")
+    assert dep is not None and dep["spec"]["replicas"] == 4
+    assert dep["status"].get("readyReplicas") == 4
+    assert (dep["metadata"].get("annotations") or {}).get(REPLICAS_ANNOTATION) is None
+
+
+def test_scale_up_after_a_crash_restores_the_remembered_count(kube_cluster: KubeCluster) -> None:
+    """A run that scaled down and then died: the next run (or a retry) scales back to the count
+    recorded before the first scale-down, not to the 0 it finds."""
+    target = _target(kube_cluster)
+    with kube_cluster.controller:
+        scale_down_app.fn(kubernetes_target=target, docker_target=None, wait_seconds=30)
+        # the ScaleState of that run is lost with it; a new run starts from what it finds
+        again = scale_down_app.fn(kubernetes_target=target, docker_target=None, wait_seconds=30)
+        assert again.replicas == 4
+        scale_up_app.fn(state=again, kubernetes_target=target, docker_target=None, wait_seconds=30)
+    dep = kube_cluster.api.get(f"/apis/apps/v1/namespaces/{kube_cluster.namespace}/deployments/app")
+    assert dep is not None and dep["spec"]["replicas"] == 4
+    assert dep["status"].get("readyReplicas") == 4

@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -132,7 +133,7 @@ def test_snapshot_is_a_valid_rdb_that_loads_with_our_keys(
     )
 
     assert result.kind == "redis" and result.database == "cache" and result.codec == "zstd"
-    assert result.key == "prod/cache/2026/03/20260304T020000Z.rdb.zst"
+    assert re.fullmatch(r"prod/cache/2026/03/20260304T020000Z-[0-9a-f]{8}\.rdb\.zst", result.key)
     assert result.row_counts["db0"] == db0_keys and result.row_counts["db3"] >= 1
     assert _files(tmp_path / "backups") == sorted(
         [result.key, result.key + ".sha256", result.manifest_key, result.manifest_key + ".sha256"]

@@ -259,6 +259,81 @@ def test_docker_services_are_stopped_for_the_restore_and_started_again(
     assert report.scaled_back == f"started {web.name}"
 
 
+def _corrupt(lab: RestoreLab, row: BackupRow) -> None:
+    """Flip one byte in the middle of a stored object (the failure injected after scale-down)."""
+    obj = lab.store_dir / row.key
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    obj.write_bytes(bytes(data))
+
+
+def test_a_failed_restore_scales_kubernetes_back_up(
+    restore_lab: RestoreLab, kube_cluster: KubeCluster
+) -> None:
+    lab = restore_lab
+    lab.write_inventory(
+        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
+        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
+    )
+    row = take_backup(lab)
+    lab.change_data()
+    changed = lab.checksums()
+    _corrupt(lab, row)
+    kube_cluster.controller.terminate_slowly(1.0)
+    path = f"/apis/apps/v1/namespaces/{kube_cluster.namespace}/deployments/app"
+
+    with kube_cluster.controller:
+        state, report = run_restore(env="lab", database="main")
+
+    assert state.is_failed()
+    assert "does not match" in (report.databases[0].error or ""), report.databases[0].error
+    assert lab.checksums() == changed  # the live database was not touched
+    dep = kube_cluster.api.get(path)
+    assert dep is not None and dep["spec"]["replicas"] == 4
+    assert dep["status"].get("readyReplicas") == 4
+    annotations = dep["metadata"].get("annotations") or {}
+    assert annotations.get("opsflow.io/replicas-before-restore") is None
+    assert report.scaled_back.endswith("back to 4 replica(s)")
+    run = lab.ledger().runs(env="lab", runbook="restore")[0]
+    steps = [(s.step, s.status) for s in lab.ledger().steps(run.flow_run_id)]
+    assert steps == [
+        ("scale_down_app", "complete"),
+        ("restore_postgres", "failed"),
+        ("scale_up_app", "complete"),
+    ]
+
+
+def test_a_failed_restore_starts_the_docker_services_again(
+    restore_lab: RestoreLab,
+    docker_engine: str,
+    docker_busybox_image: str,
+    docker_test_containers: Callable[..., Container],
+    docker_engine_client: Any,
+) -> None:
+    lab = restore_lab
+    web = docker_test_containers(
+        docker_busybox_image, ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 0.2; done"]
+    )
+    services = f"[{{name: web, container: {web.name}}}]"
+    lab.write_inventory(f'    docker: {{host: "{docker_engine}", services: {services}}}\n')
+    state = backup(env="lab", requested_by="tester", return_state=True)
+    assert state.is_completed(), state.message
+    [row] = [r for r in lab.ledger().backups(env="lab", database="appdb")]
+    _corrupt(lab, row)
+    web.reload()
+    started_before = web.attrs["State"]["StartedAt"]
+
+    state, report = run_restore(env="lab", database="appdb")
+
+    assert state.is_failed()
+    assert "does not match" in (report.databases[0].error or ""), report.databases[0].error
+    web.reload()
+    assert web.status == "running" and web.attrs["State"]["StartedAt"] != started_before
+    assert report.scaled == f"stopped {web.name}" and report.scaled_back == f"started {web.name}"
+    markers = docker_engine_client.volumes.list(filters={"label": "opsflow.io/stopped-for-restore"})
+    assert [v.name for v in markers if web.name in v.name] == []
+
+
 def _container_checksums(container: Container, dbname: str = "app") -> dict[str, str]:
     return {
         table: container_sql(

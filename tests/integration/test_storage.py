@@ -15,14 +15,23 @@ from typing import Any
 import pytest
 
 from connectors.stores import open_store
-from connectors.stores.base import Store, backup_key, manifest_key
+from connectors.stores.base import (
+    Store,
+    StoredObject,
+    backup_key,
+    backup_series,
+    backup_time,
+    manifest_key,
+)
 from connectors.stores.local import LocalStore
+from connectors.stores.objects import choose_key, store_dump
 from connectors.stores.s3 import S3Store
 from opsflow.catalog import CatalogEntry
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore
 from tasks.backups import apply_retention, check_backup_present, verify_backup
 from tests.fixtures.s3_server import FaultProxy
+from tests.fixtures.tmpfs import PAGE, fill_to
 
 pytestmark = pytest.mark.integration
 
@@ -329,6 +338,87 @@ def test_verify_backup_task_reads_the_whole_object(store_config: BackupStore) ->
         verify_backup.fn(store_config, backup_key("prod", "main", NOW, "other"), stored.sha256)
 
 
+# --- never replace, unique keys, all-or-nothing ---------------------------------------------
+
+
+def test_put_never_replaces_an_existing_key(store: Store, s3_client_or_none: Any) -> None:
+    key = backup_key("prod", "main", NOW, "sql.zst")
+    first = store.put_stream(key, chunks_of(6 * MiB, 11))  # multipart on S3
+    before = raw_names(store, s3_client_or_none)
+
+    for second in (chunks_of(6 * MiB, 12), iter([b"a small one"])):  # multipart, single PUT
+        with pytest.raises(PermanentError, match="already exists"):
+            store.put_stream(key, second)
+
+    head = store.head(key)
+    assert head is not None and (head.size, head.sha256) == (first.size, first.sha256)
+    data = b"".join(store.get_stream(key))  # object and checksum still belong together
+    assert hashlib.sha256(data).hexdigest() == first.sha256
+    assert raw_names(store, s3_client_or_none) == before
+    assert open_uploads(store, s3_client_or_none) == []
+
+
+def test_keys_are_unique_by_construction_within_one_second(tmp_path: Path) -> None:
+    backend = LocalStore(tmp_path)
+    # what two backups started in the same second do: both choose before either writes
+    keys = [choose_key(backend, "prod", "main", NOW, "sql.zst") for _ in range(50)]
+
+    assert len(set(keys)) == 50
+    assert len({manifest_key(k) for k in keys}) == 50
+    for key in keys:
+        assert key.startswith("prod/main/2026/03/20260301T020000Z-") and key.endswith(".sql.zst")
+        assert manifest_key(key).endswith(".manifest.json") and manifest_key(key) != key
+        stored = StoredObject(key=key, size=1, last_modified=NOW, url=f"file:///{key}")
+        assert backup_time(stored) == NOW and backup_series(key) == "prod/main"
+
+
+def test_store_dump_is_all_or_nothing_when_the_disk_fills_up(
+    tmp_path: Path, small_tmpfs: Any
+) -> None:
+    payload = os.urandom(300 * 1024)  # incompressible: the stored size is known in advance
+
+    def dump(backend: Store, key: str) -> Any:
+        return store_dump(
+            BackupStore(url=f"file://{tmp_path}/unused"),
+            key,
+            [payload],
+            database="main",
+            kind="sqlite",
+            via="file",
+            codec="zstd",
+            row_counts={"t": 1},
+            started=time.monotonic(),
+            created_at=NOW,
+            backend=backend,
+        )
+
+    sized = dump(LocalStore(tmp_path / "probe"), backup_key("prod", "main", NOW, "sqlite.zst"))
+    pages = -(-sized.bytes // PAGE)  # the object; its checksum, manifest, manifest checksum: 1 each
+    mount = small_tmpfs("2m")
+    store = LocalStore(mount / "store")
+    earlier = store.put_stream(backup_key("prod", "main", NOW - timedelta(days=1), "sql"), [b"ok"])
+    outcomes = {}
+    for spare in range(-1, 4):  # from "the object does not fit" to "everything fits"
+        fill_to(mount, (pages + spare) * PAGE)
+        before = raw_names(store, None)
+        key = choose_key(store, "prod", "main", NOW, "sqlite.zst")
+        try:
+            result = dump(store, key)
+        except PermanentError as exc:
+            assert "free space" in str(exc), exc
+            assert raw_names(store, None) == before, spare  # nothing at all, no temp file
+            outcomes[spare] = "nothing"
+        else:
+            assert store.head(key) is not None and store.head(result.manifest_key) is not None
+            assert hashlib.sha256(b"".join(store.get_stream(key))).hexdigest() == result.sha256
+            assert store.get_json(result.manifest_key)["sha256"] == result.sha256
+            outcomes[spare] = "complete"
+            for gone in (key, result.manifest_key):
+                store.delete(gone)
+    assert outcomes == {-1: "nothing", 0: "nothing", 1: "nothing", 2: "nothing", 3: "complete"}
+    assert b"".join(store.get_stream(earlier.key, expected_sha256=earlier.sha256)) == b"ok"
+
+
 # --- S3 faults through the proxy ------------------------------------------------------------
 
 
@@ -372,6 +462,70 @@ def test_s3_5xx_that_persists_aborts_and_leaves_nothing(
     assert sorted(keys) == [f"prod-backups/{earlier_key}", f"prod-backups/{earlier_key}.sha256"]
     data = b"".join(store.get_stream(earlier_key, expected_sha256=earlier.sha256))
     assert len(data) == 6 * MiB
+
+
+def test_s3_failed_overwrite_leaves_the_object_and_its_checksum_as_they_were(
+    moto_s3_bucket: str, moto_s3_fault_proxy: FaultProxy, moto_s3_client: Any
+) -> None:
+    store = proxied_store(moto_s3_bucket, moto_s3_fault_proxy)
+    key = backup_key("prod", "main", NOW, "sql.zst")
+    first = store.put_stream(key, chunks_of(12 * MiB, 13))
+    moto_s3_fault_proxy.fail_complete(times=None)
+
+    with pytest.raises(PermanentError, match="already exists"):
+        store.put_stream(key, chunks_of(12 * MiB, 14))
+
+    head = store.head(key)
+    assert head is not None and head.sha256 == first.sha256
+    data = b"".join(store.get_stream(key))  # the checksum file still describes the object
+    assert hashlib.sha256(data).hexdigest() == first.sha256
+    assert moto_s3_client.list_multipart_uploads(Bucket=moto_s3_bucket).get("Uploads", []) == []
+
+
+def test_s3_5xx_on_complete_that_persists_aborts_and_leaves_nothing(
+    moto_s3_bucket: str, moto_s3_fault_proxy: FaultProxy, moto_s3_client: Any
+) -> None:
+    store = proxied_store(moto_s3_bucket, moto_s3_fault_proxy)
+    earlier = store.put_stream(backup_key("prod", "main", NOW, "sql"), [b"earlier"])
+    key = choose_key(store, "prod", "main", NOW, "sql.zst")
+    moto_s3_fault_proxy.fail_complete(times=None)
+
+    with pytest.raises(TransientError, match="complete the upload"):
+        store.put_stream(key, chunks_of(12 * MiB, 15))
+
+    assert moto_s3_fault_proxy.complete_requests >= 2  # botocore retried before giving up
+    assert store.head(key) is None
+    keys = [o["Key"] for o in moto_s3_client.list_objects_v2(Bucket=moto_s3_bucket)["Contents"]]
+    assert sorted(keys) == [f"prod-backups/{earlier.key}", f"prod-backups/{earlier.key}.sha256"]
+    assert moto_s3_client.list_multipart_uploads(Bucket=moto_s3_bucket).get("Uploads", []) == []
+
+
+@pytest.mark.parametrize("fault", ["answer-lost", "timeout", "precondition-after-success"])
+def test_s3_complete_that_succeeded_but_was_not_answered_is_recognised(
+    fault: str, moto_s3_bucket: str, moto_s3_fault_proxy: FaultProxy, moto_s3_client: Any
+) -> None:
+    """S3 completed the upload but the client saw a 500, a timeout or (on the retry of the
+    conditional complete) a 412: the object is ours, stored once, with its checksum."""
+    proxy = moto_s3_fault_proxy
+    config = BackupStore(url=f"s3://{moto_s3_bucket}/prod-backups", endpoint_url=proxy.endpoint_url)
+    store = S3Store(config.url, endpoint_url=proxy.endpoint_url, part_size=PART, read_timeout=1.5)
+    key = choose_key(store, "prod", "main", NOW, "sql.zst")
+    if fault == "answer-lost":
+        proxy.fail_complete(times=1, forwarded=True)
+    elif fault == "timeout":
+        proxy.stall_complete(seconds=4, times=1)
+    else:
+        proxy.fail_complete(times=1, forwarded=True)
+        proxy.precondition_failed_on_complete(times=1)
+
+    stored = store.put_stream(key, chunks_of(12 * MiB, 16))
+
+    assert proxy.complete_injected and proxy.complete_requests >= 2  # it was retried
+    assert stored.sha256 == sha_of(12 * MiB, 16)
+    assert hashlib.sha256(b"".join(store.get_stream(key))).hexdigest() == stored.sha256
+    keys = [o["Key"] for o in moto_s3_client.list_objects_v2(Bucket=moto_s3_bucket)["Contents"]]
+    assert sorted(keys) == [f"prod-backups/{key}", f"prod-backups/{key}.sha256"]
+    assert moto_s3_client.list_multipart_uploads(Bucket=moto_s3_bucket).get("Uploads", []) == []
 
 
 def test_s3_missing_bucket_is_a_permanent_error_with_a_fix(moto_s3_endpoint: str) -> None:

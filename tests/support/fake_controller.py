@@ -15,7 +15,13 @@ replicas, anything in the template):
   reason ``ProgressDeadlineExceeded`` right away;
 * the Deployment status gets ``observedGeneration``, ``replicas``, ``updatedReplicas``,
   ``readyReplicas``, ``availableReplicas``, ``unavailableReplicas`` (zero fields omitted, as
-  the API server does) and ``Available``/``Progressing`` conditions.
+  the API server does) and ``Available``/``Progressing`` conditions;
+* ``terminate_slowly(seconds)``: a pod the controller removes stays Terminating for
+  ``seconds``, as a pod in its termination grace period does (still Running: its process may
+  still write): it gets a finalizer, then the DELETE, so the API server (kmock honours
+  finalizers) only sets ``metadata.deletionTimestamp``; the finalizer is dropped when the time
+  is up and the pod goes. Like the real controllers, a Terminating pod no longer counts in the
+  ReplicaSet's or Deployment's ``status.replicas``.
 
 Drive it with ``reconcile()`` (one pass, returns how many Deployments it changed) or in the
 background with ``start(interval)`` / ``stop()`` (also a context manager).
@@ -23,7 +29,9 @@ background with ``start(interval)`` / ``stop()`` (also a context manager).
 What it does NOT prove compared with a real cluster: rolling-update pacing (maxSurge /
 maxUnavailable), readiness/liveness probes, real ``progressDeadlineSeconds`` timing, pod
 scheduling, image pulls, restarts over time, PodMetrics for new pods, events, HPA, PDBs,
-finalizers or garbage collection, and strategic-merge semantics (kmock replaces lists).
+finalizers or garbage collection, and strategic-merge semantics (kmock replaces lists). Slow
+termination is a fixed delay per pod, not a real grace period (no SIGTERM, no preStop hooks, no
+kubelet force-kill).
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 import uuid
 from typing import Any, Literal, Self
 
@@ -39,6 +48,7 @@ import requests
 Obj = dict[str, Any]
 FailMode = Literal["ImagePullBackOff", "CrashLoopBackOff"]
 REVISION = "deployment.kubernetes.io/revision"
+TERMINATING = "opsflow.test/terminating"  # the finalizer that keeps a pod Terminating
 
 
 class KubeJson:
@@ -173,6 +183,8 @@ class FakeController:
         self.api = KubeJson(url)
         self.namespace = namespace
         self.failing: dict[str, FailMode] = {}
+        self.termination_seconds = 0.0
+        self.terminating: dict[str, float] = {}  # pod name -> when it is finally deleted
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -186,10 +198,15 @@ class FakeController:
     def heal_image(self, image: str) -> None:
         self.failing.pop(image, None)
 
+    def terminate_slowly(self, seconds: float) -> None:
+        """Pods removed from now on stay Terminating (deletionTimestamp set) for ``seconds``."""
+        self.termination_seconds = seconds
+
     # -- running ---------------------------------------------------------------------------
     def reconcile(self) -> int:
         """One pass over the namespace's Deployments; returns how many it acted on."""
         with self._lock:
+            self._reap()
             ns = self.namespace
             changed = 0
             for dep in self.api.list(f"/apis/apps/v1/namespaces/{ns}/deployments"):
@@ -265,13 +282,15 @@ class FakeController:
         pods = self.api.list(pod_base)
         by_rs: dict[str, list[Obj]] = {rs["metadata"]["name"]: [] for rs in owned}
         for pod in pods:
+            if pod["metadata"].get("deletionTimestamp"):
+                continue  # terminating: no longer counted, gone once its time is up
             for ref in pod["metadata"].get("ownerReferences", []):
                 if ref.get("name") in by_rs:
                     by_rs[ref["name"]].append(pod)
 
         mine = sorted(by_rs[new_name], key=lambda p: _is_ready(p))  # unready ones go first
         while len(mine) > desired:
-            self.api.delete(f"{pod_base}/{mine.pop(0)['metadata']['name']}")
+            self._remove_pod(mine.pop(0))
         while len(mine) < desired:
             mine.append(self.api.create(pod_base, make_pod(new_rs, template, failure or "Running")))
         self._set_rs(new_rs, desired, mine)
@@ -283,7 +302,7 @@ class FakeController:
                 continue
             if failure is None:
                 for pod in by_rs[rs_name]:
-                    self.api.delete(f"{pod_base}/{pod['metadata']['name']}")
+                    self._remove_pod(pod)
                 self._set_rs(rs, 0, [])
             else:
                 old_pods += by_rs[rs_name]
@@ -332,6 +351,26 @@ class FakeController:
         self.api.patch(
             f"/apis/apps/v1/namespaces/{ns}/deployments/{name}/status", {"status": status}
         )
+
+    def _remove_pod(self, pod: Obj) -> None:
+        """Delete a pod, or mark it Terminating when ``terminate_slowly`` is on."""
+        name = pod["metadata"]["name"]
+        path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
+        if self.termination_seconds <= 0:
+            self.api.delete(path)
+            return
+        self.api.patch(path, {"metadata": {"finalizers": [TERMINATING]}})
+        self.api.delete(path)  # with a finalizer: only deletionTimestamp is set
+        self.terminating[name] = time.monotonic() + self.termination_seconds
+
+    def _reap(self) -> None:
+        """Delete the Terminating pods whose time is up."""
+        now = time.monotonic()
+        for name, due in list(self.terminating.items()):
+            if due <= now:  # no finalizer left: the API server removes the pod
+                path = f"/api/v1/namespaces/{self.namespace}/pods/{name}"
+                self.api.patch(path, {"metadata": {"finalizers": []}})
+                del self.terminating[name]
 
     def _set_rs(self, rs: Obj, replicas: int, pods: list[Obj]) -> None:
         ready = sum(1 for p in pods if _is_ready(p))

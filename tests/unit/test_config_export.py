@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -101,7 +102,7 @@ def test_unset_key_variable_names_the_field(tmp_path: Path) -> None:
 def test_round_trip_encrypted_at_rest(tmp_path: Path, config_key: bytes) -> None:
     store = _store(tmp_path)
     result = store_config_export.fn("prod", _parts(), store, store.encryption_key, WHEN)
-    assert result.key == "prod/config/2026/05/20260506T020000Z.json.enc"
+    assert re.fullmatch(r"prod/config/2026/05/20260506T020000Z-[0-9a-f]{8}\.json\.enc", result.key)
     assert result.kind == "config" and result.row_counts["kubernetes.secrets"] == 1
     raw = _all_bytes(tmp_path / "store")
     for needle in (SECRET, base64.b64encode(SECRET.encode()).decode(), "DB_PASSWORD", "live"):
