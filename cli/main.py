@@ -17,6 +17,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opsflow.errors import ApprovalRejected, InputError
@@ -51,6 +52,18 @@ STATUS_STYLE = {
     "verified": "bold green",
     "failed": "red",
 }
+
+
+def _table(title: str, *columns: str) -> Table:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
+def _status(status: str) -> str:
+    """A status word in its colour (rich markup)."""
+    return f"[{STATUS_STYLE.get(status, '')}]{status}[/]"
 
 
 def fail(code: int, message: str) -> NoReturn:
@@ -225,16 +238,14 @@ def _print_result(result: Any) -> None:
     rows = getattr(result, "results", None)
     if not rows:
         return
-    table = Table(title=f"{getattr(result, 'env', '')}: {getattr(result, 'overall', '')}")
-    for column in ("status", "check", "target", "summary", "ms"):
-        table.add_column(column)
+    title = f"{getattr(result, 'env', '')}: {getattr(result, 'overall', '')}"
+    table = _table(title, "status", "check", "target", "summary", "ms")
     for r in rows:
-        style = STATUS_STYLE.get(r.status.value, "")
         table.add_row(
-            f"[{style}]{r.status.value}[/]",
+            _status(r.status.value),
             r.check,
-            redact(r.target),
-            redact(r.summary),
+            escape(redact(r.target)),
+            escape(redact(r.summary)),  # an app's text is not rich markup
             str(r.duration_ms),
         )
     out.print(table)
@@ -372,18 +383,17 @@ def history(
             )
         )
         return
-    table = Table(title="opsflow history")
-    for column in ("finished (UTC)", "runbook", "env", "status", "by", "summary", "flow run"):
+    table = _table("opsflow history", "finished (UTC)", "runbook", "env", "status", "by")
+    for column in ("summary", "flow run"):
         table.add_column(column)
     for r in rows:
-        style = STATUS_STYLE.get(r.status, "")
         table.add_row(
             f"{r.finished_at:%Y-%m-%d %H:%M}",
             r.runbook,
             r.env,
-            f"[{style}]{r.status}[/]",
+            _status(r.status),
             r.triggered_by,
-            r.summary,
+            escape(r.summary),
             r.flow_run_id,
         )
     out.print(table)
@@ -402,17 +412,10 @@ def inventory_check(
         inventory = load_inventory(path)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    table = Table(title=f"inventory {path or inventory_path()}: OK")
-    for column in (
-        "environment",
-        "protected",
-        "endpoints",
-        "databases",
-        "redis",
-        "platform",
-        "backups",
-    ):
-        table.add_column(column)
+    table = _table(
+        f"inventory {path or inventory_path()}: OK",
+        *("environment", "protected", "endpoints", "databases", "redis", "platform", "backups"),
+    )
     for name, env in sorted(inventory.environments.items()):
         platform = ("kubernetes" if env.kubernetes else "") + (" docker" if env.docker else "")
         table.add_row(
@@ -477,17 +480,15 @@ def backups_list(
     if not rows:
         out.print(f"no backups catalogued for {env} (run: opsflow run backup --env {env})")
         return
-    table = Table(title=f"backups of {env}")
-    for column in ("created (UTC)", "kind", "name", "status", "size", "sha256"):
-        table.add_column(column)
+    table = _table(f"backups of {env}", "created (UTC)", "kind", "name", "status", "size")
+    table.add_column("sha256")
     table.add_column("key", overflow="fold")
     for r in rows:
-        style = STATUS_STYLE.get(r.status, "")
         table.add_row(
             f"{r.created_at:%Y-%m-%d %H:%M}",
             r.kind,
             r.database,
-            f"[{style}]{r.status}[/]",
+            _status(r.status),
             format_bytes(r.bytes),
             r.sha256[:12],
             redact(r.key),

@@ -19,8 +19,6 @@ from redis.exceptions import (
 )
 from redis.retry import Retry
 
-from connectors.streams import EXTENSIONS
-from opsflow.catalog import Codec
 from opsflow.errors import (
     OpsflowError,
     PermanentError,
@@ -100,11 +98,6 @@ _RECV_SIZE = 1 << 20
 _MAX_LINE = 4096
 _AUTH_MARKERS = ("NOAUTH", "WRONGPASS", "NOPERM", "invalid password", "invalid username")
 _BUSY_MARKERS = ("LOADING", "MASTERDOWN", "BUSY", "Background save", "BGSAVE", "fork")
-
-
-def rdb_extension(codec: Codec) -> str:
-    """``rdb.zst`` for zstd, ``rdb.gz`` for gzip, ``rdb`` uncompressed."""
-    return "rdb" + EXTENSIONS[codec]
 
 
 def _resp_command(*args: str | bytes) -> bytes:

@@ -55,7 +55,7 @@ from pydantic import BaseModel
 
 from connectors import ledger_heads
 from opsflow.errors import InputError, PermanentError, TransientError
-from opsflow.inventory import BackupStore, Environment, Inventory, load_inventory
+from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact
@@ -206,6 +206,18 @@ def runbook_flow(
         **options,
     )
     return decorator
+
+
+def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
+    """The arguments every PostgreSQL task takes to reach database ``index`` of the run's
+    environment: the database, its inventory path, and the environment's Docker engine and
+    Kubernetes cluster (for ``docker_exec`` / ``kubectl_exec``)."""
+    return {
+        "db": db,
+        "field": f"environments.{run.env_name}.databases[{index}]",
+        "docker": run.env.docker,
+        "kubernetes": run.env.kubernetes,
+    }
 
 
 def current_flow_run_id() -> str:

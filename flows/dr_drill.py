@@ -27,7 +27,14 @@ from pydantic import BaseModel, Field
 
 from connectors.postgres import database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
+from flows.common import (
+    CATALOG_SCAN,
+    LOCK_WAIT_SECONDS,
+    RunbookRun,
+    pg_reach,
+    require_store,
+    runbook_flow,
+)
 from opsflow import catalog
 from opsflow.catalog import RestoreSource
 from opsflow.durations import format_duration
@@ -164,34 +171,26 @@ def _drill_postgres(
     """(verify result, scratch name, torn down, teardown error)."""
     field = f"environments.{run.env_name}.databases[{index}]"
     store = require_store(run.env_name, run.env)
-    docker, kube = run.env.docker, run.env.kubernetes
+    reach = pg_reach(run, index, db)
     live = database_name(db, field)
     scratch = scratch_name(live, "drill", stamp)
     try:
         restored: RestoreResult = restore_postgres(
-            db=db,
+            **reach,
             store=store,
             source=source,
             into=scratch,
             like=live,
-            field=field,
-            docker=docker,
-            kubernetes=kube,
         )
         run.logger.info("%s: restored %d bytes into %s", db.name, restored.raw_bytes, scratch)
         checked: VerifyResult = verify_postgres_restore(
-            db=db,
+            **reach,
             source=source,
             dbname=scratch,
             amcheck=True,
-            field=field,
-            docker=docker,
-            kubernetes=kube,
         )
     finally:
-        teardown = drop_postgres_database(
-            db=db, dbname=scratch, field=field, docker=docker, kubernetes=kube, return_state=True
-        )
+        teardown = drop_postgres_database(**reach, dbname=scratch, return_state=True)
     error = (
         None if teardown.is_completed() else redact(str(teardown.result(raise_on_failure=False)))
     )

@@ -26,7 +26,14 @@ from prefect.states import Completed, Failed, State
 
 from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
-from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
+from flows.common import (
+    CATALOG_SCAN,
+    LOCK_WAIT_SECONDS,
+    RunbookRun,
+    pg_reach,
+    require_store,
+    runbook_flow,
+)
 from opsflow import catalog
 from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
@@ -309,13 +316,7 @@ def _restore_one(
     target_db: str | None,
     stamp: str,
 ) -> DatabaseRestore:
-    outcome = DatabaseRestore(
-        database=db.name,
-        kind=db.kind,
-        backup_id=source.backup_id,
-        key=source.key,
-        sha256=source.sha256,
-    )
+    outcome = DatabaseRestore.of(db.kind, source)
     store = require_store(run.env_name, run.env)
     field = f"environments.{run.env_name}.databases[{index}]"
     started = time.monotonic()
@@ -329,7 +330,7 @@ def _restore_one(
             )
         outcome.aside = f"{result.target}.before-{stamp}"
     else:
-        docker, kube = run.env.docker, run.env.kubernetes
+        reach = pg_reach(run, index, db)
         live = database_name(db, field)
         if target_db is not None:
             into, replace = target_db, False
@@ -345,37 +346,27 @@ def _restore_one(
         with run.step("restore_postgres", f"{db.name} -> {into}") as step:
             result = step.result(
                 restore_postgres(
-                    db=db,
+                    **reach,
                     store=store,
                     source=source,
                     into=into,
                     like=live,
-                    field=field,
-                    docker=docker,
-                    kubernetes=kube,
                     replace=replace,
                 )
             )
         with run.step("verify_postgres_restore", into) as step:
             checked = step.result(
                 verify_postgres_restore(
-                    db=db,
+                    **reach,
                     source=source,
                     dbname=into,
                     amcheck=False,
-                    field=field,
-                    docker=docker,
-                    kubernetes=kube,
                 )
             )
         if not checked.ok:
             if not replace and target_db is None:
                 with run.step("drop_postgres_database", into) as step:
-                    step.result(
-                        drop_postgres_database(
-                            db=db, dbname=into, field=field, docker=docker, kubernetes=kube
-                        )
-                    )
+                    step.result(drop_postgres_database(**reach, dbname=into))
             raise RuntimeError(
                 f"the restored copy of {db.name} does not match its backup: "
                 f"{'; '.join(checked.problems)}. The live database was not replaced."
@@ -385,12 +376,9 @@ def _restore_one(
             with run.step("swap_postgres_database", db.name) as step:
                 step.result(
                     swap_postgres_database(
-                        db=db,
+                        **reach,
                         restored=into,
                         aside=aside,
-                        field=field,
-                        docker=docker,
-                        kubernetes=kube,
                     )
                 )
             outcome.aside, outcome.target = aside, live
@@ -496,17 +484,8 @@ def _apply(run: RunbookRun, chosen: Chosen, report: RestoreReport, stamp: str) -
                 outcome = _restore_one(run, index, db, source, mode, target_db, stamp)
             except Exception as exc:  # noqa: BLE001 - reported, and the remaining ones skipped
                 report.errors.append(f"{db.name}: {redact(str(exc))}")
-                report.databases.append(
-                    DatabaseRestore(
-                        database=db.name,
-                        kind=db.kind,
-                        backup_id=source.backup_id,
-                        key=source.key,
-                        sha256=source.sha256,
-                        status="failed",
-                        error=redact(str(exc)),
-                    )
-                )
+                failed = DatabaseRestore.of(db.kind, source, status="failed")
+                report.databases.append(failed.model_copy(update={"error": redact(str(exc))}))
                 break
             report.databases.append(outcome)
             restored.append((index, db))

@@ -166,6 +166,18 @@ class DatabaseRestore(BaseModel):
     health: str = ""
     error: str | None = None
 
+    @classmethod
+    def of(cls, kind: str, source: CatalogEntry, **values: Any) -> DatabaseRestore:
+        """The restore of catalogued backup ``source`` (a database of ``kind``)."""
+        return cls(
+            database=source.database,
+            kind=kind,
+            backup_id=source.backup_id,
+            key=source.key,
+            sha256=source.sha256,
+            **values,
+        )
+
 
 class RestoreReport(BaseModel):
     env: str

@@ -12,12 +12,10 @@ from connectors.redis import (
     RDB_TIMEOUT_S,
     _classify,
     _where,
-    rdb_extension,
     rdb_stream,
     redis_client,
 )
-from connectors.stores import open_store
-from connectors.stores.objects import DumpResult, choose_key, store_dump
+from connectors.stores.objects import DumpResult, NewBackup
 from opsflow.catalog import Codec
 from opsflow.inventory import BackupStore, RedisTarget, Thresholds
 from opsflow.results import CheckResult, Status, worst
@@ -153,18 +151,5 @@ def dump_redis(
             counts = keyspace_counts(client.info("keyspace"))
     except redis.RedisError as exc:
         raise _classify(exc, where, field) from None
-    backend = open_store(store)
-    key = choose_key(backend, env_name, target.name, when, rdb_extension(codec))
-    return store_dump(
-        store,
-        key,
-        rdb_stream(url, where, field),
-        database=target.name,
-        kind="redis",
-        via="direct",
-        codec=codec,
-        row_counts=counts,
-        started=started,
-        created_at=when,
-        backend=backend,
-    )
+    new = NewBackup(store, env_name, target.name, "redis", "direct", codec, when, started)
+    return new.write(rdb_stream(url, where, field), counts)

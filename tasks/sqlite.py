@@ -15,13 +15,7 @@ from typing import Any
 
 from connectors.postgres import RESTORE_TIMEOUT_S
 from connectors.stores import open_store
-from connectors.stores.objects import (
-    BackupStream,
-    DumpResult,
-    choose_key,
-    dump_extension,
-    store_dump,
-)
+from connectors.stores.objects import BackupStream, DumpResult, NewBackup
 from connectors.streams import iter_file
 from opsflow.catalog import Codec, RestoreSource
 from opsflow.errors import PermanentError, TransientError
@@ -203,8 +197,7 @@ def dump_sqlite(
             f"{field}.path: SQLite database {path} does not exist (fix: correct the path in the "
             "inventory; relative paths are taken from the worker's working directory)"
         )
-    backend = open_store(store)
-    key = choose_key(backend, env_name, db.name, when, dump_extension("sqlite", codec))
+    new = NewBackup(store, env_name, db.name, "sqlite", "file", codec, when, started)
     with tempfile.TemporaryDirectory(prefix="opsflow-sqlite-") as scratch:
         copy = Path(scratch) / "backup.sqlite"
         try:
@@ -215,19 +208,7 @@ def dump_sqlite(
                 raise TransientError(f"{field}: {path} is locked by a writer: {text}") from None
             raise PermanentError(f"{field}: cannot back up {path}: {text}") from None
         with copy.open("rb") as fileobj:
-            return store_dump(
-                store,
-                key,
-                iter_file(fileobj),
-                database=db.name,
-                kind="sqlite",
-                via="file",
-                codec=codec,
-                row_counts=counts,
-                started=started,
-                created_at=when,
-                backend=backend,
-            )
+            return new.write(iter_file(fileobj), counts)
 
 
 # --- restore and drill ----------------------------------------------------------------------

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,7 +79,7 @@ def dump_extension(kind: str, codec: str) -> str:
     """``sql.zst`` for a PostgreSQL dump with zstd, ``sqlite.gz`` for SQLite with gzip."""
     if codec not in CODECS:
         raise InputError("codec", f"unknown codec {codec!r}", f"use one of {', '.join(CODECS)}")
-    base = "sql" if kind == "postgres" else "sqlite"
+    base = {"postgres": "sql", "redis": "rdb"}.get(kind, "sqlite")
     return base + EXTENSIONS[codec]
 
 
@@ -92,6 +92,47 @@ def choose_key(backend: Store | None, env: str, db: str, when: datetime, ext: st
     ever meet, ``put_stream`` refuses the second (``KeyExists``) rather than replace the first.
     """
     return backup_key(env, db, when, ext, unique=secrets.token_hex(UNIQUE_BYTES))
+
+
+@dataclass
+class NewBackup:
+    """A backup about to be taken: its store, a key of its own, and what its manifest will say
+    of it. ``write(chunks, row_counts)`` streams it in (``store_dump``)."""
+
+    store: BackupStore
+    env_name: str
+    name: str
+    kind: str
+    via: str
+    codec: Codec
+    when: datetime
+    started: float = field(default_factory=time.monotonic)
+
+    def __post_init__(self) -> None:
+        self.backend = open_store(self.store)
+        ext = dump_extension(self.kind, self.codec)
+        self.key = choose_key(self.backend, self.env_name, self.name, self.when, ext)
+
+    def write(
+        self,
+        chunks: Iterable[bytes],
+        row_counts: Mapping[str, int],
+        table_checksums: Mapping[str, str] | None = None,
+    ) -> DumpResult:
+        return store_dump(
+            self.store,
+            self.key,
+            chunks,
+            database=self.name,
+            kind=self.kind,
+            via=self.via,
+            codec=self.codec,
+            row_counts=row_counts,
+            table_checksums=table_checksums,
+            started=self.started,
+            created_at=self.when,
+            backend=self.backend,
+        )
 
 
 def store_dump(

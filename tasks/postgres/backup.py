@@ -11,8 +11,7 @@ import time
 from datetime import datetime
 
 from connectors.postgres import DUMP_TIMEOUT_S, open_dump, postgres_for
-from connectors.stores import open_store
-from connectors.stores.objects import DumpResult, choose_key, dump_extension, store_dump
+from connectors.stores.objects import DumpResult, NewBackup
 from opsflow.catalog import Codec
 from opsflow.inventory import BackupStore, Database, DockerTarget, KubernetesTarget
 from tasks.policy import transfer_task
@@ -42,20 +41,6 @@ def dump_postgres(
     """
     started = time.monotonic()
     with postgres_for(db, field, docker, kubernetes) as pg:
-        backend = open_store(store)
-        key = choose_key(backend, env_name, db.name, when, dump_extension("postgres", codec))
+        new = NewBackup(store, env_name, db.name, "postgres", pg.via, codec, when, started)
         with open_dump(pg, db.checksum_tables) as dump:
-            return store_dump(
-                store,
-                key,
-                dump.chunks,
-                database=db.name,
-                kind="postgres",
-                via=pg.via,
-                codec=codec,
-                row_counts=dump.row_counts,
-                table_checksums=dump.table_checksums,
-                started=started,
-                created_at=when,
-                backend=backend,
-            )
+            return new.write(dump.chunks, dump.row_counts, dump.table_checksums)

@@ -110,11 +110,4 @@ def check_postgres(db: Database, thresholds: Thresholds, field: str) -> CheckRes
     details: dict[str, Any] = asdict(stats)
     details["connections_pct"] = round(stats.connections_pct, 1)
     details["via"] = "direct"
-    return CheckResult(
-        check="postgres",
-        target=db.name,
-        status=status,
-        summary=summary,
-        details=details,
-        duration_ms=int((time.monotonic() - started) * 1000),
-    )
+    return CheckResult.timed(started, "postgres", db.name, status, summary, details)
