@@ -33,7 +33,7 @@ from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAcc
 from opsflow.ledger import BackupRow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.reports import publish_markdown
+from opsflow.reports import publish_markdown, report_header
 from opsflow.units import format_bytes, format_rate
 from tasks.backups import RetentionResult, apply_retention, confirm_backup
 from tasks.config_export import export_inventory, store_config_export
@@ -348,11 +348,13 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
     done = [b for b in report.backups if b.status == "complete"]
     verdict = "FAILED" if report.failed or report.retention_error else "OK"
     lines = [
-        f"# Backup: `{report.env}` **{verdict}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s. "
-        f"{len(done)}/{len(report.backups)} database(s) backed up to `{report.store_url}`, "
-        f"{format_bytes(sum(b.bytes for b in done))} stored.",
+        *report_header(
+            f"Backup: `{report.env}` **{verdict}**",
+            started,
+            report.seconds,
+            f"{len(done)}/{len(report.backups)} database(s) backed up to `{report.store_url}`, "
+            f"{format_bytes(sum(b.bytes for b in done))} stored.",
+        ),
         "",
         "| database | kind | via | status | stored | dumped | ratio | seconds | rate | key |",
         "|---|---|---|---|---|---|---|---|---|---|",

@@ -42,7 +42,7 @@ from opsflow.inventory import BackupStore, Database, Environment
 from opsflow.ledger import utcnow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.reports import publish_markdown
+from opsflow.reports import publish_markdown, report_header
 from opsflow.results import RestoreResult, VerifyResult
 from tasks.backups import check_backup_present
 from tasks.postgres.restore import drop_postgres_database, restore_postgres, verify_postgres_restore
@@ -210,11 +210,13 @@ def compared_checksums(
 def render_drill_report(report: DrillReport, started: datetime) -> str:
     verdict = "FAILED" if report.failed else "PASSED"
     lines = [
-        f"# DR drill: `{report.env}` **{verdict}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s. Targets: RTO "
-        f"{format_duration(report.rto_target_seconds)}, RPO "
-        f"{format_duration(report.rpo_target_seconds)}.",
+        *report_header(
+            f"DR drill: `{report.env}` **{verdict}**",
+            started,
+            report.seconds,
+            f"Targets: RTO {format_duration(report.rto_target_seconds)}, "
+            f"RPO {format_duration(report.rpo_target_seconds)}.",
+        ),
         "",
         "| database | backup | outcome | RTO | RPO | checks | scratch torn down |",
         "|---|---|---|---|---|---|---|",

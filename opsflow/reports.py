@@ -14,6 +14,16 @@ from opsflow.units import format_bytes
 _ICONS = {Status.HEALTHY: "OK", Status.DEGRADED: "WARN", Status.CRITICAL: "CRIT"}
 
 
+def report_header(title: str, started: datetime, seconds: float, summary: str) -> list[str]:
+    """The first lines of every runbook's report: the title (with its verdict), when it
+    started and how long it took, and a one-line summary."""
+    return [
+        f"# {title}",
+        "",
+        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {seconds:.1f}s. {summary}",
+    ]
+
+
 def artifact_key(runbook: str, env: str) -> str:
     """Artifact keys allow lowercase letters, digits and dashes only."""
     return re.sub(r"[^a-z0-9-]+", "-", f"{runbook}-{env}".lower()).strip("-")
@@ -28,11 +38,13 @@ def render_health_report(
 ) -> str:
     counts = {s: sum(1 for r in results if r.status == s) for s in Status}
     lines = [
-        f"# Health check: `{env}` is **{overall.value.upper()}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {seconds:.1f}s. "
-        f"{len(results)} checks: {counts[Status.HEALTHY]} healthy, "
-        f"{counts[Status.DEGRADED]} degraded, {counts[Status.CRITICAL]} critical.",
+        *report_header(
+            f"Health check: `{env}` is **{overall.value.upper()}**",
+            started,
+            seconds,
+            f"{len(results)} checks: {counts[Status.HEALTHY]} healthy, "
+            f"{counts[Status.DEGRADED]} degraded, {counts[Status.CRITICAL]} critical.",
+        ),
         "",
     ]
     problems = [r for r in results if r.status != Status.HEALTHY]
@@ -85,10 +97,14 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
 def render_restore_report(report: RestoreReport, started: datetime) -> str:
     verdict = "FAILED" if report.failed else "OK"
     lines = [
-        f"# Restore: `{report.env}` **{verdict}**",
-        "",
-        f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f}s, mode "
-        f"`{report.mode}`" + (f", into `{report.target_db}`" if report.target_db else "") + ".",
+        *report_header(
+            f"Restore: `{report.env}` **{verdict}**",
+            started,
+            report.seconds,
+            f"Mode `{report.mode}`"
+            + (f", into `{report.target_db}`" if report.target_db else "")
+            + ".",
+        ),
         "",
         "| database | backup | key | sha256 | target | status | size | seconds | kept aside | "
         "health |",

@@ -36,6 +36,13 @@ def grade(value: float, degraded_at: float, critical_at: float | None = None) ->
     return Status.HEALTHY
 
 
+def note_restarts(restarts: int, limit: int, statuses: list[Status], notes: list[str]) -> None:
+    """A container or pod that restarted more than ``limit`` times is degraded, with a note."""
+    if restarts > limit:
+        statuses.append(Status.DEGRADED)
+        notes.append(f"{restarts} restarts (threshold {limit})")
+
+
 class CheckResult(BaseModel):
     """The outcome of one health check against one target."""
 

@@ -16,7 +16,7 @@ from opsflow.durations import format_duration
 from opsflow.errors import PermanentError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.redaction import redact
-from opsflow.results import CheckResult, Status, grade, worst
+from opsflow.results import CheckResult, Status, grade, note_restarts, worst
 from tasks.logs import grade_errors, summarize_errors
 from tasks.policy import probe_task
 
@@ -108,9 +108,7 @@ def _check_service(
         else:
             notes.append(f"healthcheck {health}")
 
-    if restarts > thresholds.restarts:
-        statuses.append(Status.DEGRADED)
-        notes.append(f"{restarts} restarts (threshold {thresholds.restarts})")
+    note_restarts(restarts, thresholds.restarts, statuses, notes)
 
     if service.image and details["image"] != service.image:
         statuses.append(Status.DEGRADED)

@@ -20,7 +20,7 @@ from opsflow.errors import (
 )
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.redaction import redact
-from opsflow.results import CheckResult, Status, grade, worst
+from opsflow.results import CheckResult, Status, grade, note_restarts, worst
 from tasks.logs import grade_errors, summarize_errors
 from tasks.policy import probe_task
 
@@ -83,9 +83,7 @@ def pod_status(pod: Any, thresholds: Thresholds) -> tuple[Status, list[str], dic
         notes.append("running but not ready")
     else:
         notes.append(f"{status.phase}{', ready' if ready else ''}")
-    if restarts > thresholds.restarts:
-        statuses.append(Status.DEGRADED)
-        notes.append(f"{restarts} restarts (threshold {thresholds.restarts})")
+    note_restarts(restarts, thresholds.restarts, statuses, notes)
     if pod.metadata.deletion_timestamp is not None:
         statuses.append(Status.DEGRADED)
         notes.append("terminating")
