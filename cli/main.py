@@ -276,6 +276,20 @@ def _check_env(env: str) -> None:
 
 
 @app.command()
+def recover(
+    env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+    as_user: Annotated[
+        str | None, typer.Option("--as", help="who is asking (default $USER)")
+    ] = None,
+) -> None:
+    """Bring back the application an interrupted restore left stopped: what the restore
+    recorded next to it (replica count annotation, container markers). Refused while another
+    run holds the environment. Same as `opsflow run recover --env ENV`."""
+    run(runbook="recover", env=env, param=None, dry_run=False, as_json=as_json, as_user=as_user)
+
+
+@app.command()
 def plan(
     runbook: Annotated[str, typer.Argument(help="runbook name")],
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],

@@ -1,13 +1,16 @@
 """The ledger's chain heads in a backup store, outside the ledger's database.
 
-``_ledger/<env>/heads.json`` is the newest signed heads document published by a run of that
-environment, and ``_ledger/<env>/history/<stamp>-<flow run>.json`` keeps each one. The prefix
-is outside ``<env>/``, so backup retention (which lists ``<env>/``) never deletes them, and
-``_`` cannot start an environment's name, so it cannot clash with a backup series.
+Each run of an environment publishes its signed heads document as a new object
+``_ledger/<env>/history/<stamp>-<flow run>.json``: a store never replaces an object (see
+``connectors.stores.base``), so there is no "latest" file to overwrite; the newest document is
+the one with the greatest stamp (``published_at`` breaks a tie within one second). The prefix is
+outside ``<env>/``, so backup retention (which lists ``<env>/``) never deletes them, and ``_``
+cannot start an environment's name, so it cannot clash with a backup series.
 """
 
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,38 +22,46 @@ from opsflow.ledger import Ledger, PublishedHeads
 from opsflow.ledger.heads import read_heads_file
 
 PREFIX = "_ledger"
-NAME = "heads.json"
+HISTORY = "history"
 
 
-def heads_key(env: str) -> str:
-    return f"{PREFIX}/{env}/{NAME}"
+def history_prefix(env: str) -> str:
+    return f"{PREFIX}/{env}/{HISTORY}/"
 
 
 def history_key(env: str, doc: dict[str, Any]) -> str:
     stamp = datetime.now(UTC).strftime(STAMP_FORMAT)
     run = "".join(ch for ch in str(doc.get("flow_run_id") or "run") if ch.isalnum() or ch == "-")
-    return f"{PREFIX}/{env}/history/{stamp}-{run or 'run'}.json"
+    return f"{history_prefix(env)}{stamp}-{run or 'run'}-{secrets.token_hex(4)}.json"
 
 
 def published_in(backend: Store, env: str) -> PublishedHeads | None:
     """The newest heads an environment published in ``backend`` (None: it has none)."""
-    key = heads_key(env)
-    source = f"{backend.url.rstrip('/')}/{key}"
-    if backend.head(key) is None:
+    keys = sorted(o.key for o in backend.list(history_prefix(env)) if o.key.endswith(".json"))
+    if not keys:
         return None
-    try:
-        return PublishedHeads(source, backend.get_json(key))
-    except Exception as exc:  # noqa: BLE001 - reported as a problem of this copy
-        return PublishedHeads(source, None, f"cannot be read: {exc}")
+    stamp = keys[-1].rsplit("/", 1)[1].split("-", 1)[0]
+    newest: PublishedHeads | None = None
+    for key in [k for k in keys if k.rsplit("/", 1)[1].startswith(stamp + "-")]:
+        source = f"{backend.url.rstrip('/')}/{key}"
+        try:
+            found = PublishedHeads(source, backend.get_json(key))
+        except Exception as exc:  # noqa: BLE001 - reported as a problem of this copy
+            found = PublishedHeads(source, None, f"cannot be read: {exc}")
+        if newest is None or _published_at(found) >= _published_at(newest):
+            newest = found
+    return newest
+
+
+def _published_at(found: PublishedHeads) -> str:
+    return str((found.doc or {}).get("published_at") or "")
 
 
 def publish(store: BackupStore, env: str, doc: dict[str, Any]) -> list[str]:
-    """Write ``doc`` as the environment's newest heads and into its history; the keys."""
-    backend = open_store(store)
-    keys = [history_key(env, doc), heads_key(env)]
-    for key in keys:
-        backend.put_json(key, doc)
-    return keys
+    """Write ``doc`` as a new object of the environment's heads history; its key."""
+    key = history_key(env, doc)
+    open_store(store).put_json(key, doc)
+    return [key]
 
 
 def previous(store: BackupStore, env: str) -> PublishedHeads | None:
@@ -64,7 +75,7 @@ def all_published(store: BackupStore) -> list[PublishedHeads]:
         {
             obj.key.split("/")[1]
             for obj in backend.list(f"{PREFIX}/")
-            if obj.key.count("/") == 2 and obj.key.endswith("/" + NAME)
+            if obj.key.count("/") == 3 and obj.key.split("/")[2] == HISTORY
         }
     )
     return [found for env in envs if (found := published_in(backend, env)) is not None]

@@ -220,6 +220,21 @@ def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
     }
 
 
+def scales(env: Environment) -> bool:
+    """The environment has an application a restore stops: a deployment or Docker services."""
+    k8s = env.kubernetes is not None and bool(env.kubernetes.deployment)
+    return k8s or (env.docker is not None and bool(env.docker.services))
+
+
+def app_target(env: Environment) -> str:
+    """The application a restore stops, as shown in plans and reports."""
+    if env.kubernetes is not None and env.kubernetes.deployment:
+        return f"deployment {env.kubernetes.namespace}/{env.kubernetes.deployment}"
+    if env.docker is not None:
+        return "containers " + ", ".join(s.container for s in env.docker.services)
+    return "-"
+
+
 def current_flow_run_id() -> str:
     context = get_run_context()
     flow_run = getattr(context, "flow_run", None)

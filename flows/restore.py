@@ -30,9 +30,11 @@ from flows.common import (
     CATALOG_SCAN,
     LOCK_WAIT_SECONDS,
     RunbookRun,
+    app_target,
     pg_reach,
     require_store,
     runbook_flow,
+    scales,
 )
 from opsflow import catalog
 from opsflow.approvals import request_approval
@@ -131,12 +133,12 @@ def build_restore_plan(
                 "must approve (not the requester) before anything is touched",
             )
         )
-    scale = target_db is None and _scales(env)
+    scale = target_db is None and scales(env)
     if scale:
         steps.append(
             PlanStep(
                 action="scale_down_app",
-                target=_app_target(env),
+                target=app_target(env),
                 why="nothing may write during the restore (the replica count / running "
                 "containers are remembered)",
                 changes=True,
@@ -224,7 +226,7 @@ def build_restore_plan(
         steps.append(
             PlanStep(
                 action="scale_up_app",
-                target=_app_target(env),
+                target=app_target(env),
                 why="back to the previous replica count / start the stopped containers "
                 "(also when a step above fails)",
                 changes=True,
@@ -236,7 +238,7 @@ def build_restore_plan(
             f"Restoring into {target_db}: the original database and the application are not "
             "touched (no scaling)."
         )
-    elif _scales(env) and env.kubernetes is not None:
+    elif scales(env) and env.kubernetes is not None:
         scaled_db = [
             db.name
             for _i, db, _s in chosen
@@ -249,7 +251,7 @@ def build_restore_plan(
                 "is scaled down for the restore: the restore will find no Ready pod and fail "
                 "(fix: point kubernetes.deployment at the application, not the database)"
             )
-    elif not _scales(env):
+    elif not scales(env):
         notes.append(
             "The environment lists no Kubernetes deployment or Docker services: nothing is "
             "scaled down; make sure nothing writes to the database during the restore."
@@ -272,19 +274,6 @@ def build_restore_plan(
         },
         notes=notes,
     )
-
-
-def _scales(env: Environment) -> bool:
-    k8s = env.kubernetes is not None and bool(env.kubernetes.deployment)
-    return k8s or (env.docker is not None and bool(env.docker.services))
-
-
-def _app_target(env: Environment) -> str:
-    if env.kubernetes is not None and env.kubernetes.deployment:
-        return f"deployment {env.kubernetes.namespace}/{env.kubernetes.deployment}"
-    if env.docker is not None:
-        return "containers " + ", ".join(s.container for s in env.docker.services)
-    return "-"
 
 
 def plan_restore(
@@ -468,13 +457,13 @@ def restore(
 
 def _apply(run: RunbookRun, chosen: Chosen, report: RestoreReport, stamp: str) -> State[Any]:
     mode, target_db = report.mode, report.target_db
-    scale = target_db is None and _scales(run.env)
+    scale = target_db is None and scales(run.env)
     k8s, docker = run.env.kubernetes, run.env.docker
     scaled = ScaleState(kind="none")
     restored: list[tuple[int, Database]] = []
     try:
         if scale:
-            with run.step("scale_down_app", _app_target(run.env)) as step:
+            with run.step("scale_down_app", app_target(run.env)) as step:
                 scaled = step.result(scale_down_app(kubernetes_target=k8s, docker_target=docker))
             report.scaled = f"{scaled.target} (was {scaled.replicas} replica(s))"
             if scaled.kind == "docker":
@@ -494,14 +483,14 @@ def _apply(run: RunbookRun, chosen: Chosen, report: RestoreReport, stamp: str) -
     finally:
         if scale:  # also after a failed scale-down: scale_up_app finds what it had stopped
             try:
-                with run.step("scale_up_app", _app_target(run.env)) as step:
+                with run.step("scale_up_app", app_target(run.env)) as step:
                     report.scaled_back = step.result(
                         scale_up_app(state=scaled, kubernetes_target=k8s, docker_target=docker)
                     )
             except Exception as exc:  # noqa: BLE001 - reported loudly, the run fails
                 report.errors.append(
                     f"scaling back up failed: {redact(str(exc))} (fix: scale "
-                    f"{_app_target(run.env)} back by hand, see docs/runbooks/restore.md)"
+                    f"{app_target(run.env)} back by hand, see docs/runbooks/restore.md)"
                 )
 
     if target_db is None:

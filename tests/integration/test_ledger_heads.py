@@ -46,8 +46,14 @@ def run_health_check() -> str:
     return str(state.state_details.flow_run_id)
 
 
+def newest_in_store(lab: Path) -> Path:
+    """The newest heads document of ``lab`` in its store (a store never replaces an object:
+    every run adds one to the history, the greatest stamp is the newest)."""
+    return sorted((lab / "backups" / "_ledger" / "lab" / "history").glob("*.json"))[-1]
+
+
 def store_doc(lab: Path) -> dict[str, object]:
-    return json.loads((lab / "backups" / "_ledger" / "lab" / "heads.json").read_text())
+    return json.loads(newest_in_store(lab).read_text())
 
 
 def verify(*args: str) -> tuple[int, str]:
@@ -80,15 +86,16 @@ def test_a_run_publishes_signed_heads_in_the_artifact_home_and_store(
     code, output = verify("--store", f"file://{lab / 'backups'}")
     assert code == 0, output
     assert output.startswith(f"ledger OK: {steps + 1} rows, every chain intact; heads: ")
-    assert "_ledger/lab/heads.json" in output
+    assert f"_ledger/lab/history/{history[0].name}" in output
     code, output = verify("--inventory-stores")  # the same store, found through the inventory
-    assert code == 0 and "_ledger/lab/heads.json" in output, output
+    assert code == 0 and f"_ledger/lab/history/{history[0].name}" in output, output
 
-    # a store copy that cannot be read any more is replaced by the next run (and said so)
-    (lab / "backups" / "_ledger" / "lab" / "heads.json").write_text("garbage")
+    # a store copy that cannot be read any more does not stop the next run from publishing
+    history[0].write_text("garbage")
     run_health_check()
     assert store_doc(lab) == Ledger().local_heads().doc  # type: ignore[union-attr]
     assert store_doc(lab)["heads"]["runs"]["seq"] == 2  # type: ignore[index]
+    assert history[0].read_text() == "garbage"  # nothing in a store is ever replaced
 
 
 def test_a_cut_tail_is_caught_and_not_laundered_by_the_next_run(
