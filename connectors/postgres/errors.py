@@ -29,6 +29,7 @@ _DUMP_TRANSIENT_MARKERS = (
     "too many connections",
     "the database system is starting up",
     "the database system is shutting down",
+    "terminating connection",  # pg_terminate_backend, a failover, a recovery conflict
 )
 
 
