@@ -57,7 +57,10 @@ def classify(exc: psycopg.Error, where: str, field: str) -> Exception:
 
 def dump_error(what: str, code: int, stderr: str, timed_out: bool, timeout_s: float) -> Exception:
     """A local ``pg_dump`` that failed, was killed or timed out; nothing was stored."""
-    tail = redact(stderr.strip())[-1000:] or "(no stderr)"
+    text = redact(stderr.strip())
+    # the cause comes first (pg_dump: error: ... FATAL: ...), then a long "detail: Query was";
+    # classify on all of it, show its start and its end
+    tail = (text if len(text) <= 1000 else f"{text[:600]} [...] {text[-400:]}") or "(no stderr)"
     if timed_out:
         return PermanentError(
             f"{what} did not finish within {timeout_s:.0f}s and was stopped; nothing was stored "
@@ -65,7 +68,7 @@ def dump_error(what: str, code: int, stderr: str, timed_out: bool, timeout_s: fl
         )
     if code < 0:
         return TransientError(f"{what} was killed by signal {-code}; nothing was stored: {tail}")
-    lowered = tail.lower()
+    lowered = text.lower()
     if any(marker in lowered for marker in _PERMANENT_MARKERS):
         return PermanentError(f"{what} failed (exit {code}); nothing was stored: {tail}")
     if any(marker in lowered for marker in _DUMP_TRANSIENT_MARKERS):

@@ -74,8 +74,13 @@ def test_pg_dump_killed_by_the_server_mid_dump_leaves_nothing_and_the_retry_back
     new = next(e for e in entries if e.backup_id != good.backup_id)
     added = store_files(lab) - files_before
     sqlite_added = {f for f in added if "/appdb/" in f}
-    # the new main backup's object, checksum and manifest, and nothing else of main
-    assert added - sqlite_added == {new.key, f"{new.key}.sha256", new.manifest_key}
+    # the new main backup's object and manifest with their checksums, and nothing else of main
+    assert added - sqlite_added == {
+        new.key,
+        f"{new.key}.sha256",
+        new.manifest_key,
+        f"{new.manifest_key}.sha256",
+    }
     assert new.row_counts["public.big"] == BIG_ROWS
     # the previous backup still restores (into a copy: the live database is left alone)
     restored = restore(
