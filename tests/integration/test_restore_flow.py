@@ -38,6 +38,7 @@ from tests.fixtures.restores import (
     RESTORE_DSN_VAR,
     RestoreLab,
     container_sql,
+    kubernetes_entry,
     start_pgbench_container,
 )
 from tests.support.cli import OPSFLOW
@@ -64,10 +65,7 @@ def test_restore_swaps_in_the_backed_up_state_and_scales_the_app_around_it(
     restore_lab: RestoreLab, kube_cluster: KubeCluster
 ) -> None:
     lab = restore_lab
-    lab.write_inventory(
-        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
-        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
-    )
+    lab.write_inventory(kubernetes_entry(kube_cluster))
     backed_up = lab.checksums()
     row = take_backup(lab)
     lab.change_data()
@@ -271,10 +269,7 @@ def test_a_failed_restore_scales_kubernetes_back_up(
     restore_lab: RestoreLab, kube_cluster: KubeCluster
 ) -> None:
     lab = restore_lab
-    lab.write_inventory(
-        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
-        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
-    )
+    lab.write_inventory(kubernetes_entry(kube_cluster))
     row = take_backup(lab)
     lab.change_data()
     changed = lab.checksums()
@@ -454,10 +449,7 @@ def test_a_missing_or_different_object_fails_before_anything_is_scaled(
     restore_lab: RestoreLab, kube_cluster: KubeCluster
 ) -> None:
     lab = restore_lab
-    lab.write_inventory(
-        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
-        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
-    )
+    lab.write_inventory(kubernetes_entry(kube_cluster))
     take_backup(lab)
     rows = {r.database: r for r in lab.ledger().backups(env="lab")}
     break_behind_the_catalog(lab, rows["main"], rows["appdb"])

@@ -15,7 +15,7 @@ import pytest
 
 from flows.backup import backup
 from tests.fixtures.kube_api import KubeCluster
-from tests.fixtures.restores import RestoreLab
+from tests.fixtures.restores import RestoreLab, kubernetes_entry
 from tests.support.cli import OPSFLOW
 
 pytestmark = pytest.mark.integration
@@ -40,10 +40,7 @@ def test_a_restore_killed_after_scale_down_is_brought_back_by_recover(
     restore_lab: RestoreLab, kube_cluster: KubeCluster
 ) -> None:
     lab = restore_lab
-    lab.write_inventory(
-        f"    kubernetes: {{namespace: {kube_cluster.namespace}, "
-        f"deployment: {kube_cluster.deployment}, api_url: {kube_cluster.url}}}\n"
-    )
+    lab.write_inventory(kubernetes_entry(kube_cluster))
     state = backup(env="lab", requested_by="tester", return_state=True)
     assert state.is_completed(), state.message
     lab.change_data()
