@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from connectors.stores import open_store
 from connectors.stores.base import Store, backup_key, manifest_key
-from connectors.streams import CODECS, EXTENSIONS, Counted, Hashed, compress, decompress, iter_file
+from connectors.streams import CODECS, EXTENSIONS, Counted, compress, decompress, iter_file
 from opsflow.catalog import Codec, RestoreSource
 from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import (
@@ -249,18 +249,18 @@ class BackupStream:
             )
         spool = tempfile.TemporaryFile(dir=directory)  # noqa: SIM115 - closed by _drain, or below
         try:
-            hashed = Hashed(
+            # the store hashes what it reads and raises at the end when it is not the
+            # catalogued sha256 (Store.get_stream): by then nothing has left the spool
+            verifying = Counted(
                 self.backend.get_stream(source.key, expected_sha256=source.sha256),
-                source.sha256,
-                f"backup {where}",
+                TransferProgress(f"verify {source.key}"),
             )
-            verifying = Counted(hashed, TransferProgress(f"verify {source.key}"))
             for chunk in verifying:
                 spool.write(chunk)
-            if hashed.size != source.bytes:
+            if verifying.size != source.bytes:
                 raise PermanentError(
-                    f"backup {where} holds {hashed.size} bytes, the catalog says {source.bytes}; "
-                    "do not use it, restore from another backup"
+                    f"backup {where} holds {verifying.size} bytes, the catalog says "
+                    f"{source.bytes}; do not use it, restore from another backup"
                 )
             spool.flush()
             spool.seek(0)
