@@ -20,7 +20,6 @@ from typing import Any
 import yaml
 
 from opsflow.errors import InputError
-from opsflow.inventory import Environment
 from opsflow.plans import Plan
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -88,8 +87,3 @@ def get_runbook(name: str) -> Runbook:
         raise InputError(
             "runbook", f"unknown runbook {name!r}", f"choose one of: {', '.join(sorted(known))}"
         ) from None
-
-
-def plan_of(name: str, env_name: str, env: Environment) -> Plan:
-    """The plan of runbook ``name`` on one environment (no side effects)."""
-    return get_runbook(name).plan(env_name, env)
