@@ -30,7 +30,6 @@ from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_st
 from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
-from opsflow.ledger import BackupRow
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown, report_header
@@ -273,22 +272,6 @@ def _catalog(
     )
 
 
-_NOT_COPIED = ("id", "status", "details", "recorded_at", "prev_hash", "row_hash")
-
-
-def _record_state(run: RunbookRun, row: BackupRow, status: str, **details: Any) -> BackupRow:
-    """Append a new state of the backup whose latest row is ``row`` (the ledger is append-only:
-    a copy of the row with the new status, and ``details`` added to its details)."""
-    copied = {
-        column.key: getattr(row, column.key)
-        for column in BackupRow.__table__.columns
-        if column.key not in _NOT_COPIED
-    }
-    return run.ledger.record_backup(
-        **copied, status=status, details={**(row.details or {}), **details}
-    )
-
-
 def _retention(run: RunbookRun, store: BackupStore, report: BackupReport) -> str:
     """Apply retention as the catalog decides it; returns the step summary (raises on failure).
 
@@ -309,7 +292,7 @@ def _retention(run: RunbookRun, store: BackupStore, report: BackupReport) -> str
     }
     for entry in expired:
         if entry.status != catalog.DELETING:
-            _record_state(run, latest[entry.backup_id], catalog.DELETING, deleting=why)
+            run.ledger.record_backup_state(latest[entry.backup_id], catalog.DELETING, deleting=why)
     state = apply_retention(
         store=store,
         prefix=prefix,
@@ -328,7 +311,7 @@ def _retention(run: RunbookRun, store: BackupStore, report: BackupReport) -> str
     for entry in expired:
         if entry.key in result.deleted:
             gone = {"at": now.isoformat(), **why}
-            _record_state(run, latest[entry.backup_id], catalog.DELETED, deleted=gone)
+            run.ledger.record_backup_state(latest[entry.backup_id], catalog.DELETED, deleted=gone)
             report.deleted_backups.append(
                 DeletedBackup(
                     backup_id=entry.backup_id,

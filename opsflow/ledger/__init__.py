@@ -223,14 +223,23 @@ class Ledger:
     ) -> BackupRow:
         """Catalogue that ``backup`` was restored and checked: the chain is append-only, so this
         appends a copy of its row with status ``verified`` and ``verified_at`` in details."""
-        details = {**(backup.details or {}), "verified_at": canonical(verified_at)}
-        details["verified_by"] = {"flow_run_id": flow_run_id, "how": how}
+        return self.record_backup_state(
+            backup,
+            VERIFIED,
+            verified_at=canonical(verified_at),
+            verified_by={"flow_run_id": flow_run_id, "how": how},
+        )
+
+    def record_backup_state(self, backup: BackupRow, status: str, **details: Any) -> BackupRow:
+        """Append a new state of ``backup`` (the chain is append-only): a copy of its row with
+        ``status`` and ``details`` added to its details."""
         copied = {
             name: getattr(backup, name)
             for name in domain_columns(BackupRow)
             if name not in ("status", "details", "recorded_at")
         }
-        return self.append(BackupRow(**copied, status=VERIFIED, details=details))
+        merged = {**(backup.details or {}), **details}
+        return self.append(BackupRow(**copied, status=status, details=merged))
 
     # ----- reading -------------------------------------------------------------------------
     def runs(
