@@ -31,6 +31,8 @@ from tests.fixtures.s3_server import FaultProxy
 
 pytestmark = pytest.mark.integration
 SLOW_WRITE_S = 5.0
+GATED_S = 5.0
+REFUSAL_S = 120  # far below the default wait; a refusal that waits never ends while gated
 DUMP_SUFFIX = ".sqlite.zst"
 
 
@@ -110,6 +112,9 @@ class Started:
         )
         self._thread.start()
 
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
     def state(self, timeout: float = 180) -> State[Any]:
         self._thread.join(timeout)
         assert self._result, "the flow run did not end in time"
@@ -147,30 +152,45 @@ def test_a_restore_and_a_drill_wait_for_a_backup_or_fail_at_once_naming_it(
 ) -> None:
     first = backup(env="alpha", requested_by="tester", return_state=True)
     assert first.is_completed(), first.message
-    lock_lab.proxy.delay_puts(SLOW_WRITE_S, DUMP_SUFFIX)
+    lock_lab.proxy.gate(DUMP_SUFFIX)  # the next backup's dump write stays under way until opened
     before = lock_lab.dumps_started("alpha")
     holder = Started(lambda: backup(env="alpha", requested_by="tester", return_state=True))
     lock_lab.wait_for_dump_write("alpha", after=before)
     copy = lock_lab.root / "restored.db"
 
-    started = time.monotonic()
-    refused = [
-        restore(
+    refusing = [
+        Started(
+            lambda: restore(
+                env="alpha",
+                database="app",
+                target_db=str(copy),
+                wait_for_lock=0,
+                requested_by="tester",
+                return_state=True,
+            )
+        ),
+        Started(
+            lambda: dr_drill(env="alpha", wait_for_lock=0, requested_by="tester", return_state=True)
+        ),
+    ]
+    refused = [r.state(timeout=REFUSAL_S) for r in refusing]
+    # they came back while the holder could not have let go of alpha: they did not wait
+    assert holder.running() and len(lock_lab.dump_writes("alpha")) == 1
+    assert not copy.exists()  # the refused restore touched nothing
+    waiting = Started(
+        lambda: restore(
             env="alpha",
             database="app",
             target_db=str(copy),
-            wait_for_lock=0,
             requested_by="tester",
             return_state=True,
-        ),
-        dr_drill(env="alpha", wait_for_lock=0, requested_by="tester", return_state=True),
-    ]
-    refused_after = time.monotonic() - started
-    assert not copy.exists()  # the refused restore touched nothing
-    waited = restore(
-        env="alpha", database="app", target_db=str(copy), requested_by="tester", return_state=True
+        )
     )
+    time.sleep(GATED_S)  # time enough for a restore that did not wait to reach the copy
+    assert waiting.running() and not copy.exists()
+    lock_lab.proxy.open_gate()
     held = holder.state()
+    waited = waiting.state()
 
     assert held.is_completed(), held.message
     holder_id = str(held.state_details.flow_run_id)
@@ -179,7 +199,6 @@ def test_a_restore_and_a_drill_wait_for_a_backup_or_fail_at_once_naming_it(
         message = str(state.result(raise_on_failure=False))
         assert "alpha is busy" in message and holder_id in message, message
         assert "wait_for_lock" in message, message  # says how to wait instead
-    assert refused_after < SLOW_WRITE_S  # they did not wait
     assert waited.is_completed(), waited.message
     [(_, backup_done)] = lock_lab.dump_writes("alpha")[-1:]
     [restore_run] = [

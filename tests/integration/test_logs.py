@@ -64,7 +64,6 @@ def test_big_file_reads_only_its_tail(tmp_path: Path) -> None:
     result = scan_log_file.fn(LogFile(path=str(log)), timedelta(minutes=10), DEFAULTS)
     assert result.details["count"] == 5
     assert result.details["bytes_scanned"] < 1000
-    assert result.duration_ms < 2000
 
 
 def test_window_start_offset_across_blocks(tmp_path: Path) -> None:
