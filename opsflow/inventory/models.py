@@ -1,30 +1,18 @@
-"""The inventory: one YAML file describing environments and what exists in them.
-
-``load_inventory`` reads ``OPSFLOW_INVENTORY`` (default ``./inventory.yaml``) and validates it
-with pydantic. Every problem is reported as ``<path>: <problem> (fix: <what to change>)`` so an
-operator can correct the file without reading code. Secrets are references (``secret:NAME``,
-``env:VAR``) that are resolved only when a task needs them.
-"""
+"""The inventory's models: environments and what exists in them (databases, endpoints,
+stores, targets, approvals, windows). Field checks live in ``opsflow.inventory.fields``."""
 
 from __future__ import annotations
 
 import difflib
-import os
 import re
 from datetime import timedelta
-from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
 
-import yaml
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     Tag,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -32,57 +20,16 @@ from pydantic import (
 from opsflow.backup_names import name_clashes
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
+from opsflow.inventory.fields import (
+    ENV_NAME,
+    Model,
+    check_secret_field,
+    check_url,
+)
 from opsflow.secrets import is_reference
-from opsflow.strict_yaml import load_yaml
-
-ENV_NAME = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
-DEFAULT_INVENTORY = "inventory.yaml"
 
 
-class InventoryError(InputError):
-    """One or more inventory problems; ``problems`` holds each as ``(field, problem, fix)``."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str, str]]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = [f"{field}: {problem} (fix: {fix})" for field, problem, fix in problems]
-        first_field, first_problem, first_fix = problems[0]
-        super().__init__(first_field, first_problem, first_fix)
-        self.args = (f"invalid inventory {source}:\n  " + "\n  ".join(lines),)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_secret_field(value: str | None, what: str) -> str | None:
-    """A field that may carry credentials must be a reference when it embeds a password."""
-    if value is None or is_reference(value):
-        return value
-    parts = urlsplit(value)
-    if parts.password:
-        raise ValueError(
-            f"{what} embeds a password (fix: write it as a reference, "
-            "env:VAR_NAME or secret:prefect-block-name)"
-        )
-    return value
-
-
-def _check_url(value: str, schemes: tuple[str, ...]) -> str:
-    parts = urlsplit(value)
-    if parts.scheme not in schemes or not (parts.netloc or parts.path):
-        allowed = " or ".join(s + "://" for s in schemes)
-        raise ValueError(f"{value!r} is not a URL (fix: write a URL starting with {allowed})")
-    return value
-
-
-Duration = Annotated[timedelta, Field(description="e.g. 90s, 15m, 1h, 2d")]
-
-
-class Thresholds(_Model):
+class Thresholds(Model):
     """Health thresholds; defaults are the seed manuals' alert levels."""
 
     error_rate_pct: float = Field(5.0, ge=0, le=100)
@@ -105,7 +52,7 @@ class Thresholds(_Model):
         return parse_duration(value)
 
 
-class Endpoint(_Model):
+class Endpoint(Model):
     name: str
     url: str
     kind: Literal["basic", "detailed", "ready", "live"] = "basic"
@@ -120,7 +67,7 @@ class Endpoint(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https"))
+        return check_url(value, ("http", "https"))
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -132,7 +79,7 @@ class SmokeTest(Endpoint):
     pass
 
 
-class MetricsSource(_Model):
+class MetricsSource(Model):
     """A Prometheus text endpoint (``/metrics``) whose series are checked against thresholds."""
 
     name: str
@@ -144,10 +91,10 @@ class MetricsSource(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _check_url(value, ("http", "https"))
+        return check_url(value, ("http", "https"))
 
 
-class LogFile(_Model):
+class LogFile(Model):
     path: str
     pattern: str = Field("ERROR", description="regular expression marking an error line")
 
@@ -164,7 +111,7 @@ class LogFile(_Model):
         return value
 
 
-class Logs(_Model):
+class Logs(Model):
     window: timedelta = Field(default=timedelta(hours=1))
     files: list[LogFile] = []
     pattern: str = "ERROR"
@@ -175,15 +122,15 @@ class Logs(_Model):
         return parse_duration(value)
 
 
-class DirectAccess(_Model):
+class DirectAccess(Model):
     direct: Literal[True] = True
 
 
-class DockerExecAccess(_Model):
+class DockerExecAccess(Model):
     docker_exec: str = Field(description="name of the container running the database")
 
 
-class KubectlExecAccess(_Model):
+class KubectlExecAccess(Model):
     kubectl_exec: str = Field(description="deployment (or pod) running the database")
     container: str | None = None
 
@@ -221,7 +168,7 @@ def _check_table_name(value: str) -> str:
 TableName = Annotated[str, AfterValidator(_check_table_name)]
 
 
-class Database(_Model):
+class Database(Model):
     name: str
     kind: Literal["postgres", "sqlite"]
     dsn: str | None = Field(None, description="PostgreSQL DSN, usually env:VAR or secret:NAME")
@@ -236,7 +183,7 @@ class Database(_Model):
     @field_validator("dsn")
     @classmethod
     def _dsn(cls, value: str | None) -> str | None:
-        return _check_secret_field(value, "the DSN")
+        return check_secret_field(value, "the DSN")
 
     @model_validator(mode="after")
     def _kind_fields(self) -> Database:
@@ -262,7 +209,7 @@ class Database(_Model):
         return self
 
 
-class RedisTarget(_Model):
+class RedisTarget(Model):
     name: str
     url: str
 
@@ -270,11 +217,11 @@ class RedisTarget(_Model):
     @classmethod
     def _url(cls, value: str) -> str:
         if not is_reference(value):
-            _check_url(value, ("redis", "rediss", "unix"))
-        return _check_secret_field(value, "the Redis URL") or value
+            check_url(value, ("redis", "rediss", "unix"))
+        return check_secret_field(value, "the Redis URL") or value
 
 
-class BackupStore(_Model):
+class BackupStore(Model):
     url: str
     retention_days: int = Field(30, ge=1)
     encryption_key: str | None = None
@@ -283,7 +230,7 @@ class BackupStore(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        return _check_url(value, ("file", "s3"))
+        return check_url(value, ("file", "s3"))
 
     @field_validator("encryption_key")
     @classmethod
@@ -296,7 +243,7 @@ class BackupStore(_Model):
         return value
 
 
-class Approvals(_Model):
+class Approvals(Model):
     approvers: list[str] = Field(min_length=1)
     timeout: timedelta = Field(default=timedelta(hours=1))
     four_eyes: bool = True
@@ -307,7 +254,7 @@ class Approvals(_Model):
         return parse_duration(value)
 
 
-class KubernetesTarget(_Model):
+class KubernetesTarget(Model):
     namespace: str
     deployment: str | None = None
     container: str | None = None
@@ -329,19 +276,19 @@ class KubernetesTarget(_Model):
         return value
 
 
-class DockerService(_Model):
+class DockerService(Model):
     name: str
     container: str
     image: str | None = None
     health_url: str | None = None
 
 
-class DockerTarget(_Model):
+class DockerTarget(Model):
     host: str | None = Field(None, description="Docker daemon URL; default: DOCKER_HOST")
     services: list[DockerService] = []
 
 
-class MaintenanceWindow(_Model):
+class MaintenanceWindow(Model):
     cron: str
     duration: timedelta
 
@@ -360,11 +307,11 @@ class MaintenanceWindow(_Model):
         return value
 
 
-class MaintenanceMode(_Model):
+class MaintenanceMode(Model):
     url: str
 
 
-class Notify(_Model):
+class Notify(Model):
     block: str | None = Field(None, description="name of a Prefect notification block")
     webhook: str | None = Field(None, description="webhook URL reference (env:/secret:) or URL")
 
@@ -377,7 +324,7 @@ class Notify(_Model):
         return self
 
 
-class Recovery(_Model):
+class Recovery(Model):
     """Recovery targets the DR drill measures against (seed 000: RTO 4 h, RPO 4 h; critical
     systems RTO 1 h, RPO 15 min)."""
 
@@ -399,7 +346,7 @@ class Recovery(_Model):
         return parsed
 
 
-class Environment(_Model):
+class Environment(Model):
     description: str = ""
     protected: bool = False
     approvals: Approvals | None = None
@@ -444,7 +391,7 @@ class Environment(_Model):
         return self
 
 
-class Inventory(_Model):
+class Inventory(Model):
     environments: dict[str, Environment] = Field(min_length=1)
 
     @field_validator("environments")
@@ -470,126 +417,3 @@ class Inventory(_Model):
                 f"unknown environment {name!r}",
                 f"{hint}choose one of: {', '.join(sorted(self.environments))}",
             ) from None
-
-
-def inventory_path() -> Path:
-    return Path(os.environ.get("OPSFLOW_INVENTORY", DEFAULT_INVENTORY))
-
-
-def load_inventory(path: str | Path | None = None) -> Inventory:
-    """Read and validate the inventory; raises ``InventoryError`` listing every problem."""
-    source = Path(path) if path is not None else inventory_path()
-    try:
-        text = source.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InventoryError(
-            str(source),
-            [
-                (
-                    "inventory",
-                    f"file {source} not found",
-                    "create it (see docs/inventory.md) or set OPSFLOW_INVENTORY to its path",
-                )
-            ],
-        ) from None
-    return parse_inventory(text, str(source))
-
-
-def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
-    try:
-        data, duplicates = load_yaml(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
-        raise InventoryError(
-            source, [("inventory", f"is not valid YAML at {where}", "fix the YAML syntax there")]
-        ) from None
-    if duplicates:
-        raise InventoryError(source, duplicates)
-    if not isinstance(data, dict):
-        raise InventoryError(
-            source,
-            [
-                (
-                    "inventory",
-                    "must be a mapping with an `environments` key",
-                    "start the file with `environments:`",
-                )
-            ],
-        )
-    try:
-        return Inventory.model_validate(data)
-    except ValidationError as exc:
-        raise InventoryError(source, [_explain(err) for err in exc.errors()]) from None
-
-
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
-    """Field names allowed where ``loc`` points (for 'did you mean' hints)."""
-    model: Any = Inventory
-    parts = [p for p in loc[:-1] if not isinstance(p, int)]
-    i = 0
-    while i < len(parts) and model is not None:
-        part = parts[i]
-        if model is Inventory and part == "environments":
-            model, i = Environment, i + 2  # the next part is the environment's name
-            continue
-        if isinstance(part, str) and part.startswith("via:"):
-            model = {
-                "via:direct": DirectAccess,
-                "via:docker_exec": DockerExecAccess,
-                "via:kubectl_exec": KubectlExecAccess,
-            }[part]
-        else:
-            field = model.model_fields.get(part)
-            model = _model_in(field.annotation) if field else None
-        i += 1
-    return sorted(model.model_fields) if model is not None else []
-
-
-def _model_in(annotation: Any) -> Any:
-    args = getattr(annotation, "__args__", None)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in args or ():
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        elif isinstance(part, str) and part.startswith("via:"):
-            continue
-        else:
-            text += f".{part}" if text else str(part)
-    return text or "inventory"
-
-
-def _explain(err: Any) -> tuple[str, str, str]:
-    loc = tuple(err["loc"])
-    field = _format_loc(loc)
-    kind = err["type"]
-    message = err["msg"].removeprefix("Value error, ")
-    if kind == "extra_forbidden":
-        allowed = _allowed_fields(loc)
-        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        return field, "unknown field", f"{hint}remove it or use one of: {', '.join(allowed)}"
-    if kind == "too_short":
-        return field, "must not be empty", f"list at least one entry under `{loc[-1]}`"
-    if kind == "missing":
-        return field, "is required but missing", f"add `{loc[-1]}` here (see docs/inventory.md)"
-    if "(fix:" in message:
-        problem, fix = message.split("(fix:", 1)
-        return field, problem.strip(), fix.rstrip(")").strip()
-    if kind in {"literal_error", "enum"}:
-        return field, message.lower(), "use one of the values listed"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        value = err.get("input")
-        shown = type(value).__name__ if value is not None else "null"
-        return field, f"{message.lower()} (got {shown})", "change the value to the expected type"
-    return field, message, "correct the value (see docs/inventory.md)"

@@ -1,0 +1,75 @@
+"""The inventory: one YAML file describing environments and what exists in them.
+
+``load_inventory`` reads ``OPSFLOW_INVENTORY`` (default ``./inventory.yaml``) and validates it
+with pydantic. Every problem is reported as ``<path>: <problem> (fix: <what to change>)`` so an
+operator can correct the file without reading code. Secrets are references (``secret:NAME``,
+``env:VAR``) that are resolved only when a task needs them.
+
+``fields`` holds the base model, the error and the shared field checks; ``models`` the models;
+``load`` reading and error explanation.
+"""
+
+from opsflow.inventory.fields import ENV_NAME, InventoryError
+from opsflow.inventory.load import (
+    DEFAULT_INVENTORY,
+    inventory_path,
+    load_inventory,
+    parse_inventory,
+)
+from opsflow.inventory.models import (
+    Access,
+    Approvals,
+    BackupStore,
+    Database,
+    DirectAccess,
+    DockerExecAccess,
+    DockerService,
+    DockerTarget,
+    Endpoint,
+    Environment,
+    Inventory,
+    KubectlExecAccess,
+    KubernetesTarget,
+    LogFile,
+    Logs,
+    MaintenanceMode,
+    MaintenanceWindow,
+    MetricsSource,
+    Notify,
+    Recovery,
+    RedisTarget,
+    SmokeTest,
+    Thresholds,
+)
+
+__all__ = [
+    "DEFAULT_INVENTORY",
+    "ENV_NAME",
+    "Access",
+    "Approvals",
+    "BackupStore",
+    "Database",
+    "DirectAccess",
+    "DockerExecAccess",
+    "DockerService",
+    "DockerTarget",
+    "Endpoint",
+    "Environment",
+    "Inventory",
+    "InventoryError",
+    "KubectlExecAccess",
+    "KubernetesTarget",
+    "LogFile",
+    "Logs",
+    "MaintenanceMode",
+    "MaintenanceWindow",
+    "MetricsSource",
+    "Notify",
+    "Recovery",
+    "RedisTarget",
+    "SmokeTest",
+    "Thresholds",
+    "inventory_path",
+    "load_inventory",
+    "parse_inventory",
+]
