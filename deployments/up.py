@@ -161,14 +161,21 @@ def home_server_dir(home: Path) -> Path:
     return (home / "prefect-home").resolve()
 
 
-def running_home_server(home: Path) -> str | None:
-    """The API URL of ``home``'s server if it runs and answers, else None."""
-    state = home_server_dir(home) / "server.json"
+def _home_server_record(home: Path) -> tuple[int, str] | None:
+    """(pid, API URL) that ``server.json`` of ``home`` records, if any."""
     try:
-        found = json.loads(state.read_text())
-        pid, api = int(found["pid"]), str(found["api"])
+        found = json.loads((home_server_dir(home) / "server.json").read_text())
+        return int(found["pid"]), str(found["api"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def running_home_server(home: Path) -> str | None:
+    """The API URL of ``home``'s server if it runs and answers, else None."""
+    record = _home_server_record(home)
+    if record is None:
+        return None
+    pid, api = record
     return api if _pid_alive(pid) and _healthy(api) else None
 
 
@@ -196,16 +203,14 @@ def ensure_home_server(home: Path, console: Console) -> tuple[str, bool]:
 
 def stop_home_server(home: Path) -> str | None:
     """Stop ``home``'s server; its API URL, or None when none ran."""
-    state = home_server_dir(home) / "server.json"
-    try:
-        found = json.loads(state.read_text())
-        pid, api = int(found["pid"]), str(found["api"])
-    except (OSError, ValueError, KeyError, TypeError):
+    record = _home_server_record(home)
+    if record is None:
         return None
+    pid, api = record
     running = _pid_alive(pid)
     if running:
         _stop_pid_group(pid)
-    state.unlink(missing_ok=True)
+    (home_server_dir(home) / "server.json").unlink(missing_ok=True)
     return api if running else None
 
 

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -192,3 +193,28 @@ def test_detach_then_logs_then_cancel_a_run_waiting_for_approval(
     followed = run_cli(ws.env, "logs", run_id)  # follows to the end: a cancelled run failed
     assert followed.returncode == 1, followed.stdout + followed.stderr
     assert "Cancelled" in followed.stdout
+
+
+def test_no_server_configured_starts_one_home_server_reused_then_stopped_by_down(
+    e2e_workspace: Workspace, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in e2e_workspace.env.items() if k != "PREFECT_API_URL"}
+    env["OPSFLOW_HOME"] = str(tmp_path / "home")  # its own home: its own ledger and key
+    env["OPSFLOW_LEDGER_URL"] = f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
+    record = tmp_path / "home" / "prefect-home" / "server.json"
+    try:
+        first = run_cli(env, "run", "health-check", "--env", "local", "--local")
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "no Prefect server configured: started one" in first.stderr, first.stderr
+        server = json.loads(record.read_text())
+        assert httpx.get(f"{server['api']}/health", timeout=10).status_code == 200
+        second = run_cli(env, "run", "health-check", "--env", "local", "--local")
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "started one" not in second.stderr  # the same server, found again
+        assert json.loads(record.read_text()) == server
+    finally:
+        down = run_cli(env, "down")
+    assert down.returncode == 0 and "stopped the Prefect server" in down.stdout, down.stdout
+    assert not record.exists()
+    with pytest.raises(httpx.ConnectError):  # nothing listens there any more
+        httpx.get(f"{server['api']}/health", timeout=10)
