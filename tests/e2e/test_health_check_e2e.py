@@ -13,7 +13,6 @@ import time
 from contextlib import closing
 from typing import Any
 
-import httpx
 import pytest
 import zstandard
 
@@ -21,6 +20,7 @@ from opsflow import catalog
 from opsflow.catalog import CatalogEntry
 from tests.fixtures.e2e_env import E2E_ROWS, REPO, Workspace, sha256_of
 from tests.support.cli import OPSFLOW
+from tests.support.prefect_api import api_get, api_post
 
 pytestmark = pytest.mark.e2e
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
@@ -40,7 +40,7 @@ def opsflow(ws: Workspace, *args: str, timeout: float = 180) -> subprocess.Compl
 def wait_for_run(api: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        run = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()
+        run = api_get(f"{api}/flow_runs/{run_id}", timeout=10).json()
         if run["state"]["type"] in TERMINAL:
             return dict(run)
         time.sleep(1)
@@ -48,7 +48,7 @@ def wait_for_run(api: str, run_id: str, timeout: float = 120) -> dict[str, Any]:
 
 
 def artifacts(api: str, key: str) -> list[dict[str, Any]]:
-    response = httpx.post(
+    response = api_post(
         f"{api}/artifacts/filter",
         json={"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"},
         timeout=10,
@@ -58,7 +58,7 @@ def artifacts(api: str, key: str) -> list[dict[str, Any]]:
 
 
 def deployment_id(api: str, flow_name: str, name: str) -> str:
-    response = httpx.get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10)
+    response = api_get(f"{api}/deployments/name/{flow_name}/{name}", timeout=10)
     response.raise_for_status()
     return str(response.json()["id"])
 
@@ -200,7 +200,7 @@ def test_served_deployment_runs_via_rest_api(
     served: subprocess.Popen[bytes], e2e_workspace: Workspace, prefect_api: str
 ) -> None:
     dep = deployment_id(prefect_api, "health-check", "daily")
-    response = httpx.post(
+    response = api_post(
         f"{prefect_api}/deployments/{dep}/create_flow_run",
         json={"parameters": {"env": "e2e"}},
         timeout=30,
@@ -214,13 +214,13 @@ def test_served_deployment_runs_via_rest_api(
 def test_served_deployment_has_schedule_and_env_choice(
     served: subprocess.Popen[bytes], prefect_api: str
 ) -> None:
-    dep = httpx.get(f"{prefect_api}/deployments/name/health-check/daily", timeout=10).json()
+    dep = api_get(f"{prefect_api}/deployments/name/health-check/daily", timeout=10).json()
     crons = [s["schedule"]["cron"] for s in dep["schedules"]]
     assert crons == ["0 9 * * *"]
     env_schema = dep["parameter_openapi_schema"]["properties"]["env"]
     assert env_schema["enum"] == ["broken", "e2e", "gated", "local"]
     # the server refuses an environment that is not in the inventory, before any run starts
-    response = httpx.post(
+    response = api_post(
         f"{prefect_api}/deployments/{dep['id']}/create_flow_run",
         json={"parameters": {"env": "nowhere"}},
         timeout=30,

@@ -20,6 +20,7 @@ import pytest
 
 from tests.fixtures.e2e_env import REPO, Workspace, run_cli, take_backup
 from tests.support.cli import OPSFLOW
+from tests.support.prefect_api import api_get
 
 pytestmark = pytest.mark.e2e
 RUN_ID = re.compile(r": run ([0-9a-f-]{36}) of deployment")
@@ -31,13 +32,13 @@ CHECK_LINES = {
 
 
 def flow_run(api: str, run_id: str) -> dict[str, Any]:
-    response = httpx.get(f"{api}/flow_runs/{run_id}", timeout=10)
+    response = api_get(f"{api}/flow_runs/{run_id}", timeout=10)
     response.raise_for_status()
     return dict(response.json())
 
 
 def deployment(api: str, name: str) -> dict[str, Any]:
-    response = httpx.get(f"{api}/deployments/name/{name}", timeout=10)
+    response = api_get(f"{api}/deployments/name/{name}", timeout=10)
     response.raise_for_status()
     return dict(response.json())
 
@@ -207,7 +208,7 @@ def test_no_server_configured_starts_one_home_server_reused_then_stopped_by_down
         assert first.returncode == 0, first.stdout + first.stderr
         assert "no Prefect server configured: started one" in first.stderr, first.stderr
         server = json.loads(record.read_text())
-        assert httpx.get(f"{server['api']}/health", timeout=10).status_code == 200
+        assert api_get(f"{server['api']}/health", timeout=10).status_code == 200
         second = run_cli(env, "run", "health-check", "--env", "local", "--local")
         assert second.returncode == 0, second.stdout + second.stderr
         assert "started one" not in second.stderr  # the same server, found again
@@ -217,4 +218,4 @@ def test_no_server_configured_starts_one_home_server_reused_then_stopped_by_down
     assert down.returncode == 0 and "stopped the Prefect server" in down.stdout, down.stdout
     assert not record.exists()
     with pytest.raises(httpx.ConnectError):  # nothing listens there any more
-        httpx.get(f"{server['api']}/health", timeout=10)
+        api_get(f"{server['api']}/health", timeout=10)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flows.health_check import HealthReport, health_check
@@ -14,6 +13,7 @@ from opsflow.ledger import Ledger
 from opsflow.results import Status
 from tests.fixtures.http_targets import WebhookReceiver
 from tests.support.net import free_port
+from tests.support.prefect_api import api_post
 
 pytestmark = pytest.mark.integration
 PASSWORD = "S3cret-Passw0rd-never-shown"
@@ -64,14 +64,14 @@ def test_critical_run_reports_notifies_and_keeps_secrets(
     assert "svc is CRITICAL" in body["subject"] and "failing" in body["body"]
 
     run_id = str(state.state_details.flow_run_id)
-    artifacts = httpx.post(
+    artifacts = api_post(
         f"{prefect_api}/artifacts/filter",
         json={"artifacts": {"flow_run_id": {"any_": [run_id]}}},
         timeout=10,
     ).json()
     keys = {a["key"] for a in artifacts}
     assert {"health-check-svc", "health-check-svc-checks", "health-check-svc-plan"} <= keys
-    logs = httpx.post(
+    logs = api_post(
         f"{prefect_api}/logs/filter",
         json={"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200},
         timeout=10,

@@ -19,7 +19,6 @@ from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import zstandard
 from docker.models.containers import Container
@@ -42,6 +41,7 @@ from tests.fixtures.restores import (
     start_pgbench_container,
 )
 from tests.support.cli import OPSFLOW
+from tests.support.prefect_api import api_get, api_post
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -509,7 +509,7 @@ class CliRestore:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise AssertionError(f"restore exited early:\n{self.proc.stdout.read()}")  # type: ignore[union-attr]
-            response = httpx.post(
+            response = api_post(
                 f"{self.lab.api}/flow_runs/filter",
                 json={
                     "flows": {"name": {"any_": ["restore"]}},
@@ -537,7 +537,7 @@ class CliRestore:
 
 
 def resume(api: str, run_id: str, approved: bool, approver: str, reason: str) -> None:
-    response = httpx.post(
+    response = api_post(
         f"{api}/flow_runs/{run_id}/resume",
         json={"run_input": {"approved": approved, "approver": approver, "reason": reason}},
         timeout=30,
@@ -594,7 +594,7 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
         assert lab.checksums() == changed  # nothing touched while waiting
         wait_until(
             lambda: (
-                httpx.get(f"{lab.api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
+                api_get(f"{lab.api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"]
                 == "PAUSED"
             ),
             "the run to pause again",

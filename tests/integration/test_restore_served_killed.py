@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from rich.console import Console
 
@@ -25,6 +24,7 @@ from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import RestoreLab, kubernetes_entry
 from tests.support.cli import OPSFLOW
 from tests.support.net import free_port
+from tests.support.prefect_api import api_get
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def test_cli_killed_during_a_served_restore_the_run_completes_on_the_runner(
     try:
         wait_for(
             lambda: (
-                httpx.get(f"{own_server}/deployments/name/restore/manual", timeout=10)
+                api_get(f"{own_server}/deployments/name/restore/manual", timeout=10)
                 .json()
                 .get("status")
                 == "READY"
@@ -126,15 +126,15 @@ def test_cli_killed_during_a_served_restore_the_run_completes_on_the_runner(
                 cli.wait()
             assert cli.returncode == -9
             run_id = cli_log.read_text().split(": run ", 1)[1].split()[0]
-            run = httpx.get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()
+            run = api_get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()
             assert run["deployment_id"] is not None
 
             def final() -> bool:
-                state = httpx.get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()
+                state = api_get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()
                 return state["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
 
             wait_for(final, "the restore to end on the runner", timeout=300)
-            state = httpx.get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()["state"]
+            state = api_get(f"{own_server}/flow_runs/{run_id}", timeout=10).json()["state"]
             assert state["type"] == "COMPLETED", state
             wait_for(lambda: replicas(kube_cluster) == 4, "the app back at 4 replicas", 60)
     finally:
