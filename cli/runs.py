@@ -52,7 +52,7 @@ def run(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="publish the plan only")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     as_user: Annotated[
-        str | None, typer.Option("--as", help="who is asking (default $USER)")
+        str | None, typer.Option("--as", help="who is asking (default $OPSFLOW_USER or login)")
     ] = None,
 ) -> None:
     """Run a runbook now. With a server configured (or `opsflow up` running) the run shows in
@@ -67,11 +67,11 @@ def run(
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    _check_params(book.flow, runbook, params)
+    requested_by = as_user or get_settings().user  # the flow refuses none on a protected env
+    _check_params(book.flow, runbook, params, requested_by)
     if not as_json:
         where = f"server {api}" if api else "a temporary local server (no server configured)"
         err.print(f"running {runbook} on {env} through {where}")
-    requested_by = as_user or get_settings().user
     with transfer_progress(enabled=not as_json and err.is_terminal):
         state = book.flow(
             env=env, dry_run=dry_run, requested_by=requested_by, return_state=True, **params
@@ -112,7 +112,7 @@ def transfer_progress(enabled: bool) -> Iterator[None]:
         remove_listener(update)
 
 
-def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
+def _check_params(flow: Any, runbook: str, params: dict[str, Any], requested_by: str) -> None:
     """Unknown names and values of the wrong type are bad input, refused before any run."""
     reserved = {"env", "dry_run", "requested_by"}
     accepted = sorted(set(flow.parameters.properties) - reserved)
@@ -125,7 +125,7 @@ def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
                 f"(fix: {hint}; --env, --dry-run and --as are options)",
             )
     try:
-        flow.validate_parameters(params)
+        flow.validate_parameters({**params, "requested_by": requested_by})
     except Exception as exc:  # noqa: BLE001 - Prefect's validation error, shown to the operator
         fail(EXIT_BAD_INPUT, f"--param: {exc}")
 
@@ -190,7 +190,7 @@ def recover(
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
     as_user: Annotated[
-        str | None, typer.Option("--as", help="who is asking (default $USER)")
+        str | None, typer.Option("--as", help="who is asking (default $OPSFLOW_USER or login)")
     ] = None,
 ) -> None:
     """Bring back the application an interrupted restore left stopped: what the restore
