@@ -67,7 +67,7 @@ def run(
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    requested_by = as_user or get_settings().user  # the flow refuses none on a protected env
+    requested_by = _requester(env, as_user or get_settings().user)
     _check_params(book.flow, runbook, params, requested_by)
     if not as_json:
         where = f"server {api}" if api else "a temporary local server (no server configured)"
@@ -110,6 +110,18 @@ def transfer_progress(enabled: bool) -> Iterator[None]:
             yield
     finally:
         remove_listener(update)
+
+
+def _requester(env: str, requested_by: str) -> str:
+    """Who asks (a protected environment's run must say: refused here, before a flow run
+    exists, as the flow itself refuses it when started from the UI or the API)."""
+    from opsflow.approvals import requester
+    from opsflow.inventory import load_inventory
+
+    try:
+        return requester(env, load_inventory().environment(env), requested_by)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
 
 
 def _check_params(flow: Any, runbook: str, params: dict[str, Any], requested_by: str) -> None:

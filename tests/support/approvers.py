@@ -81,9 +81,13 @@ def resume(
 ) -> dict[str, object]:
     """Answer a paused run through Prefect's REST API (what the UI and scripts do)."""
     answer = {"approved": approved, "approver": approver, "code": code, "reason": reason}
-    response = httpx.post(
-        f"{api}/flow_runs/{run_id}/resume", json={"run_input": answer}, timeout=30
-    )
+    for _attempt in range(3):  # a loaded server answers 503 now and then (Prefect's client
+        response = httpx.post(  # retries those too)
+            f"{api}/flow_runs/{run_id}/resume", json={"run_input": answer}, timeout=30
+        )
+        if response.status_code != 503:
+            break
+        time.sleep(1)
     assert response.status_code in (200, 201), response.text
     body = dict(response.json())
     assert body["status"] == "ACCEPT", body
