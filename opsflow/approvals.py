@@ -31,7 +31,7 @@ import pyotp
 from prefect.exceptions import FlowPauseTimeout
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.inventory import Approvals, Environment
@@ -46,6 +46,7 @@ WINDOW = 1
 MIN_SECRET_BYTES = 16
 """RFC 4226 §4: a shared secret of at least 128 bits."""
 UNKNOWN = "unknown"
+NO_ANSWER = "the run was resumed without an answer (no approver, code, reason)"
 NAME_CHARS = 64
 
 
@@ -247,6 +248,10 @@ def request_approval(
             )
         except FlowPauseTimeout:
             return _timed_out(record, action, env, timeout, len(approvals), policy.required)
+        except ValidationError:  # resumed without an answer (its state set to Running)
+            record(event="refused", reason=NO_ANSWER)
+            log(f"{NO_ANSWER}. Still waiting.")
+            continue
         approver = answer.approver.strip()[:NAME_CHARS]
         problem = judge(answer, approver, policy, requested_by, verifier, approvals)
         if problem:

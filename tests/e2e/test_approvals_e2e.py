@@ -175,14 +175,7 @@ def test_approved_through_api_by_second_identity(
     assert asked and "approval needed" in asked[0]["subject"], webhook_receiver_server.received
     assert "one-time code" in asked[0]["body"], asked[0]["body"]
     assert not gated.marker.exists()
-    resume(
-        prefect_api,
-        gated.run_id,
-        approved=True,
-        approver="bob",
-        code=codes.code("bob"),
-        reason="CHG-1234 reviewed",
-    )
+    codes.answer(prefect_api, gated.run_id, "bob", "CHG-1234 reviewed")
     code, out = gated.finish()
     assert code == 0, out
     assert gated.marker.read_text() == "changed"
@@ -207,18 +200,30 @@ def test_a_wrong_code_is_refused_and_the_run_keeps_waiting(
     wait_until(lambda: run_state(prefect_api, gated.run_id) == "PAUSED", "the run to pause again")
     assert gated.proc.poll() is None and not gated.marker.exists()
     # control: the same approver with the code of their app now gets through
-    resume(
-        prefect_api,
-        gated.run_id,
-        approved=True,
-        approver="bob",
-        code=codes.code("bob"),
-        reason="CHG-5",
-    )
+    codes.answer(prefect_api, gated.run_id, "bob", "CHG-5")
     code, out = gated.finish()
     assert code == 0, out
     assert gated.events() == ["requested", "refused", "approved"]
     assert gated.marker.read_text() == "changed"
+
+
+def test_a_run_set_running_without_an_answer_keeps_waiting(
+    gated: GatedRun, prefect_api: str
+) -> None:
+    """Whoever reaches the API can force the paused run's state to Running, skipping the
+    Resume form: the flow finds no answer, refuses that, and pauses again."""
+    forced = httpx.post(
+        f"{prefect_api}/flow_runs/{gated.run_id}/set_state",
+        json={"state": {"type": "RUNNING"}, "force": True},
+        timeout=10,
+    )
+    assert forced.status_code in (200, 201), forced.text
+    wait_until(lambda: "refused" in gated.events(), "the refusal")
+    assert refusals(gated.ws, gated.run_id) == [
+        ("", "the run was resumed without an answer (no approver, code, reason)")
+    ]
+    wait_until(lambda: run_state(prefect_api, gated.run_id) == "PAUSED", "the run to pause again")
+    assert gated.proc.poll() is None and not gated.marker.exists()
 
 
 def test_a_code_read_back_from_the_prefect_api_is_refused_when_replayed(
@@ -230,14 +235,7 @@ def test_a_code_read_back_from_the_prefect_api_is_refused_when_replayed(
     first = GatedRun(e2e_workspace, prefect_api, tmp_path / "first")
     second = GatedRun(e2e_workspace, prefect_api, tmp_path / "second")
     try:
-        resume(
-            prefect_api,
-            first.run_id,
-            approved=True,
-            approver="bob",
-            code=codes.code("bob"),
-            reason="CHG-77",
-        )
+        codes.answer(prefect_api, first.run_id, "bob", "CHG-77")
         code, out = first.finish()
         assert code == 0, out
         [stolen] = stored_answers(prefect_api, first.run_id)
@@ -260,19 +258,12 @@ def test_two_of_three_distinct_approvers_none_the_requester(
     e2e_workspace: Workspace, prefect_api: str, tmp_path: Path, codes: Authenticator
 ) -> None:
     run = GatedRun(e2e_workspace, prefect_api, tmp_path / "marker", env="quorum")
-    paused = run_state  # the run pauses again after every answer that does not finish it
 
     def answer(approver: str, reason: str) -> None:
-        wait_until(lambda: paused(prefect_api, run.run_id) == "PAUSED", "the run to wait")
+        # the run pauses again after every answer that does not finish it
+        wait_until(lambda: run_state(prefect_api, run.run_id) == "PAUSED", "the run to wait")
         before = len(run.events())
-        resume(
-            prefect_api,
-            run.run_id,
-            approved=True,
-            approver=approver,
-            code=codes.code(approver),
-            reason=reason,
-        )
+        codes.answer(prefect_api, run.run_id, approver, reason)
         wait_until(lambda: len(run.events()) > before, f"the verdict on {approver}")
 
     try:
@@ -467,14 +458,7 @@ def test_protected_restore_refuses_self_approval_then_rejected_cli_exits_3_chang
         assert len(asked) == 1 and "approval needed for restore on gated" in asked[0]["subject"]
         assert backed_up_vault["backup"]["backup_id"] in asked[0]["body"], asked[0]["body"]
         # the requester herself, with her own valid code, through the API
-        resume(
-            prefect_api,
-            run_id,
-            approved=True,
-            approver="alice",
-            code=codes.code("alice"),
-            reason="I am sure",
-        )
+        codes.answer(prefect_api, run_id, "alice", "I am sure")
         wait_until(lambda: "refused" in cli.events(run_id), "the refusal")
         assert cli.proc.poll() is None, "a refused answer must leave the run waiting"
         # the CLI refuses the same self-approval up front, with exit code 2

@@ -41,7 +41,7 @@ from tests.fixtures.restores import (
     kubernetes_entry,
     start_pgbench_container,
 )
-from tests.support.approvers import Authenticator, resume, wait_until
+from tests.support.approvers import Authenticator, wait_until
 from tests.support.cli import OPSFLOW
 
 pytestmark = pytest.mark.integration
@@ -571,14 +571,7 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
         run_id = cli.paused_run()
         codes = Authenticator(lab.ledger_url)
         # the requester herself, with her own valid code
-        resume(
-            lab.api,
-            run_id,
-            approved=True,
-            approver="alice",
-            code=codes.code("alice"),
-            reason="I am sure",
-        )
+        codes.answer(lab.api, run_id, "alice", "I am sure")
         wait_until(lambda: "refused" in cli.events(run_id), "the refusal")
         [refusal] = [e for e in lab.ledger().approval_events(run_id) if e.event == "refused"]
         assert (refusal.actor, "four-eyes" in refusal.reason) == ("alice", True), refusal.reason
@@ -591,14 +584,7 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
             ),
             "the run to pause again",
         )
-        resume(
-            lab.api,
-            run_id,
-            approved=True,
-            approver="bob",
-            code=codes.code("bob"),
-            reason="CHG-42 restore after bad migration",
-        )
+        codes.answer(lab.api, run_id, "bob", "CHG-42 restore after bad migration")
         code, out = cli.finish()
     finally:
         cli.kill()

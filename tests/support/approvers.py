@@ -64,6 +64,13 @@ class Authenticator:
         """A valid, unspent code of ``name`` for now."""
         return pyotp.TOTP(SECRETS[name]).generate_otp(self.fresh_step(name))
 
+    def answer(
+        self, api: str, run_id: str, approver: str, reason: str, *, approved: bool = True
+    ) -> None:
+        """``approver`` answers ``run_id`` through the REST API with a valid, unspent code."""
+        code = self.code(approver)
+        resume(api, run_id, approved=approved, approver=approver, code=code, reason=reason)
+
     def close(self) -> None:
         self.engine.dispose()
 
