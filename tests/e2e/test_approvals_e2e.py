@@ -175,13 +175,32 @@ def test_approved_through_api_by_second_identity(
     assert asked and "approval needed" in asked[0]["subject"], webhook_receiver_server.received
     assert "one-time code" in asked[0]["body"], asked[0]["body"]
     assert not gated.marker.exists()
-    codes.answer(prefect_api, gated.run_id, "bob", "CHG-1234 reviewed")
+    one_time = codes.code("bob")
+    resume(
+        prefect_api,
+        gated.run_id,
+        approved=True,
+        approver="bob",
+        code=one_time,
+        reason="CHG-1234 reviewed",
+    )
     code, out = gated.finish()
     assert code == 0, out
     assert gated.marker.read_text() == "changed"
     assert gated.events() == ["requested", "approved"]
-    decision = gated.ws.ledger().approval_events(gated.run_id)[-1]
-    assert (decision.actor, decision.reason) == ("bob", "CHG-1234 reviewed")
+    events = gated.ws.ledger().approval_events(gated.run_id)
+    assert (events[-1].actor, events[-1].reason) == ("bob", "CHG-1234 reviewed")
+    # neither the code nor any approver's secret is in the run's log, its output or the ledger
+    logs = httpx.post(
+        f"{prefect_api}/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [gated.run_id]}}, "limit": 200},
+        timeout=10,
+    ).json()
+    assert any("approved by bob" in entry["message"] for entry in logs), logs
+    texts = [e["message"] for e in logs] + [out] + [str(vars(e)) for e in events]
+    for text_ in texts:
+        assert not re.search(rf"\b{one_time}\b", text_), text_
+        assert not any(secret in text_ for secret in SECRETS.values()), text_
 
 
 def test_a_wrong_code_is_refused_and_the_run_keeps_waiting(
