@@ -96,7 +96,7 @@ def run(
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    requested_by = as_user or get_settings().user
+    requested_by = _requester(env, as_user or get_settings().user)
     api = use_server_if_running()
     printer = RunPrinter(verbose=verbose, approval_hint=lambda: approval_hint(env))
     say = _say(as_json)
@@ -129,7 +129,7 @@ def run(
                 f"note: no Prefect server configured: started one for {home} at {api}; it "
                 "stays up for the next commands (`opsflow down` stops it)"
             )
-    _check_params(book.flow, runbook, params)
+    _check_params(book.flow, runbook, params, requested_by)
     say(f"{runbook} on {env}, in this process")
     bars = printer.bars(enabled=not as_json and err.is_terminal)
     with no_heartbeat(), bars, printer.in_process():
@@ -165,11 +165,25 @@ def approval_hint(env: str, run_id: str = "RUN_ID") -> str | None:
     policy = load_inventory().environment(env).approvals
     if policy is None:
         return None
+    needed = f"{policy.required} of" if policy.required > 1 else "one of"
     return (
-        f"one of {', '.join(policy.approvers)} (not the requester) answers with "
+        f"{needed} {', '.join(policy.approvers)} (not the requester) answers with "
         f"`opsflow approve {run_id} --as NAME --reason TEXT` or `opsflow reject {run_id} "
-        "--as NAME --reason TEXT` (or the run's Resume button in the Prefect UI)"
+        "--as NAME --reason TEXT`, which ask for the approver's one-time code (or the run's "
+        "Resume button in the Prefect UI)"
     )
+
+
+def _requester(env: str, requested_by: str) -> str:
+    """Who asks (a protected environment's run must say: refused here, before a flow run
+    exists, as the flow itself refuses it when started from the UI or the API)."""
+    from opsflow.approvals import requester
+    from opsflow.inventory import load_inventory
+
+    try:
+        return requester(env, load_inventory().environment(env), requested_by)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
 
 
 def _check_names(accepted: list[str], runbook: str, params: dict[str, Any]) -> None:
@@ -186,11 +200,11 @@ def _check_names(accepted: list[str], runbook: str, params: dict[str, Any]) -> N
             )
 
 
-def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
+def _check_params(flow: Any, runbook: str, params: dict[str, Any], requested_by: str) -> None:
     """Unknown names and values of the wrong type are bad input, refused before any run."""
     _check_names(sorted(flow.parameters.properties), runbook, params)
     try:
-        flow.validate_parameters(params)
+        flow.validate_parameters({**params, "requested_by": requested_by})
     except Exception as exc:  # noqa: BLE001 - Prefect's validation error, shown to the operator
         fail(EXIT_BAD_INPUT, f"--param: {exc}")
 

@@ -28,7 +28,10 @@ def _schedules(spec: dict[str, Any]) -> list[Schedule]:
             raise ValueError(f"deployment {spec['name']}: only cron schedules are served here")
         result.append(
             Cron(
-                item["cron"], timezone=item.get("timezone", "UTC"), active=item.get("active", True)
+                item["cron"],
+                timezone=item.get("timezone", "UTC"),
+                active=item.get("active", True),
+                parameters=item.get("parameters") or {},  # requested_by: scheduler
             )
         )
     return result

@@ -387,9 +387,10 @@ def render_backup_report(report: BackupReport, started: datetime) -> str:
 )
 def backup(
     env: str = "local",
+    *,
+    requested_by: str,
     codec: Literal["zstd", "gzip"] = "zstd",
     dry_run: bool = False,
-    requested_by: str = "",
     wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Back up every database of ``env``.
@@ -398,7 +399,8 @@ def backup(
         env: environment name from the inventory.
         codec: compression of the dumps (zstd, or gzip for tools that lack zstd).
         dry_run: only publish the plan (what would be backed up).
-        requested_by: who asked for this run (shown in the ledger).
+        requested_by: who asks for this run (shown in the ledger; required: the UI's run
+            form asks for it, schedules send `scheduler`).
         wait_for_lock: seconds to wait while another run holds the environment (0: fail at
             once, naming it).
     """

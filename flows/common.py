@@ -54,6 +54,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from pydantic import BaseModel
 
 from connectors import ledger_heads
+from opsflow.approvals import requester
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
 from opsflow.ledger import Ledger, StepRow, utcnow
@@ -290,12 +291,14 @@ class RunbookRun:
     started_clock: float = field(default_factory=time.monotonic)
 
     @classmethod
-    def start(cls, runbook: str, env_name: str, requested_by: str = "") -> RunbookRun:
-        """Validate inventory and environment (InputError before any side effect)."""
+    def start(cls, runbook: str, env_name: str, requested_by: str) -> RunbookRun:
+        """Validate inventory, environment and requester (InputError before any side effect:
+        a protected environment's run must name who asks)."""
         install_log_redaction()
         quiet_thread_timeout_warning()
         inventory = load_inventory()
         env = inventory.environment(env_name)
+        requested_by = requester(env_name, env, requested_by)
         logger = get_run_logger()
         run = cls(
             runbook=runbook,
@@ -305,7 +308,7 @@ class RunbookRun:
             ledger=Ledger(),
             logger=logger,
             flow_run_id=current_flow_run_id(),
-            requested_by=requested_by or "unknown",
+            requested_by=requested_by,
         )
         # Before any side effect: a locked, unreachable or read-only ledger, or the wrong
         # key, fails the run here, not after a backup was taken that cannot be catalogued.

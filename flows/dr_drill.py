@@ -257,8 +257,9 @@ def render_drill_report(report: DrillReport, started: datetime) -> str:
 )
 def dr_drill(
     env: str = "local",
+    *,
+    requested_by: str,
     dry_run: bool = False,
-    requested_by: str = "",
     wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Run the DR drill for ``env``.
@@ -266,7 +267,8 @@ def dr_drill(
     Args:
         env: environment name from the inventory.
         dry_run: only publish the plan.
-        requested_by: who asked for this run (shown in the ledger).
+        requested_by: who asks for this run (shown in the ledger; required: the UI's run
+            form asks for it, schedules send `scheduler`).
         wait_for_lock: seconds to wait while another run holds the environment (0: fail at
             once, naming it).
     """

@@ -253,9 +253,10 @@ def _collect(call: CheckCall, future: PrefectFuture[Any]) -> list[CheckResult]:
 )
 def health_check(
     env: str = "local",
+    *,
+    requested_by: str,
     dry_run: bool = False,
     notify: bool = True,
-    requested_by: str = "",
 ) -> State[Any]:
     """Check everything the inventory lists for ``env``.
 
@@ -263,7 +264,8 @@ def health_check(
         env: environment name from the inventory.
         dry_run: only publish the plan (what would be checked).
         notify: send a notification when the result is not healthy.
-        requested_by: who asked for this run (shown in the ledger).
+        requested_by: who asks for this run (shown in the ledger; required: the UI's run
+            form asks for it, schedules send `scheduler`).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     plan = plan_health_check(env, run.env)

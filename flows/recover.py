@@ -58,8 +58,9 @@ def plan_recover(env_name: str, env: Environment) -> Plan:
 )
 def recover(
     env: str = "local",
+    *,
+    requested_by: str,
     dry_run: bool = False,
-    requested_by: str = "",
     wait_for_lock: int = RECOVER_LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Bring back the application of ``env`` that an interrupted restore left stopped.
@@ -67,7 +68,8 @@ def recover(
     Args:
         env: environment name from the inventory.
         dry_run: only publish the plan.
-        requested_by: who asked for this run (shown in the ledger).
+        requested_by: who asks for this run (shown in the ledger; required: the UI's run
+            form asks for it, schedules send `scheduler`).
         wait_for_lock: seconds to wait for the environment's lock (a killed run's lock is
             free once its lease ran out); a run still holding it then fails this one.
     """

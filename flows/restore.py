@@ -398,12 +398,13 @@ def _health(run: RunbookRun, index: int, db: Database) -> str:
 )
 def restore(
     env: str = "local",
+    *,
+    requested_by: str,
     database: str = "all",
     backup_id: str | None = None,
     target_db: str | None = None,
     mode: Mode = "swap",
     dry_run: bool = False,
-    requested_by: str = "",
     approval_timeout_seconds: int | None = None,
     wait_for_lock: int = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
@@ -417,7 +418,8 @@ def restore(
             leaving the original and the application untouched (one database only).
         mode: swap (restore into a fresh database, then swap it in) or drop-recreate.
         dry_run: only publish the plan.
-        requested_by: who asked for this run (the approver must be someone else).
+        requested_by: who asks for this run (required: the UI's run form asks for it; on a
+            protected environment the approvers must be others, docs/approvals.md).
         approval_timeout_seconds: how long to wait for approval (default: the inventory's).
         wait_for_lock: seconds to wait for the environment lock after approval (0: fail at once).
     """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import getpass
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,7 +35,15 @@ class Settings(BaseSettings):
         gt=0,
         description="seconds to wait for a locked or unreachable ledger before failing",
     )
-    user: str = Field(default_factory=_default_user, description="who you are, for approvals")
+    user: str = Field(
+        default_factory=_default_user,
+        description="who you are: the requester of the runs you start (default: login name)",
+    )
+    approver_secret: SecretStr | None = Field(
+        None,
+        description="your own TOTP secret (base32): `opsflow approve/reject` makes the "
+        "one-time code from it instead of asking for one",
+    )
     lock_lease_seconds: float = Field(
         120.0,
         ge=60.0,

@@ -19,6 +19,7 @@ from opsflow.inventory.load import (
 from opsflow.inventory.models import (
     Access,
     Approvals,
+    Approver,
     BackupStore,
     Database,
     DirectAccess,
@@ -47,6 +48,7 @@ __all__ = [
     "ENV_NAME",
     "Access",
     "Approvals",
+    "Approver",
     "BackupStore",
     "Database",
     "DirectAccess",

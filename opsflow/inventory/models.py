@@ -243,15 +243,78 @@ class BackupStore(Model):
         return value
 
 
+APPROVER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+
+
+class Approver(Model):
+    """One approver's credential: the TOTP secret (RFC 6238, base32) of their authenticator
+    app, as a reference; the answer to an approval carries a one-time code made from it."""
+
+    totp: str = Field(description="the TOTP secret (base32) as env:VAR or secret:NAME")
+
+    @field_validator("totp")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        if not is_reference(value):
+            raise ValueError(
+                "holds a literal TOTP secret (fix: store it in a secret and write env:VAR or "
+                "secret:NAME here, see docs/approvals.md)"
+            )
+        return value
+
+
 class Approvals(Model):
-    approvers: list[str] = Field(min_length=1)
+    """Who may approve a protected environment's changes, and how many must."""
+
+    approvers: dict[str, Approver] = Field(min_length=1)
+    required: int = Field(1, ge=1, description="distinct approvers needed (M of N)")
     timeout: timedelta = Field(default=timedelta(hours=1))
     four_eyes: bool = True
+
+    @field_validator("approvers", mode="before")
+    @classmethod
+    def _not_a_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            names = ", ".join(f"{n}: {{totp: env:{str(n).upper()}_TOTP}}" for n in value[:3])
+            raise ValueError(
+                "is a list of names, and a name proves nothing: every approver now needs a "
+                "one-time-code secret (fix: write approvers: {"
+                + (names or "alice: {totp: env:ALICE_TOTP}")
+                + "}, each TOTP secret a reference; docs/approvals.md says how to make one)"
+            )
+        return value
+
+    @field_validator("approvers")
+    @classmethod
+    def _names(cls, value: dict[str, Approver]) -> dict[str, Approver]:
+        for name in value:
+            if not APPROVER_NAME.match(name):
+                raise ValueError(
+                    f"approver name {name!r} is not allowed (fix: use a login name: letters, "
+                    "digits, '.', '_', '-' or '@', at most 64 characters)"
+                )
+        folded = [n.casefold() for n in value]
+        dupes = sorted({n for n in value if folded.count(n.casefold()) > 1})
+        if dupes:
+            raise ValueError(f"approvers {dupes} differ only in case (fix: list each person once)")
+        return value
 
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        parsed = parse_duration(value)
+        if parsed.total_seconds() < 1:
+            raise ValueError("must be at least 1s (fix: write e.g. 30m or 1h)")
+        return parsed
+
+    @model_validator(mode="after")
+    def _enough_approvers(self) -> Approvals:
+        if self.required > len(self.approvers):
+            raise ValueError(
+                f"required is {self.required} but only {len(self.approvers)} approver(s) are "
+                "listed (fix: list more approvers or lower required)"
+            )
+        return self
 
 
 class KubernetesTarget(Model):
@@ -371,7 +434,8 @@ class Environment(Model):
         if self.protected and self.approvals is None:
             raise ValueError(
                 "a protected environment needs `approvals` "
-                "(fix: add approvals: {approvers: [name, ...]} or set protected: false)"
+                "(fix: add approvals: {approvers: {alice: {totp: env:ALICE_TOTP}}} or set "
+                "protected: false)"
             )
         for label, items in (("endpoints", self.endpoints), ("metrics", self.metrics)):
             names = [item.name for item in items]

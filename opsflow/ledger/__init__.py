@@ -56,6 +56,7 @@ from opsflow.ledger.models import (
     Row,
     RunRow,
     StepRow,
+    UsedCode,
     domain_columns,
     utcnow,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "PublishedHeads",
     "RunRow",
     "StepRow",
+    "UsedCode",
     "VerifyReport",
     "utcnow",
 ]
@@ -211,6 +213,20 @@ class Ledger:
     def record_approval(self, **values: Any) -> ApprovalRow:
         return self.append(ApprovalRow(**values))
 
+    def use_code(self, approver: str, step: int, flow_run_id: str) -> bool:
+        """Spend the one-time code of ``approver`` for TOTP time step ``step``: True the first
+        time, False when it was spent before (by any run or process: the primary key decides)."""
+        try:
+            with self._session() as session:
+                session.add(
+                    UsedCode(
+                        approver=approver, step=step, flow_run_id=flow_run_id, used_at=utcnow()
+                    )
+                )
+        except IntegrityError:
+            return False
+        return True
+
     def record_backup(self, **values: Any) -> BackupRow:
         values.setdefault("backup_id", uuid.uuid4().hex[:16])
         return self.append(BackupRow(**values))
@@ -262,7 +278,8 @@ class Ledger:
             return list(session.scalars(query))
 
     def pending_approval(self, flow_run_id: str) -> ApprovalRow | None:
-        """The open request of a run: its last ``requested`` event with no decision after it."""
+        """The open request of a run: its last ``requested`` event with no decision after it
+        (``endorsed`` and ``refused`` answers leave it open)."""
         pending: ApprovalRow | None = None
         for row in self.approval_events(flow_run_id):
             if row.event == "requested":

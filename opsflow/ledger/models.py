@@ -6,7 +6,9 @@ Every chained table has ``seq`` (1, 2, 3, … per table, no gaps), ``prev_hash``
 ``row_hash`` of seq - 1, or ``GENESIS``), ``payload`` (the canonical JSON of the row as it was
 written, see ``opsflow.ledger.chain``), ``payload_version`` and ``row_hash`` (the HMAC of
 ``prev_hash`` and ``payload``). ``chain_heads`` holds each table's last seq and hash (the lock
-that serialises appends); ``ledger_meta`` holds the id of the key the ledger is signed with.
+that serialises appends); ``ledger_meta`` holds the id of the key the ledger is signed with;
+``used_codes`` holds the one-time approval codes already accepted (approver and TOTP time step,
+never the code), whose primary key is what makes each code work once.
 """
 
 from __future__ import annotations
@@ -45,6 +47,18 @@ class LedgerMeta(Base):
     __tablename__ = "ledger_meta"
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class UsedCode(Base):
+    """A one-time code that opsflow has seen: (approver, TOTP time step). Inserted before the
+    answer carrying it is judged, so the same code can never count twice (not chained: it is a
+    register of what is spent, not a record; approvals are recorded in ``approvals``)."""
+
+    __tablename__ = "used_codes"
+    approver: Mapped[str] = mapped_column(String(64), primary_key=True)
+    step: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    flow_run_id: Mapped[str] = mapped_column(String(64))
+    used_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 class _Chained:
@@ -93,7 +107,8 @@ class StepRow(_Chained, Base):
 
 class ApprovalRow(_Chained, Base):
     """One event of an approval: ``requested``, then ``approved``/``rejected``/``timed_out``
-    (and ``refused`` for answers that broke the policy)."""
+    (``refused`` for answers that broke the policy or carried a wrong or used code,
+    ``endorsed`` for a valid approval that does not yet make the ``required`` number)."""
 
     __tablename__ = "approvals"
     flow_run_id: Mapped[str] = mapped_column(String(64), index=True)

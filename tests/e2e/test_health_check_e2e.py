@@ -80,6 +80,11 @@ def the_backup(ws: Workspace) -> CatalogEntry:
     return entry
 
 
+def requester_of(ws: Workspace, run_id: str) -> str:
+    [run] = [r for r in ws.ledger().runs(env="e2e") if r.flow_run_id == run_id]
+    return run.triggered_by
+
+
 def assert_recorded(ws: Workspace, api: str, run_id: str) -> None:
     runs = [r for r in ws.ledger().runs(env="e2e") if r.flow_run_id == run_id]
     assert len(runs) == 1 and runs[0].status == "healthy", runs
@@ -182,6 +187,8 @@ def test_served_deployment_runs_via_prefect_cli(
             "health-check/daily",
             "--param",
             "env=e2e",
+            "--param",
+            "requested_by=e2e-tester",  # a deployment run must say who asks
         ],
         env={**e2e_workspace.env, "PREFECT_API_URL": prefect_api},
         capture_output=True,
@@ -194,6 +201,7 @@ def test_served_deployment_runs_via_prefect_cli(
     run = wait_for_run(prefect_api, match.group(1))
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert_recorded(e2e_workspace, prefect_api, match.group(1))
+    assert requester_of(e2e_workspace, match.group(1)) == "e2e-tester"
 
 
 def test_served_deployment_runs_via_rest_api(
@@ -202,13 +210,14 @@ def test_served_deployment_runs_via_rest_api(
     dep = deployment_id(prefect_api, "health-check", "daily")
     response = api_post(
         f"{prefect_api}/deployments/{dep}/create_flow_run",
-        json={"parameters": {"env": "e2e"}},
+        json={"parameters": {"env": "e2e", "requested_by": "e2e-tester"}},
         timeout=30,
     )
     assert response.status_code == 201, response.text
     run = wait_for_run(prefect_api, response.json()["id"])
     assert run["state"]["type"] == "COMPLETED", run["state"]
     assert_recorded(e2e_workspace, prefect_api, run["id"])
+    assert requester_of(e2e_workspace, run["id"]) == "e2e-tester"
 
 
 def test_served_deployment_has_schedule_and_env_choice(
@@ -217,12 +226,15 @@ def test_served_deployment_has_schedule_and_env_choice(
     dep = api_get(f"{prefect_api}/deployments/name/health-check/daily", timeout=10).json()
     crons = [s["schedule"]["cron"] for s in dep["schedules"]]
     assert crons == ["0 9 * * *"]
+    # the schedule's runs are requested by `scheduler`; the deployment itself names nobody
+    assert [s["parameters"] for s in dep["schedules"]] == [{"requested_by": "scheduler"}]
+    assert "requested_by" not in dep["parameters"]
     env_schema = dep["parameter_openapi_schema"]["properties"]["env"]
-    assert env_schema["enum"] == ["broken", "e2e", "gated", "local"]
+    assert env_schema["enum"] == ["broken", "e2e", "gated", "local", "quorum"]
     # the server refuses an environment that is not in the inventory, before any run starts
     response = api_post(
         f"{prefect_api}/deployments/{dep['id']}/create_flow_run",
-        json={"parameters": {"env": "nowhere"}},
+        json={"parameters": {"env": "nowhere", "requested_by": "e2e-tester"}},
         timeout=30,
     )
     assert response.status_code in (409, 422), response.text

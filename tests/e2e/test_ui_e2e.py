@@ -15,6 +15,7 @@ from playwright.sync_api import Page, sync_playwright
 
 from tests.e2e.test_approvals_e2e import GatedRun
 from tests.fixtures.e2e_env import REPO, Workspace
+from tests.support.approvers import Authenticator, run_state, wait_until, wrong_code
 
 pytestmark = pytest.mark.e2e
 CHROMIUM_ARGS = [
@@ -86,23 +87,76 @@ def test_ui_shows_the_deployment_with_its_schedule(
 def test_approval_answered_in_the_ui_resume_form(
     e2e_workspace: Workspace, prefect_api: str, page: Page, tmp_path: Path
 ) -> None:
+    """The Resume form asks for the one-time code: a wrong one typed in the form is refused
+    (the run keeps waiting), bob's valid one lets the run go on."""
+    codes = Authenticator(e2e_workspace.ledger_url)
     run = GatedRun(e2e_workspace, prefect_api, tmp_path / "marker")
     try:
-        ui = prefect_api.removesuffix("/api")
-        page.goto(f"{ui}/runs/flow-run/{run.run_id}", wait_until="networkidle")
-        page.get_by_role("button", name="Resume").first.click(timeout=30_000)
-        dialog = page.get_by_role("dialog")
-        dialog.get_by_text("approved", exact=False).first.wait_for(timeout=15_000)
-        page.screenshot(path=str(tmp_path / "resume-form.png"))
-        dialog.locator("input[type='checkbox'], [role='switch']").first.click()
-        text_inputs = dialog.locator("input[type='text'], input:not([type]), textarea")
-        text_inputs.nth(0).fill("bob")
-        text_inputs.nth(1).fill("approved in the UI, CHG-77")
-        dialog.get_by_role("button", name="Submit").click()
+        answer_in_ui(page, prefect_api, run.run_id, "bob", wrong_code("bob"), tmp_path / "1.png")
+        wait_until(lambda: "refused" in run.events(), "the refusal")
+        [refusal] = [e for e in e2e_workspace.ledger().approval_events(run.run_id)][1:]
+        assert (refusal.actor, refusal.reason) == (
+            "bob",
+            "wrong or expired one-time code for 'bob'",
+        )
+        wait_until(lambda: run_state(prefect_api, run.run_id) == "PAUSED", "a pause again")
+        assert not run.marker.exists()
+        answer_in_ui(page, prefect_api, run.run_id, "bob", codes.code("bob"), tmp_path / "2.png")
         code, out = run.finish()
         assert code == 0, out
         assert run.marker.read_text() == "changed"
         decision = e2e_workspace.ledger().approval_events(run.run_id)[-1]
         assert (decision.event, decision.actor) == ("approved", "bob")
+        assert decision.reason == "approved in the UI, CHG-77"
     finally:
         run.stop(prefect_api)
+        codes.close()
+
+
+def answer_in_ui(page: Page, api: str, run_id: str, approver: str, code: str, shot: Path) -> None:
+    """Open the paused run in the UI, press Resume, fill in the form (approved, approver,
+    code, reason) and submit it."""
+    ui = api.removesuffix("/api")
+    page.goto(f"{ui}/runs/flow-run/{run_id}", wait_until="networkidle")
+    page.get_by_role("button", name="Resume").first.click(timeout=30_000)
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("one-time code", exact=False).first.wait_for(timeout=15_000)
+    page.screenshot(path=str(shot))
+    dialog.locator("input[type='checkbox'], [role='switch']").first.click()
+    text_inputs = dialog.locator("input[type='text'], input:not([type]), textarea")
+    assert text_inputs.count() == 3, page.content()[:2000]  # approver, code, reason
+    text_inputs.nth(0).fill(approver)
+    text_inputs.nth(1).fill(code)
+    text_inputs.nth(2).fill("approved in the UI, CHG-77")
+    dialog.get_by_role("button", name="Submit").click()
+    dialog.wait_for(state="hidden", timeout=15_000)
+
+
+def test_the_ui_run_form_asks_who_requests_and_the_api_refuses_none(
+    served: subprocess.Popen[bytes], prefect_api: str, page: Page, tmp_path: Path
+) -> None:
+    """restore/manual sets no requester: its run form in the UI has an empty, required
+    requested_by field, and the API refuses a run that does not say who asks."""
+    url = f"{prefect_api}/deployments/name/restore/manual"
+    # `served` waits for the first deployment; the others follow it
+    wait_until(lambda: httpx.get(url, timeout=10).status_code == 200, "restore/manual served")
+    dep = httpx.get(url, timeout=10).json()
+    assert "requested_by" in dep["parameter_openapi_schema"]["required"]
+    assert "requested_by" not in dep["parameters"]
+    refused = httpx.post(
+        f"{prefect_api}/deployments/{dep['id']}/create_flow_run",
+        json={"parameters": {"env": "gated"}},
+        timeout=30,
+    )
+    assert refused.status_code in (409, 422), refused.text
+    assert "requested_by" in refused.text, refused.text
+    ui = prefect_api.removesuffix("/api")
+    page.goto(f"{ui}/deployments/deployment/{dep['id']}/run", wait_until="networkidle")
+    page.get_by_text("who asks for this run", exact=False).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(tmp_path / "run-form.png"))
+    labels = page.locator("label, legend, p, span, div").all_inner_texts()
+    # the UI marks parameters that have a default "(Optional)": env does, requested_by not
+    assert "env (Optional)" in labels and "requested_by" in labels, labels
+    assert "requested_by (Optional)" not in labels
+    box = page.get_by_text("who asks for this run").first.locator("xpath=following::textarea[1]")
+    assert box.input_value() == ""  # nothing filled in for the person asking

@@ -27,7 +27,9 @@ from opsflow.ledger import (
     utcnow,
 )
 from opsflow.ledger import chain as chain_module
-from opsflow.ledger.schema import HEAD
+from opsflow.ledger.keys import load_key
+from opsflow.ledger.schema import HEAD, alembic_config
+from opsflow.settings import get_settings
 from tests.support import legacy_ledger
 
 pytestmark = pytest.mark.integration
@@ -260,3 +262,39 @@ def test_a_ledger_newer_than_this_opsflow_is_refused(
     tamper(ledger_url, "update alembic_version set version_num = '0099'")
     with pytest.raises(LedgerSchemaError, match=r"revision '0099', newer than this opsflow"):
         Ledger(ledger_url)
+
+
+def test_a_ledger_at_0002_gains_used_codes_and_keeps_its_rows(
+    open_ledger: Open, ledger_url: str
+) -> None:
+    """Revision 0003 adds the register of spent one-time codes to a ledger at 0002 (made here
+    the way a real one was: old rows, then the 0002 migration) and changes nothing else."""
+    old_ledger(ledger_url).close()
+    key = load_key(get_settings(), create=True).secret
+    engine = create_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            command.upgrade(alembic_config(conn, lambda: key), "0002")
+            conn.commit()
+            assert conn.execute(text("select version_num from alembic_version")).scalar() == "0002"
+    finally:
+        engine.dispose()
+    before = rows_of(ledger_url)
+    assert "used_codes" not in schema_of(ledger_url)
+
+    ledger = open_ledger()
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == HEAD
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert HEAD == "0003"
+    assert schema_of(ledger_url)["used_codes"] == ["approver", "flow_run_id", "step", "used_at"]
+    assert rows_of(ledger_url) == before
+    assert ledger.verify().ok
+
+    # each (approver, step) is spent once, whichever ledger object (process) tries
+    assert ledger.use_code("bob", 63_333_333, "run-a") is True
+    assert ledger.use_code("bob", 63_333_333, "run-b") is False
+    assert open_ledger().use_code("bob", 63_333_333, "run-c") is False
+    assert ledger.use_code("bob", 63_333_334, "run-b") is True
+    assert ledger.use_code("alice", 63_333_333, "run-b") is True
+    assert ledger.verify().ok  # not a chained table: verify is unaffected

@@ -40,6 +40,7 @@ from tests.fixtures.restores import (
     kubernetes_entry,
     start_pgbench_container,
 )
+from tests.support.approvers import Authenticator, wait_until
 from tests.support.cli import OPSFLOW
 from tests.support.prefect_api import api_get, api_post
 
@@ -536,26 +537,6 @@ class CliRestore:
             self.proc.wait()
 
 
-def resume(api: str, run_id: str, approved: bool, approver: str, reason: str) -> None:
-    response = api_post(
-        f"{api}/flow_runs/{run_id}/resume",
-        json={"run_input": {"approved": approved, "approver": approver, "reason": reason}},
-        timeout=30,
-    )
-    assert response.status_code in (200, 201) and response.json()["status"] == "ACCEPT", (
-        response.text
-    )
-
-
-def wait_until(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_protected_restore_times_out_without_approval_and_changes_nothing(
     restore_lab: RestoreLab,
 ) -> None:
@@ -588,8 +569,12 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
     cli = CliRestore(lab, timeout=120)
     try:
         run_id = cli.paused_run()
-        resume(lab.api, run_id, True, "alice", "I am sure")  # the requester herself
+        codes = Authenticator(lab.ledger_url)
+        # the requester herself, with her own valid code
+        codes.answer(lab.api, run_id, "alice", "I am sure")
         wait_until(lambda: "refused" in cli.events(run_id), "the refusal")
+        [refusal] = [e for e in lab.ledger().approval_events(run_id) if e.event == "refused"]
+        assert (refusal.actor, "four-eyes" in refusal.reason) == ("alice", True), refusal.reason
         assert cli.proc.poll() is None, "a refused answer must leave the run waiting"
         assert lab.checksums() == changed  # nothing touched while waiting
         wait_until(
@@ -599,7 +584,7 @@ def test_protected_restore_refuses_self_approval_then_proceeds_on_a_valid_one(
             ),
             "the run to pause again",
         )
-        resume(lab.api, run_id, True, "bob", "CHG-42 restore after bad migration")
+        codes.answer(lab.api, run_id, "bob", "CHG-42 restore after bad migration")
         code, out = cli.finish()
     finally:
         cli.kill()

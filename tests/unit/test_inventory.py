@@ -16,7 +16,9 @@ environments:
     databases: [{name: ledger, kind: sqlite, path: .opsflow/ledger.db}]
   production:
     protected: true
-    approvals: {approvers: [alice, bob], timeout: 30m}
+    approvals:
+      approvers: {alice: {totp: 'env:ALICE_TOTP'}, bob: {totp: 'secret:bob-totp'}}
+      timeout: 30m
     kubernetes: {namespace: accelerapp, deployment: accelerapp}
     databases:
       - {name: main, kind: postgres, dsn: "secret:prod-db-dsn", via: {kubectl_exec: postgres}}
@@ -33,7 +35,38 @@ BAD: list[tuple[str, str, str]] = [
     ("environments: {local: {endpoinds: []}}", "environments.local.endpoinds", "`endpoints`"),
     ("environments: {Prod: {}}", "environments", "lowercase"),
     ("environments: {p: {protected: true}}", "environments.p", "approvals"),
-    ("environments: {p: {approvals: {approvers: []}}}", "approvals.approvers", "at least one"),
+    ("environments: {p: {approvals: {approvers: {}}}}", "approvals.approvers", "at least one"),
+    (  # the old list form: a name proves nothing
+        "environments: {p: {approvals: {approvers: [alice, bob]}}}",
+        "approvals.approvers",
+        "approvers: {alice: {totp: env:ALICE_TOTP}, bob: {totp: env:BOB_TOTP}}",
+    ),
+    (
+        "environments: {p: {approvals: {approvers: {alice: {totp: JBSWY3DPEHPK3PXPJBSWY3DP}}}}}",
+        "approvals.approvers.alice.totp",
+        "env:VAR or secret:NAME",
+    ),
+    ("environments: {p: {approvals: {approvers: {alice: {}}}}}", "alice.totp", "add `totp`"),
+    (
+        "environments: {p: {approvals: {approvers: {alice: {totp: 'env:A'}}, required: 2}}}",
+        "environments.p.approvals",
+        "list more approvers or lower required",
+    ),
+    (
+        "environments: {p: {approvals: {approvers: {alice: {totp: 'env:A'}}, required: 0}}}",
+        "approvals.required",
+        "correct the value",
+    ),
+    (
+        "environments: {p: {approvals: {approvers: {'a b': {totp: 'env:A'}}}}}",
+        "approvals.approvers",
+        "login name",
+    ),
+    (
+        "environments: {p: {approvals: {approvers: {alice: {totp: 'env:A'}}, timeout: 0}}}",
+        "approvals.timeout",
+        "30m",
+    ),
     ("environments: {p: {endpoints: [{name: a, url: 'ftp://x'}]}}", "endpoints[0].url", "http://"),
     ("environments: {p: {endpoints: [{url: 'http://x'}]}}", "endpoints[0].name", "add `name`"),
     ("environments: {p: {databases: [{name: m, kind: postgres}]}}", "databases[0]", "dsn:"),
@@ -105,6 +138,11 @@ def test_good_inventory_loads() -> None:
     prod = inventory.environment("production")
     assert prod.protected and prod.approvals is not None
     assert prod.approvals.timeout.total_seconds() == 1800
+    assert {n: a.totp for n, a in prod.approvals.approvers.items()} == {
+        "alice": "env:ALICE_TOTP",
+        "bob": "secret:bob-totp",
+    }
+    assert prod.approvals.required == 1
     assert prod.databases[0].via.kubectl_exec == "postgres"  # type: ignore[union-attr]
     assert prod.thresholds.disk_pct == 85  # seed default
     assert prod.maintenance_window is not None
@@ -163,7 +201,7 @@ DUPLICATE_PRODUCTION = """
 environments:
   production:
     protected: true
-    approvals: {approvers: [alice, bob]}
+    approvals: {approvers: {alice: {totp: "env:ALICE_TOTP"}}}
     databases: [{name: main, kind: postgres, dsn: "secret:prod-db"}]
   production:
     description: pasted again further down, without protected or approvals

@@ -36,7 +36,7 @@ INVENTORY = parse_inventory("""
 environments:
   prod:
     protected: true
-    approvals: {approvers: [alice, bob]}
+    approvals: {approvers: {alice: {totp: 'env:ALICE_TOTP'}, bob: {totp: 'env:BOB_TOTP'}}}
     kubernetes: {namespace: shop, deployment: web}
     databases:
       - {name: main, kind: postgres, dsn: "env:DSN"}

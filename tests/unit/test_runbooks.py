@@ -30,3 +30,19 @@ def test_unknown_runbook_names_the_choices() -> None:
         get_runbook("helth-check")
     assert caught.value.field == "runbook"
     assert "health-check" in caught.value.fix and "dr-drill" in caught.value.fix
+
+
+def test_every_runbook_requires_a_requester_and_only_schedules_name_one() -> None:
+    """The UI's run form and the API must say who asks (a required parameter, no deployment
+    default); a schedule's runs are requested by `scheduler` (issue 9)."""
+    for book in runbooks().values():
+        schema = book.flow.parameters
+        assert "requested_by" in schema.required, f"{book.name}: requested_by has a default"
+        assert "default" not in schema.properties["requested_by"], book.name
+    specs = read_deployment_specs()
+    assert {spec["name"] for spec in specs} >= {"daily", "nightly", "manual", "monthly"}
+    for spec in specs:
+        parameters = spec.get("parameters") or {}
+        assert "requested_by" not in parameters, f"deployment {spec['name']} names a requester"
+        for schedule in spec.get("schedules") or []:
+            assert schedule["parameters"] == {"requested_by": "scheduler"}, spec["name"]
