@@ -235,9 +235,12 @@ def rejection_reason(flow_run_id: str) -> str | None:
         return None  # the run failed on the ledger itself; its state says how
     if decision is None:
         return None
-    who = f" by {decision.actor}" if decision.actor else ""
+    # the same words as the flow's own ApprovalRejected (opsflow.approvals), whichever path
+    # reports it: the server may fail a never-resumed paused run before the flow does
+    if decision.event == "timed_out":
+        return f"{decision.action} on {decision.env}: {decision.reason}. Nothing was changed."
     return (
-        f"{decision.action} on {decision.env} {decision.event}{who}: {decision.reason}. "
+        f"{decision.action} on {decision.env} rejected by {decision.actor}: {decision.reason}. "
         "Nothing was changed."
     )
 

@@ -276,11 +276,9 @@ def _timed_out(
     record: Callable[..., Any], action: str, env: str, timeout: int, got: int, required: int
 ) -> list[Approval]:
     short = f" ({got} of {required} approvals)" if got else ""
-    record(event="timed_out", reason=f"no valid answer within {timeout}s{short}")
-    raise ApprovalRejected(
-        f"{action} on {env}: no valid approval within {timeout}s{short}, treated as rejected. "
-        "Nothing was changed."
-    )
+    reason = f"no valid approval within {timeout}s{short}, treated as rejected"
+    record(event="timed_out", reason=reason)
+    raise ApprovalRejected(f"{action} on {env}: {reason}. Nothing was changed.")
 
 
 def resume_with_answer(
