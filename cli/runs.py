@@ -3,7 +3,9 @@ and the report of a run's final state."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,7 +37,9 @@ from opsflow.settings import get_settings
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="port of the embedded Prefect server")] = 4200,
+    port: Annotated[
+        int, typer.Option(help="port of the embedded Prefect server", min=1, max=65535)
+    ] = 4200,
 ) -> None:
     """Start the embedded Prefect server (unless PREFECT_API_URL is set) and serve every
     deployment of prefect.yaml with its schedule. Ctrl-C stops everything."""
@@ -67,7 +71,7 @@ def run(
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    _check_params(book.flow, runbook, params)
+    _check_params(book, env, params)
     if not as_json:
         where = f"server {api}" if api else "a temporary local server (no server configured)"
         err.print(f"running {runbook} on {env} through {where}")
@@ -112,8 +116,12 @@ def transfer_progress(enabled: bool) -> Iterator[None]:
         remove_listener(update)
 
 
-def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
-    """Unknown names and values of the wrong type are bad input, refused before any run."""
+def _check_params(book: Any, env: str, params: dict[str, Any]) -> None:
+    """Bad parameters are refused before any run exists, without a server: unknown names,
+    values of the wrong type or out of range (the flow's signature), and what the runbook's
+    plan refuses (an unknown database or backup id, a ``target_db`` naming the live file…).
+    The flow checks again where it runs, with what only that place knows (its secrets)."""
+    flow, runbook = book.flow, book.name
     reserved = {"env", "dry_run", "requested_by"}
     accepted = sorted(set(flow.parameters.properties) - reserved)
     for name in params:
@@ -124,10 +132,28 @@ def _check_params(flow: Any, runbook: str, params: dict[str, Any]) -> None:
                 f"--param {name}: {runbook} has no parameter {name!r} "
                 f"(fix: {hint}; --env, --dry-run and --as are options)",
             )
+    prefect_flows = logging.getLogger("prefect.flows")  # it logs the failure a second time
+    was, prefect_flows.disabled = prefect_flows.disabled, True
     try:
-        flow.validate_parameters(params)
+        values = flow.validate_parameters(params)
     except Exception as exc:  # noqa: BLE001 - Prefect's validation error, shown to the operator
-        fail(EXIT_BAD_INPUT, f"--param: {exc}")
+        lines = [line.strip(" -") for line in str(exc).splitlines()[1:] if line.startswith(" - ")]
+        fix = f"see the parameters in docs/runbooks/{runbook}.md"
+        fail(EXIT_BAD_INPUT, f"--param {'; '.join(lines) or exc} (fix: {fix})")
+    finally:
+        prefect_flows.disabled = was
+    plan = book.plan
+    taken = inspect.signature(plan).parameters
+    try:
+        from opsflow.inventory import load_inventory
+
+        plan(
+            env,
+            load_inventory().environment(env),
+            **{k: v for k, v in values.items() if k in taken and k != "env"},
+        )
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
 
 
 def _report_state(state: Any, as_json: bool) -> int:

@@ -56,6 +56,7 @@ from pydantic import BaseModel
 from connectors import ledger_heads
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
+from opsflow.inventory.references import check_references
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact
@@ -85,7 +86,16 @@ class _DropThreadTimeoutWarning(logging.Filter):
         return not (message.startswith("Timeout of") and "worker thread" in message)
 
 
-_QUIET = _DropThreadTimeoutWarning()
+class _NoTracebackForBadInput(logging.Filter):
+    """Bad input is one line: the flow engine's record of an ``InputError`` loses its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET, _BAD_INPUT_FILTER = _DropThreadTimeoutWarning(), _NoTracebackForBadInput()
 
 
 class _DropLockPollError(logging.Filter):
@@ -107,8 +117,9 @@ _QUIET_LOCK = _DropLockPollError()
 def quiet_thread_timeout_warning() -> None:
     for name in ("", "prefect", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
-            if _QUIET not in handler.filters:
-                handler.addFilter(_QUIET)
+            for quiet in (_QUIET, _BAD_INPUT_FILTER):
+                if quiet not in handler.filters:
+                    handler.addFilter(quiet)
 
 
 def _ms_since(started: float) -> int:
@@ -288,11 +299,13 @@ class RunbookRun:
 
     @classmethod
     def start(cls, runbook: str, env_name: str, requested_by: str = "") -> RunbookRun:
-        """Validate inventory and environment (InputError before any side effect)."""
+        """Validate inventory and environment, and resolve every secret reference of the
+        environment where the flow runs (InputError before any side effect or ledger row)."""
         install_log_redaction()
         quiet_thread_timeout_warning()
         inventory = load_inventory()
         env = inventory.environment(env_name)
+        check_references(env_name, env)
         logger = get_run_logger()
         run = cls(
             runbook=runbook,

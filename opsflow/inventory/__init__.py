@@ -15,6 +15,7 @@ from opsflow.inventory.load import (
     inventory_path,
     load_inventory,
     parse_inventory,
+    validated,
 )
 from opsflow.inventory.models import (
     Access,
@@ -72,4 +73,5 @@ __all__ = [
     "inventory_path",
     "load_inventory",
     "parse_inventory",
+    "validated",
 ]

@@ -75,7 +75,7 @@ BAD: list[tuple[str, str, str]] = [
         "maintenance_window.duration",
         "90s",
     ),
-    ("environments: {p: {notify: [{block: a, webhook: b}]}}", "notify[0]", "exactly one"),
+    ("environments: {p: {notify: [{block: a, webhook: 'env:HOOK'}]}}", "notify[0]", "exactly one"),
     (
         "environments: {p: {logs: {files: [{path: /x, pattern: '(['}]}}}",
         "logs.files[0].pattern",
