@@ -1,9 +1,10 @@
 """``make bench``: start a Prefect server and 50 slow HTTP targets, run the three benchmarks of
-issue 3 and the three of issue 4 (backup, restore and DR drill of a >= 1 GB pgbench database),
-print the table and write ``benchmarks/results/latest.json``. Everything started here is
-stopped here, also on Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
+issue 3, the fixed cost of `opsflow run` (issue 10, ``benchmarks/oncall.py``) and the three of
+issue 4 (backup, restore and DR drill of a >= 1 GB pgbench database), print the table and
+write ``benchmarks/results/latest.json``. Everything started here is stopped here, also on
+Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
-Usage: ``python -m benchmarks [--only health,overhead,trigger,backup,restore,drill]
+Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,backup,restore,drill]
 [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
@@ -31,7 +32,7 @@ from benchmarks.common import Row, free_port
 from benchmarks.targets import start_slow_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("health", "overhead", "trigger", "backup", "restore", "drill")
+ALL = ("health", "overhead", "trigger", "oncall", "backup", "restore", "drill")
 BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
 
@@ -78,7 +79,7 @@ def isolate(workdir: Path) -> None:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="opsflow benchmarks (issues 3 and 4)", show_lines=False)
+    out = Table(title="opsflow benchmarks (issues 3, 4 and 10)", show_lines=False)
     for column in ("benchmark", "measure", "value", "baseline", "ratio", "goal", "result"):
         out.add_column(column, no_wrap=column in ("measure", "value", "baseline", "ratio"))
     previous = ""
@@ -166,6 +167,13 @@ def main(argv: list[str] | None = None) -> int:
                 trig = trigger.run(workdir)
                 report["trigger_latency"] = trig.as_dict()
                 rows += trig.rows()
+            if "oncall" in selected:
+                from benchmarks import oncall
+
+                console.print("[bold]issue 10[/] fixed cost of `opsflow run` (local, served)...")
+                fixed = oncall.run(workdir)
+                report["oncall"] = fixed.as_dict()
+                rows += fixed.rows()
             if set(selected) & set(BACKUP_SIDE):
                 from benchmarks.backup_suite import run_backup_side
 

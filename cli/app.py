@@ -66,7 +66,8 @@ def fail(code: int, message: str) -> NoReturn:
 
 
 def use_server_if_running() -> str | None:
-    """Point Prefect at PREFECT_API_URL, else at the embedded server of `opsflow up` if it runs.
+    """Point Prefect at PREFECT_API_URL, else at the embedded server of `opsflow up` if it runs,
+    else at the home server `opsflow run` left running for this OPSFLOW_HOME (deployments.up).
 
     Must run before prefect is imported (its settings are read at import time).
     """
@@ -77,8 +78,14 @@ def use_server_if_running() -> str | None:
             os.environ["PREFECT_API_URL"] = EMBEDDED_API
             return EMBEDDED_API
     except httpx.HTTPError:
-        return None
-    return None
+        pass
+    from deployments.up import running_home_server
+    from opsflow.settings import get_settings
+
+    api = running_home_server(get_settings().home)
+    if api is not None:
+        os.environ["PREFECT_API_URL"] = api
+    return api
 
 
 def parse_params(pairs: list[str]) -> dict[str, str]:

@@ -1,11 +1,13 @@
 """The ``opsflow`` command line (Typer + rich).
 
 Exit codes: 0 ok, 1 the runbook finished unhealthy or failed, 2 bad input, 3 rejected or the
-approval timed out. Secrets never reach the terminal: every message goes through ``redact``.
+approval timed out; 130 when Ctrl-C detaches from a served run (which goes on). Secrets never
+reach the terminal: every message goes through ``redact``.
 
-Commands live by what they are for: ``cli.runs`` (up, run, recover, plan), ``cli.approvals``
-(approve, reject), ``cli.records`` (history, inventory check, backups list, ledger verify);
-``cli.app`` holds what they share. Importing them registers them on ``app``.
+Commands live by what they are for: ``cli.runs`` (up, down, run, recover, plan),
+``cli.follow`` (logs, cancel), ``cli.approvals`` (approve, reject), ``cli.records`` (history,
+inventory check, backups list, ledger verify); ``cli.app`` holds what they share. Importing
+them registers them on ``app``.
 
 ``main`` is the one error boundary: bad input anywhere (``InputError``, e.g. an ``OPSFLOW_*``
 setting) is one line and exit 2; an opsflow failure (an unreachable ledger, say) one line and
@@ -28,7 +30,7 @@ from opsflow.errors import InputError, OpsflowError
 from opsflow.redaction import redact
 
 # registered in this order, which is the order of `opsflow --help`
-COMMAND_MODULES = ("cli.runs", "cli.approvals", "cli.records")
+COMMAND_MODULES = ("cli.runs", "cli.follow", "cli.approvals", "cli.records")
 for _module in COMMAND_MODULES:
     importlib.import_module(_module)
 

@@ -1,17 +1,20 @@
-"""Running runbooks: ``up``, ``run``, ``recover`` and ``plan``, with the live transfer bars
-and the report of a run's final state."""
+"""Running runbooks: ``up``, ``run``, ``recover``, ``plan`` and ``down``, and the report of a
+run's final state. A served runbook runs through its deployment (``cli.follow``); otherwise,
+or with ``--local``, in this process. What is printed meanwhile: ``cli.output``."""
 
 from __future__ import annotations
 
 import inspect
 import json
 import logging
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from cli.app import (
@@ -30,9 +33,23 @@ from cli.app import (
     status_word,
     use_server_if_running,
 )
+from cli.follow import rejection_reason
+from cli.output import RunPrinter, quiet_prefect
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.redaction import redact
 from opsflow.settings import get_settings
+
+Local = Annotated[
+    bool,
+    typer.Option("--local", help="run in this process, even when a runner serves the runbook"),
+]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", "-v", help="print Prefect's own log lines of the run")
+]
+AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON")]
+AsUser = Annotated[
+    str | None, typer.Option("--as", help="who is asking (default $OPSFLOW_USER, else $USER)")
+]
 
 
 @app.command()
@@ -49,81 +66,120 @@ def up(
 
 
 @app.command()
+def down() -> None:
+    """Stop the Prefect server `opsflow run` started for this OPSFLOW_HOME (when no server was
+    configured, it keeps one running between commands)."""
+    from deployments.up import stop_home_server
+
+    home = get_settings().home
+    api = stop_home_server(home)
+    out.print(f"stopped the Prefect server of {home} ({api})" if api else f"no server of {home}")
+
+
+@app.command()
 def run(
     runbook: Annotated[str, typer.Argument(help="runbook name, e.g. health-check")],
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
     param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="publish the plan only")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
-    as_user: Annotated[
-        str | None, typer.Option("--as", help="who is asking (default $USER)")
-    ] = None,
+    as_json: AsJson = False,
+    as_user: AsUser = None,
+    local: Local = False,
+    verbose: Verbose = False,
 ) -> None:
-    """Run a runbook now. With a server configured (or `opsflow up` running) the run shows in
-    the Prefect UI like any other."""
+    """Run a runbook now. When `opsflow up` (or a worker) serves it, this is a flow run of its
+    deployment, which goes on if this terminal goes away (Ctrl-C detaches); otherwise, or with
+    --local, it runs in this process. Either way it shows in the Prefect UI."""
+    quiet_prefect(verbose)
     params: dict[str, Any] = parse_params(param or [])
     check_env(env)
     check_ledger()
-    api = use_server_if_running()
     from deployments.runbooks import get_runbook
 
     try:
         book = get_runbook(runbook)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
-    _check_params(book, env, params)
-    if not as_json:
-        where = f"server {api}" if api else "a temporary local server (no server configured)"
-        err.print(f"running {runbook} on {env} through {where}")
+    _check_params(book, env, params)  # before any server is contacted or started
     requested_by = as_user or get_settings().user
-    with transfer_progress(enabled=not as_json and err.is_terminal):
+    api = use_server_if_running()
+    printer = RunPrinter(verbose=verbose, approval_hint=lambda: approval_hint(env))
+    say = _say(as_json)
+    if api is not None and not local:
+        from cli.follow import Api, coerce, follow_to_end, served_deployment, submit
+
+        client = Api(api)
+        dep = served_deployment(client, book.deployment_name)
+        if dep is not None:
+            schema = dep.get("parameter_openapi_schema") or {}
+            _check_names(sorted(schema.get("properties") or {}), runbook, params)
+            parameters = {"env": env, "dry_run": dry_run, "requested_by": requested_by}
+            flow_run = submit(client, dep, parameters | coerce(schema, params))
+            run_id = str(flow_run["id"])
+            printer.approval_hint = lambda: approval_hint(env, run_id)
+            say(
+                f"{runbook} on {env}: run {run_id} of deployment {book.deployment_name} "
+                f"({api.removesuffix('/api')}; Ctrl-C detaches)"
+            )
+            sys.exit(follow_to_end(client, run_id, printer, as_json))
+        say(f"note: nothing serves {book.deployment_name} at {api}; running in this process")
+    if api is None:
+        from deployments.up import ensure_home_server
+
+        home = get_settings().home
+        api, started = ensure_home_server(home, Console(stderr=True, quiet=as_json))
+        os.environ["PREFECT_API_URL"] = api
+        if started:
+            say(
+                f"note: no Prefect server configured: started one for {home} at {api}; it "
+                "stays up for the next commands (`opsflow down` stops it)"
+            )
+    say(f"{runbook} on {env}, in this process")
+    bars = printer.bars(enabled=not as_json and err.is_terminal)
+    with no_heartbeat(), bars, printer.in_process():
         state = book.flow(
             env=env, dry_run=dry_run, requested_by=requested_by, return_state=True, **params
         )
     sys.exit(_report_state(state, as_json))
 
 
+def _say(quiet: bool) -> Any:
+    def say(text: str) -> None:
+        if not quiet:
+            err.print(text, soft_wrap=True, highlight=False)
+
+    return say
+
+
 @contextmanager
-def transfer_progress(enabled: bool) -> Iterator[None]:
-    """A live bar per transfer (dump, upload, restore) while an in-process run streams data."""
-    if not enabled:
+def no_heartbeat() -> Iterator[None]:
+    """No flow-run heartbeat thread for a run in this process: joining it costs up to 1 s at
+    the end of every run, and nothing watches the heartbeats of a run started in a terminal
+    (served runs keep theirs: their runner's process is not this one)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
         yield
-        return
-    from rich.progress import Progress, SpinnerColumn, TextColumn, TransferSpeedColumn
 
-    from opsflow.progress import add_listener, remove_listener
 
-    bars = Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        TextColumn("{task.completed:,.0f} bytes"),
-        TransferSpeedColumn(),
-        console=err,
-        transient=True,
+def approval_hint(env: str, run_id: str = "RUN_ID") -> str | None:
+    """Who may approve a run of ``env`` and the command, from the inventory's policy."""
+    from opsflow.inventory import load_inventory
+
+    policy = load_inventory().environment(env).approvals
+    if policy is None:
+        return None
+    return (
+        f"one of {', '.join(policy.approvers)} (not the requester) answers with "
+        f"`opsflow approve {run_id} --as NAME --reason TEXT` or `opsflow reject {run_id} "
+        "--as NAME --reason TEXT` (or the run's Resume button in the Prefect UI)"
     )
-    ids: dict[str, Any] = {}
-
-    def update(label: str, done: int, _elapsed: float) -> None:
-        if label not in ids:
-            ids[label] = bars.add_task(label, total=None)
-        bars.update(ids[label], completed=done)
-
-    add_listener(update)
-    try:
-        with bars:
-            yield
-    finally:
-        remove_listener(update)
 
 
-def _check_params(book: Any, env: str, params: dict[str, Any]) -> None:
-    """Bad parameters are refused before any run exists, without a server: unknown names,
-    values of the wrong type or out of range (the flow's signature), and what the runbook's
-    plan refuses (an unknown database or backup id, a ``target_db`` naming the live file…).
-    The flow checks again where it runs, with what only that place knows (its secrets)."""
-    flow, runbook = book.flow, book.name
+def _check_names(accepted: list[str], runbook: str, params: dict[str, Any]) -> None:
+    """Unknown parameter names are bad input, refused before any run."""
     reserved = {"env", "dry_run", "requested_by"}
-    accepted = sorted(set(flow.parameters.properties) - reserved)
+    accepted = [name for name in accepted if name not in reserved]
     for name in params:
         if name not in accepted:
             hint = f"use one of: {', '.join(accepted)}" if accepted else "it takes none"
@@ -132,6 +188,15 @@ def _check_params(book: Any, env: str, params: dict[str, Any]) -> None:
                 f"--param {name}: {runbook} has no parameter {name!r} "
                 f"(fix: {hint}; --env, --dry-run and --as are options)",
             )
+
+
+def _check_params(book: Any, env: str, params: dict[str, Any]) -> None:
+    """Bad parameters are refused before any run exists, without a server: unknown names,
+    values of the wrong type or out of range (the flow's signature), and what the runbook's
+    plan refuses (an unknown database or backup id, a ``target_db`` naming the live file…).
+    The flow checks again where it runs, with what only that place knows (its secrets)."""
+    flow, runbook = book.flow, book.name
+    _check_names(sorted(flow.parameters.properties), runbook, params)
     prefect_flows = logging.getLogger("prefect.flows")  # it logs the failure a second time
     was, prefect_flows.disabled = prefect_flows.disabled, True
     try:
@@ -160,7 +225,9 @@ def _report_state(state: Any, as_json: bool) -> int:
     result = state.result(raise_on_failure=False)
     if isinstance(result, InputError):
         fail(EXIT_BAD_INPUT, str(result))
-    rejected = _rejection(state)
+    rejected = None
+    if not state.is_completed() and state.state_details.flow_run_id is not None:
+        rejected = rejection_reason(str(state.state_details.flow_run_id))
     if isinstance(result, ApprovalRejected) or rejected:
         fail(EXIT_REJECTED, str(result) if isinstance(result, ApprovalRejected) else str(rejected))
     if isinstance(result, BaseException):
@@ -172,26 +239,6 @@ def _report_state(state: Any, as_json: bool) -> int:
         _print_result(result)
         out.print(f"[bold]{state.name}[/]: {redact(state.message or '')}")
     return EXIT_OK if state.is_completed() and state.name == "Completed" else EXIT_FAILED
-
-
-def _rejection(state: Any) -> str | None:
-    """Why the run was rejected or timed out, from the ledger (None when it was not)."""
-    if state.is_completed() or state.state_details.flow_run_id is None:
-        return None
-    from opsflow.approvals import final_decision
-    from opsflow.ledger import Ledger, LedgerUnavailable
-
-    try:
-        decision = final_decision(Ledger(), str(state.state_details.flow_run_id))
-    except LedgerUnavailable:
-        return None  # the run failed on the ledger itself; its state says how
-    if decision is None:
-        return None
-    who = f" by {decision.actor}" if decision.actor else ""
-    return (
-        f"{decision.action} on {decision.env} {decision.event}{who}: {decision.reason}. "
-        "Nothing was changed."
-    )
 
 
 def _print_result(result: Any) -> None:
@@ -214,15 +261,24 @@ def _print_result(result: Any) -> None:
 @app.command()
 def recover(
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
-    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
-    as_user: Annotated[
-        str | None, typer.Option("--as", help="who is asking (default $USER)")
-    ] = None,
+    as_json: AsJson = False,
+    as_user: AsUser = None,
+    local: Local = False,
+    verbose: Verbose = False,
 ) -> None:
     """Bring back the application an interrupted restore left stopped: what the restore
     recorded next to it (replica count annotation, container markers). Refused while another
     run holds the environment. Same as `opsflow run recover --env ENV`."""
-    run(runbook="recover", env=env, param=None, dry_run=False, as_json=as_json, as_user=as_user)
+    run(
+        runbook="recover",
+        env=env,
+        param=None,
+        dry_run=False,
+        as_json=as_json,
+        as_user=as_user,
+        local=local,
+        verbose=verbose,
+    )
 
 
 @app.command()

@@ -3,15 +3,24 @@
 Starts a Prefect server (SQLite under ``.opsflow/prefect``, UI on 127.0.0.1:<port>) unless
 PREFECT_API_URL points at one, then serves every deployment of prefect.yaml. Ctrl-C stops the
 runner first (it pauses its deployments on exit and needs the server for that), then the server.
+
+The *home server*: when no server is configured, `opsflow run` starts one Prefect server per
+``OPSFLOW_HOME`` (SQLite in ``<home>/prefect-home``, a free port) and leaves it running for the
+next commands, instead of Prefect's ephemeral server that every process would start and
+migrate again. ``<home>/prefect-home/server.json`` says where it is; `opsflow down` stops it.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,17 +102,116 @@ def stop_process_group(proc: subprocess.Popen[Any], timeout: float = 15) -> None
     SIGINT twice (Prefect runners and workers need two), then SIGTERM, then SIGKILL, waiting up
     to ``timeout`` seconds after each. The one way opsflow, its tests and its benchmarks stop a
     server, a runner or a worker."""
+
+    def ended(wait: float) -> bool:
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    _stop_group(proc.pid, lambda: proc.poll() is not None, ended, timeout)
+
+
+def _stop_group(
+    pid: int, gone: Callable[[], bool], ended: Callable[[float], bool], timeout: float
+) -> None:
     for sig in (signal.SIGINT, signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
-        if proc.poll() is not None:
+        if gone():
             return
         try:
-            os.killpg(proc.pid, sig)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            continue
+        if ended(timeout):
+            return
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (our own child that nobody waited for) is not alive
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _stop_pid_group(pid: int, timeout: float = 15) -> None:
+    """``stop_process_group`` for a process this one did not start (known by its pid)."""
+
+    def ended(wait: float) -> bool:
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if not _pid_alive(pid):
+                return True
+            time.sleep(0.1)
+        return False
+
+    _stop_group(pid, lambda: not _pid_alive(pid), ended, timeout)
+
+
+# ----- the home server ---------------------------------------------------------------------
+
+
+def home_server_dir(home: Path) -> Path:
+    return (home / "prefect-home").resolve()
+
+
+def _home_server_record(home: Path) -> tuple[int, str] | None:
+    """(pid, API URL) that ``server.json`` of ``home`` records, if any."""
+    try:
+        found = json.loads((home_server_dir(home) / "server.json").read_text())
+        return int(found["pid"]), str(found["api"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def running_home_server(home: Path) -> str | None:
+    """The API URL of ``home``'s server if it runs and answers, else None."""
+    record = _home_server_record(home)
+    if record is None:
+        return None
+    pid, api = record
+    return api if _pid_alive(pid) and _healthy(api) else None
+
+
+def ensure_home_server(home: Path, console: Console) -> tuple[str, bool]:
+    """``home``'s server, started if it does not run; (API URL, whether it was started now).
+
+    A file lock makes concurrent commands share one server."""
+    directory = home_server_dir(home)
+    directory.mkdir(parents=True, exist_ok=True)
+    with (directory / "server.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        api = running_home_server(home)
+        if api is not None:
+            return api, False
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        proc = start_embedded_server(directory, port, console)
+        api = f"http://127.0.0.1:{port}/api"
+        tmp = directory / "server.json.tmp"
+        tmp.write_text(json.dumps({"pid": proc.pid, "port": port, "api": api}))
+        tmp.rename(directory / "server.json")
+        return api, True
+
+
+def stop_home_server(home: Path) -> str | None:
+    """Stop ``home``'s server; its API URL, or None when none ran."""
+    record = _home_server_record(home)
+    if record is None:
+        return None
+    pid, api = record
+    running = _pid_alive(pid)
+    if running:
+        _stop_pid_group(pid)
+    (home_server_dir(home) / "server.json").unlink(missing_ok=True)
+    return api if running else None
 
 
 def run_up(port: int, console: Console) -> int:
@@ -122,7 +230,11 @@ def run_up(port: int, console: Console) -> int:
         else:
             proc = start_embedded_server(settings.home / "prefect", port, console)
         os.environ["PREFECT_API_URL"] = api
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "2")
+    # how soon a served run starts (the runner polls) and how soon its log lines reach
+    # `opsflow run` following it (the run's process sends them in batches)
+    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     ui = api.removesuffix("/api")
     console.print(
         f"[bold green]opsflow is up.[/] Prefect UI: [link={ui}]{ui}[/link]  (Ctrl-C to stop)"

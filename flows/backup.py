@@ -36,10 +36,6 @@ from opsflow.reports import publish_markdown, report_header
 from opsflow.units import format_bytes, format_rate
 from tasks.backups import RetentionResult, apply_retention, confirm_backup
 from tasks.config_export import export_inventory, store_config_export
-from tasks.docker.config import export_docker_config
-from tasks.kubernetes.config import export_kubernetes_config
-from tasks.postgres.backup import dump_postgres
-from tasks.redis import dump_redis
 from tasks.sqlite import dump_sqlite
 
 RUNBOOK = "backup"
@@ -185,6 +181,8 @@ def _dump_database(
     common: dict[str, Any] = {"db": db, "store": store, "env_name": run.env_name, "when": when}
     common.update(codec=codec, field=field, return_state=True)
     if db.kind == "postgres":
+        from tasks.postgres.backup import dump_postgres  # psycopg only when needed
+
         return dump_postgres(**common, docker=run.env.docker, kubernetes=run.env.kubernetes)
     return dump_sqlite(**common)
 
@@ -193,8 +191,12 @@ def _dump_config(run: RunbookRun, store: BackupStore, when: datetime) -> State[A
     """Collect the configuration (each collector a task) and store it encrypted."""
     parts: dict[str, Any] = {"inventory": export_inventory()}
     if run.env.kubernetes is not None:
+        from tasks.kubernetes.config import export_kubernetes_config
+
         parts["kubernetes"] = export_kubernetes_config(run.env.kubernetes)
     if run.env.docker is not None:
+        from tasks.docker.config import export_docker_config
+
         parts["docker"] = export_docker_config(run.env.docker)
     return store_config_export(
         env_name=run.env_name,
@@ -426,6 +428,8 @@ def _back_up(run: RunbookRun, store: BackupStore, codec: Any) -> State[Any]:
         )
         for i, db in enumerate(run.env.databases)
     ]
+    if run.env.redis:
+        from tasks.redis import dump_redis  # the Redis client only when there is Redis
     items += [
         (
             t.name,

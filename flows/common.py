@@ -208,12 +208,15 @@ def runbook_flow(
     name: str, description: str, *, timeout_seconds: float = 12 * 3600, **options: Any
 ) -> Callable[[Callable[P, R]], Flow[P, R]]:
     """The Prefect flow of a runbook: its name, the description the UI shows, a run timeout,
-    and ``print`` going to the run's log."""
+    and ``print`` going to the run's log. Its result (the report, already redacted) is
+    persisted as JSON, so `opsflow run` following a served run can print it (``--json``)."""
     decorator: Callable[[Callable[P, R]], Flow[P, R]] = flow(
         name=name,
         description=description,
         timeout_seconds=timeout_seconds,
         log_prints=True,
+        persist_result=True,
+        result_serializer="json",
         **options,
     )
     return decorator

@@ -24,12 +24,8 @@ from opsflow.plans import Plan, PlanStep
 from opsflow.reports import publish_markdown, publish_table, render_health_report, result_rows
 from opsflow.results import CheckResult, Status, worst
 from tasks.backups import check_backup_freshness
-from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.http import check_endpoint, check_metrics
-from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.logs import scan_log_file
-from tasks.postgres.checks import check_postgres
-from tasks.redis import check_redis
 from tasks.sqlite import check_sqlite
 from tasks.system import check_disk, check_tls_certificate
 
@@ -92,6 +88,9 @@ def planned_checks(env_name: str, env: Environment) -> list[CheckCall]:
             )
         )
     if env.kubernetes is not None:
+        # system clients are imported only for environments that have the system
+        from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
+
         k8s = env.kubernetes
         where = f"{k8s.namespace}/{k8s.deployment or k8s.label_selector or '*'}"
         calls += [
@@ -123,6 +122,8 @@ def planned_checks(env_name: str, env: Environment) -> list[CheckCall]:
             ),
         ]
     if env.docker is not None and env.docker.services:
+        from tasks.docker.checks import check_containers, scan_container_logs
+
         names = ", ".join(s.container for s in env.docker.services)
         calls += [
             CheckCall(
@@ -158,6 +159,8 @@ def planned_checks(env_name: str, env: Environment) -> list[CheckCall]:
     for i, db in enumerate(env.databases):
         fld = f"{base}.databases[{i}]"
         if db.kind == "postgres":
+            from tasks.postgres.checks import check_postgres
+
             calls.append(
                 CheckCall(
                     "check_postgres",
@@ -178,6 +181,8 @@ def planned_checks(env_name: str, env: Environment) -> list[CheckCall]:
                 )
             )
     for i, target in enumerate(env.redis):
+        from tasks.redis import check_redis
+
         calls.append(
             CheckCall(
                 "check_redis",

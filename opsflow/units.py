@@ -21,3 +21,9 @@ def format_rate(size: float, seconds: float) -> str:
     if seconds <= 0:
         return "-"
     return f"{format_bytes(size / seconds)}/s"
+
+
+def parse_bytes(shown: str) -> int:
+    """The inverse of ``format_bytes`` (to its precision): ``"1.5 MiB"`` -> 1572864."""
+    number, _, unit = shown.strip().partition(" ")
+    return round(float(number) * 1024 ** _UNITS.index(unit))

@@ -27,7 +27,12 @@ def _task(
     policy: dict[str, Any], name: str, timeout_seconds: float, options: dict[str, Any]
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
     decorator: Callable[[Callable[P, R]], Task[P, R]] = task(
-        name=name, timeout_seconds=timeout_seconds, cache_policy=NO_CACHE, **policy, **options
+        name=name,
+        timeout_seconds=timeout_seconds,
+        cache_policy=NO_CACHE,
+        **policy,
+        # runbook flows persist their result; their tasks must not inherit that
+        **({"persist_result": False} | options),
     )
     return decorator
 

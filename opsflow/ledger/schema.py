@@ -14,16 +14,17 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from opsflow.ledger.errors import LedgerSchemaError, LedgerUnavailable
 from opsflow.redaction import redact
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 HEAD = "0002"
 """The newest revision in ``migrations/versions`` (a test checks they agree)."""
@@ -156,6 +157,8 @@ def ensure_schema(engine: Engine, url: str, key: Callable[[], bytes]) -> None:
         current = revision(conn)  # another process may have upgraded it meanwhile
         _check_known(current, url)
         if current != HEAD:
+            from alembic import command  # only when there is schema work: not per run
+
             command.upgrade(alembic_config(conn, key), HEAD)
         conn.commit()
 
@@ -170,6 +173,8 @@ def _check_known(current: str | None, url: str) -> None:
 
 def alembic_config(conn: Connection, key: Callable[[], bytes]) -> Config:
     """An Alembic config built in code: our migrations, this connection, the key provider."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("path_separator", "os")
