@@ -43,7 +43,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from opsflow.errors import PermanentError, TransientError
-from opsflow.inventory import Endpoint, MetricsSource, Thresholds
+from opsflow.inventory import Endpoint, HttpTarget, MetricsSource, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
 from opsflow.secrets import resolve
@@ -76,7 +76,7 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def resolved(target: Endpoint | MetricsSource) -> tuple[str, dict[str, str]]:
+def resolved(target: HttpTarget) -> tuple[str, dict[str, str]]:
     """The URL and headers of ``target`` with their ``env:`` / ``secret:`` references resolved
     (each value registered for redaction)."""
     field = f"{type(target).__name__.lower()} {target.name}"

@@ -73,17 +73,12 @@ class Thresholds(Model):
         return positive_duration(value)
 
 
-class Endpoint(Model):
+class HttpTarget(Model):
+    """What is fetched over HTTP(S): a URL (or a reference to one, when the URL is a secret)
+    and request headers (a credential among them as a reference)."""
+
     name: str
     url: str
-    kind: Literal["basic", "detailed", "ready", "live"] = "basic"
-    expect_status: int = Field(200, ge=100, le=599)
-    expect_json_status: list[str] | None = Field(
-        None, description="accepted values of the JSON body's `status` field, e.g. [healthy, ok]"
-    )
-    timeout: timedelta = Field(default=timedelta(seconds=10))
-    verify_tls: bool = True
-    ca_file: str | None = None
     headers: dict[str, str] = Field(
         default_factory=dict,
         description="request headers; a credential (Authorization, X-Api-Key…) as env:/secret:",
@@ -99,6 +94,17 @@ class Endpoint(Model):
     @classmethod
     def _headers(cls, value: dict[str, str]) -> dict[str, str]:
         return check_headers(value)
+
+
+class Endpoint(HttpTarget):
+    kind: Literal["basic", "detailed", "ready", "live"] = "basic"
+    expect_status: int = Field(200, ge=100, le=599)
+    expect_json_status: list[str] | None = Field(
+        None, description="accepted values of the JSON body's `status` field, e.g. [healthy, ok]"
+    )
+    timeout: timedelta = Field(default=timedelta(seconds=10))
+    verify_tls: bool = True
+    ca_file: str | None = None
 
     @field_validator("timeout", mode="before")
     @classmethod
@@ -110,29 +116,12 @@ class SmokeTest(Endpoint):
     pass
 
 
-class MetricsSource(Model):
+class MetricsSource(HttpTarget):
     """A Prometheus text endpoint (``/metrics``) whose series are checked against thresholds."""
 
-    name: str
-    url: str
     error_rate: str | None = Field(
         None, description="metric family counting requests, labelled by status (default: auto)"
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict,
-        description="request headers; a credential (Authorization, X-Api-Key…) as env:/secret:",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        check_no_credentials(value, "the URL")
-        return check_url(value, ("http", "https"), references=True)
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_headers(value)
 
 
 class LogFile(Model):
