@@ -4,12 +4,14 @@ run exists (inventory environment, writable ledger)."""
 
 from __future__ import annotations
 
+import difflib
 import os
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import httpx
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from opsflow.errors import InputError
@@ -57,7 +59,9 @@ def status_word(status: str) -> str:
 
 
 def fail(code: int, message: str) -> NoReturn:
-    err.print(f"[bold red]error:[/] {redact(message)}", markup=True, soft_wrap=True)
+    """Print ``error: <message>`` (redacted; the message is text, never rich markup, so a fix
+    hint such as ``[name, ...]`` stays as written) and exit with ``code``."""
+    err.print(f"[bold red]error:[/] {escape(redact(message))}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -109,6 +113,39 @@ def check_ledger() -> None:
         fail(EXIT_FAILED, str(exc))
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
+
+
+def check_recorded(ledger: Any, env: str | None, runbook: str | None = None) -> None:
+    """``--env`` / ``--runbook`` of a command that reads records: a name of the inventory (or
+    of prefect.yaml), or one the ledger holds records of, so an environment removed from the
+    inventory keeps its history readable. Anything else is bad input naming the known ones.
+    A broken inventory does not stop records from being read: only the ledger is asked then."""
+    from deployments.runbooks import runbooks
+    from opsflow.inventory import load_inventory
+
+    if env is not None:
+        try:
+            names = sorted(load_inventory().environments)
+        except InputError:
+            names = []
+        if env not in names and not (
+            ledger.runs(env=env, limit=1) or ledger.backups(env=env, limit=1)
+        ):
+            close = difflib.get_close_matches(env, names, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            fail(
+                EXIT_BAD_INPUT,
+                f"--env: unknown environment {env!r}: not in the inventory and the ledger has no "
+                f"records of it (fix: {hint}choose one of: {', '.join(names) or '(none)'})",
+            )
+    if runbook is not None:
+        known = sorted(runbooks())
+        if runbook not in known and not ledger.runs(runbook=runbook, limit=1):
+            fail(
+                EXIT_BAD_INPUT,
+                f"--runbook: unknown runbook {runbook!r} and the ledger has no runs of it "
+                f"(fix: choose one of: {', '.join(known)})",
+            )
 
 
 def check_env(env: str) -> None:

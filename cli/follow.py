@@ -207,8 +207,9 @@ def report_run(run: dict[str, Any], as_json: bool) -> int:
     name, message = state.get("name", ""), redact(state.get("message") or "")
     run_id = str(run["id"])
     if state.get("type") != "COMPLETED":
-        if "InputError: " in message:
-            fail(EXIT_BAD_INPUT, message.split("InputError: ", 1)[1])
+        for kind in ("InputError: ", "InventoryError: "):  # InventoryError is an InputError
+            if kind in message:
+                fail(EXIT_BAD_INPUT, message.split(kind, 1)[1])
         rejected = rejection_reason(run_id)
         if rejected:
             fail(EXIT_REJECTED, rejected)

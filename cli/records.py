@@ -4,6 +4,7 @@ verify``."""
 from __future__ import annotations
 
 import json
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +16,7 @@ from cli.app import (
     EXIT_FAILED,
     app,
     backups_app,
+    check_recorded,
     err,
     fail,
     inventory_app,
@@ -27,18 +29,31 @@ from opsflow.errors import InputError
 from opsflow.redaction import redact
 from opsflow.units import format_bytes
 
+MAX_LIMIT = 100_000
+"""The largest --limit a listing takes."""
+
+
+class BackupKind(StrEnum):
+    postgres = "postgres"
+    sqlite = "sqlite"
+    redis = "redis"
+    config = "config"
+
 
 @app.command()
 def history(
     env: Annotated[str | None, typer.Option("--env", "-e")] = None,
     runbook: Annotated[str | None, typer.Option("--runbook", "-r")] = None,
-    limit: Annotated[int, typer.Option(help="how many runs")] = 20,
+    limit: Annotated[int, typer.Option(help="how many runs", min=1, max=MAX_LIMIT)] = 20,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Recent runs from the ledger."""
+    """Recent runs from the ledger. ``--env`` may also name an environment that is no longer in
+    the inventory, as long as the ledger has records of it."""
     from opsflow.ledger import Ledger
 
-    rows = Ledger().runs(env=env, runbook=runbook, limit=limit)
+    ledger = Ledger()
+    check_recorded(ledger, env, runbook)
+    rows = ledger.runs(env=env, runbook=runbook, limit=limit)
     if as_json:
         out.print_json(
             json.dumps(
@@ -112,9 +127,12 @@ def backups_list(
         str | None, typer.Option("--database", "-d", help="only backups of this name")
     ] = None,
     kind: Annotated[
-        str | None, typer.Option("--kind", help="only this kind: postgres, sqlite, redis, config")
+        BackupKind | None,
+        typer.Option("--kind", help="only this kind", case_sensitive=False),
     ] = None,
-    limit: Annotated[int, typer.Option(help="how many backups, newest first")] = 50,
+    limit: Annotated[
+        int, typer.Option(help="how many backups, newest first", min=1, max=MAX_LIMIT)
+    ] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="print the catalog as JSON")] = False,
 ) -> None:
     """Catalogued backups of an environment that may be restored (complete or verified), newest
@@ -123,8 +141,10 @@ def backups_list(
     from opsflow import catalog
     from opsflow.ledger import Ledger
 
-    rows = catalog.good(catalog.fold(Ledger().backups(env=env, database=database, limit=None)))
-    rows = [r for r in rows if kind in (None, r.kind)][:limit]
+    ledger = Ledger()
+    check_recorded(ledger, env)
+    rows = catalog.good(catalog.fold(ledger.backups(env=env, database=database, limit=None)))
+    rows = [r for r in rows if kind is None or r.kind == kind.value][:limit]
     if as_json:
         out.print_json(
             redact(
@@ -192,8 +212,23 @@ def ledger_verify(
     after each run (the copy in OPSFLOW_HOME, plus --store/--inventory-stores/--heads).
     Exit 1 when a row was changed, inserted or removed, or a chain was cut or emptied."""
     from connectors import ledger_heads
+    from opsflow.inventory import BackupStore, validated
     from opsflow.ledger import Ledger, LedgerUnavailable
 
+    for url in store or []:
+        try:
+            validated(BackupStore, {"url": url}, "--store")
+        except InputError as exc:
+            fail(EXIT_BAD_INPUT, str(exc))
+    for path in heads or []:
+        if not path.is_file():
+            what = "is a directory" if path.is_dir() else "does not exist"
+            fail(
+                EXIT_BAD_INPUT,
+                f"--heads: {path} {what} (fix: name a heads file, e.g. "
+                "$OPSFLOW_HOME/ledger-heads/<label>.json or the JSON of a run's ledger-heads "
+                "artifact saved to a file)",
+            )
     try:
         ledger = Ledger()
         published = ledger_heads.gather(ledger, store or [], inventory_stores, heads or [])

@@ -4,7 +4,9 @@ or with ``--local``, in this process. What is printed meanwhile: ``cli.output``.
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -52,7 +54,9 @@ AsUser = Annotated[
 
 @app.command()
 def up(
-    port: Annotated[int, typer.Option(help="port of the embedded Prefect server")] = 4200,
+    port: Annotated[
+        int, typer.Option(help="port of the embedded Prefect server", min=1, max=65535)
+    ] = 4200,
 ) -> None:
     """Start the embedded Prefect server (unless PREFECT_API_URL is set) and serve every
     deployment of prefect.yaml with its schedule. Ctrl-C stops everything."""
@@ -97,6 +101,7 @@ def run(
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
     requested_by = _requester(env, as_user or get_settings().user)
+    _check_params(book, env, params, requested_by)  # before any server is contacted or started
     api = use_server_if_running()
     printer = RunPrinter(verbose=verbose, approval_hint=lambda: approval_hint(env))
     say = _say(as_json)
@@ -129,7 +134,6 @@ def run(
                 f"note: no Prefect server configured: started one for {home} at {api}; it "
                 "stays up for the next commands (`opsflow down` stops it)"
             )
-    _check_params(book.flow, runbook, params, requested_by)
     say(f"{runbook} on {env}, in this process")
     bars = printer.bars(enabled=not as_json and err.is_terminal)
     with no_heartbeat(), bars, printer.in_process():
@@ -200,13 +204,35 @@ def _check_names(accepted: list[str], runbook: str, params: dict[str, Any]) -> N
             )
 
 
-def _check_params(flow: Any, runbook: str, params: dict[str, Any], requested_by: str) -> None:
-    """Unknown names and values of the wrong type are bad input, refused before any run."""
+def _check_params(book: Any, env: str, params: dict[str, Any], requested_by: str) -> None:
+    """Bad parameters are refused before any run exists, without a server: unknown names,
+    values of the wrong type or out of range (the flow's signature), and what the runbook's
+    plan refuses (an unknown database or backup id, a ``target_db`` naming the live file…).
+    The flow checks again where it runs, with what only that place knows (its secrets)."""
+    flow, runbook = book.flow, book.name
     _check_names(sorted(flow.parameters.properties), runbook, params)
+    prefect_flows = logging.getLogger("prefect.flows")  # it logs the failure a second time
+    was, prefect_flows.disabled = prefect_flows.disabled, True
     try:
-        flow.validate_parameters({**params, "requested_by": requested_by})
+        values = flow.validate_parameters({**params, "requested_by": requested_by})
     except Exception as exc:  # noqa: BLE001 - Prefect's validation error, shown to the operator
-        fail(EXIT_BAD_INPUT, f"--param: {exc}")
+        lines = [line.strip(" -") for line in str(exc).splitlines()[1:] if line.startswith(" - ")]
+        fix = f"see the parameters in docs/runbooks/{runbook}.md"
+        fail(EXIT_BAD_INPUT, f"--param {'; '.join(lines) or exc} (fix: {fix})")
+    finally:
+        prefect_flows.disabled = was
+    plan = book.plan
+    taken = inspect.signature(plan).parameters
+    try:
+        from opsflow.inventory import load_inventory
+
+        plan(
+            env,
+            load_inventory().environment(env),
+            **{k: v for k, v in values.items() if k in taken and k != "env"},
+        )
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
 
 
 def _report_state(state: Any, as_json: bool) -> int:

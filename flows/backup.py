@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
@@ -391,7 +391,7 @@ def backup(
     requested_by: str,
     codec: Literal["zstd", "gzip"] = "zstd",
     dry_run: bool = False,
-    wait_for_lock: int = LOCK_WAIT_SECONDS,
+    wait_for_lock: Annotated[int, Field(ge=0)] = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Back up every database of ``env``.
 

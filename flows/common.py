@@ -57,6 +57,7 @@ from connectors import ledger_heads
 from opsflow.approvals import requester
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
+from opsflow.inventory.references import check_references
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact
@@ -86,7 +87,16 @@ class _DropThreadTimeoutWarning(logging.Filter):
         return not (message.startswith("Timeout of") and "worker thread" in message)
 
 
-_QUIET = _DropThreadTimeoutWarning()
+class _NoTracebackForBadInput(logging.Filter):
+    """Bad input is one line: the flow engine's record of an ``InputError`` loses its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], InputError):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_QUIET, _BAD_INPUT_FILTER = _DropThreadTimeoutWarning(), _NoTracebackForBadInput()
 
 
 class _DropLockPollError(logging.Filter):
@@ -108,8 +118,9 @@ _QUIET_LOCK = _DropLockPollError()
 def quiet_thread_timeout_warning() -> None:
     for name in ("", "prefect", "prefect.task_runs"):
         for handler in logging.getLogger(name).handlers:
-            if _QUIET not in handler.filters:
-                handler.addFilter(_QUIET)
+            for quiet in (_QUIET, _BAD_INPUT_FILTER):
+                if quiet not in handler.filters:
+                    handler.addFilter(quiet)
 
 
 def _ms_since(started: float) -> int:
@@ -292,13 +303,15 @@ class RunbookRun:
 
     @classmethod
     def start(cls, runbook: str, env_name: str, requested_by: str) -> RunbookRun:
-        """Validate inventory, environment and requester (InputError before any side effect:
-        a protected environment's run must name who asks)."""
+        """Validate inventory, environment and requester (a protected environment's run must
+        name who asks), and resolve every secret reference of the environment where the flow
+        runs: InputError before any side effect or ledger row."""
         install_log_redaction()
         quiet_thread_timeout_warning()
         inventory = load_inventory()
         env = inventory.environment(env_name)
         requested_by = requester(env_name, env, requested_by)
+        check_references(env_name, env)
         logger = get_run_logger()
         run = cls(
             runbook=runbook,

@@ -20,9 +20,10 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from prefect.states import Completed, Failed, State
+from pydantic import Field
 
 from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
@@ -75,8 +76,10 @@ def _choose(
     return catalog.choose(series, env_name, env, database, backup_id)
 
 
-def _check_target(target_db: str, db: Database) -> None:
-    """``target_db`` names a new place: never empty, never the live database or file."""
+def _check_target(target_db: str, db: Database, on_runner: bool = False) -> None:
+    """``target_db`` names a new place: never empty, never the live database or file. What
+    only the place the run executes knows (the live name behind a DSN reference, the SQLite
+    target's directory) is checked ``on_runner``: in the flow, before any side effect."""
     fix = "leave target_db out to restore in place, or name a new database (PostgreSQL) or file"
     if not target_db.strip():
         raise InputError("target_db", "is empty, so it names no new place to restore into", fix)
@@ -86,6 +89,12 @@ def _check_target(target_db: str, db: Database) -> None:
             and Path(target_db).expanduser().resolve() == Path(db.path).expanduser().resolve()
         ):
             raise InputError("target_db", f"{target_db!r} is the live file of {db.name}", fix)
+        path = Path(target_db).expanduser()
+        if on_runner and (path.is_dir() or not path.parent.is_dir()):
+            problem = "is a directory" if path.is_dir() else f"{path.parent} does not exist"
+            raise InputError(
+                "target_db", f"{target_db!r}: {problem}", fix + " in an existing directory"
+            )
         return
     try:
         check_pg_name(target_db, "target_db")
@@ -96,8 +105,8 @@ def _check_target(target_db: str, db: Database) -> None:
             "use letters, digits, '_', '$' or '-', at most 63 characters, starting with a "
             "letter or '_'",
         ) from None
-    if db.dsn is not None and is_reference(db.dsn):
-        return  # the live database's name is in the secret: the restore task refuses it then
+    if db.dsn is not None and is_reference(db.dsn) and not on_runner:
+        return  # the live database's name is in the secret: the flow checks it at its start
     if db.dsn is not None and target_db == database_name(db, "database"):
         raise InputError("target_db", f"{target_db!r} is the live database of {db.name}", fix)
 
@@ -110,8 +119,10 @@ def build_restore_plan(
     mode: str = "swap",
     target_db: str | None = None,
     stamp: str = "<stamp>",
+    on_runner: bool = False,
 ) -> Plan:
-    """The ordered steps of a restore (pure: no I/O; bad parameters raise InputError here)."""
+    """The ordered steps of a restore (pure: no I/O but, ``on_runner``, the ``target_db``
+    checks of ``_check_target``); bad parameters raise InputError here."""
     if mode not in MODES:
         raise InputError("mode", f"unknown mode {mode!r}", "use swap (default) or drop-recreate")
     if target_db is not None and len(chosen) != 1:
@@ -121,7 +132,7 @@ def build_restore_plan(
             "also pass database=<name>",
         )
     if target_db is not None:
-        _check_target(target_db, chosen[0][1])
+        _check_target(target_db, chosen[0][1], on_runner)
     steps: list[PlanStep] = []
     notes: list[str] = []
     if env.protected and env.approvals is not None:
@@ -405,8 +416,8 @@ def restore(
     target_db: str | None = None,
     mode: Mode = "swap",
     dry_run: bool = False,
-    approval_timeout_seconds: int | None = None,
-    wait_for_lock: int = LOCK_WAIT_SECONDS,
+    approval_timeout_seconds: Annotated[int, Field(gt=0)] | None = None,
+    wait_for_lock: Annotated[int, Field(ge=0)] = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Restore databases of ``env`` from their backups.
 
@@ -428,7 +439,9 @@ def restore(
     stamp = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     rows = run.ledger.backups(env=env, limit=CATALOG_SCAN)
     chosen = _choose(rows, env, run.env, database, backup_id)
-    plan = build_restore_plan(env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp)
+    plan = build_restore_plan(
+        env, run.env, chosen, mode=mode, target_db=target_db, stamp=stamp, on_runner=True
+    )
     run.publish_plan(plan)
     report = RestoreReport(env=env, mode=mode, target_db=target_db, dry_run=dry_run)
     if dry_run:

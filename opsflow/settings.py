@@ -1,12 +1,20 @@
-"""Process settings, read from ``OPSFLOW_*`` environment variables (pydantic-settings)."""
+"""Process settings, read from ``OPSFLOW_*`` environment variables (pydantic-settings).
+
+A bad value is bad input: ``get_settings`` raises ``InputError`` naming the variable
+(``OPSFLOW_LEDGER_TIMEOUT``), what is wrong with it and the fix, never pydantic's report."""
 
 from __future__ import annotations
 
 import getpass
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from opsflow.errors import InputError
+
+PREFIX = "OPSFLOW_"
 
 
 def _default_user() -> str:
@@ -52,6 +60,50 @@ class Settings(BaseSettings):
         "killed run keeps its environment locked (Prefect's minimum is 60 s)",
     )
 
+    @field_validator("home")
+    @classmethod
+    def _home(cls, value: Path) -> Path:
+        if value.exists() and not value.is_dir():
+            raise ValueError(
+                f"{value} is a file, not a directory (fix: point it at a directory opsflow "
+                "may create and write, e.g. ~/.opsflow)"
+            )
+        return value
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _ledger_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        fix = "write sqlite:////absolute/path/ledger.db or postgresql+psycopg://user@host/db"
+        try:
+            backend = make_url(value).get_backend_name()
+        except (ArgumentError, ValueError):
+            raise ValueError(f"is not a database URL (fix: {fix})") from None
+        if backend not in ("sqlite", "postgresql"):
+            raise ValueError(f"a {backend} ledger is not supported (fix: {fix})")
+        return value
+
+    @field_validator("ledger_key")
+    @classmethod
+    def _ledger_key(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("env:", "secret:")):
+            raise ValueError(
+                "holds a literal key (fix: write a reference, env:VAR_NAME or "
+                "secret:prefect-block-name, or leave it unset to use the key file)"
+            )
+        return value or None
+
+    @field_validator("ledger_key_file")
+    @classmethod
+    def _key_file(cls, value: Path | None) -> Path | None:
+        if value is not None and value.is_dir():
+            raise ValueError(f"{value} is a directory (fix: name the key file itself)")
+        return value
+
     def resolved_ledger_url(self) -> str:
         if self.ledger_url:
             return self.ledger_url
@@ -62,4 +114,33 @@ class Settings(BaseSettings):
 
 
 def get_settings() -> Settings:
-    return Settings()
+    """The settings; a bad ``OPSFLOW_*`` value is an ``InputError`` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise _bad_setting(exc) from None
+
+
+def _bad_setting(exc: ValidationError) -> InputError:
+    problems = [_explain(err) for err in exc.errors()]
+    names = ", ".join(name for name, _ in problems)
+    detail = "; ".join(f"{name}: {problem}" for name, problem in problems[1:])
+    first, problem = problems[0]
+    if "(fix:" in problem:
+        problem, fix = problem.split("(fix:", 1)
+        fix = fix.rstrip(")").strip()
+    else:
+        fix = f"correct or unset {names} (see Configuration in README.md)"
+    if detail:
+        fix += f"; also {detail}"
+    return InputError(first, problem.strip(), fix)
+
+
+def _explain(err: Any) -> tuple[str, str]:
+    name = PREFIX + "_".join(str(part) for part in err["loc"]).upper()
+    message = str(err["msg"]).removeprefix("Value error, ")
+    if not message.startswith(("is ", "a ", "holds ")) and "(fix:" not in message:
+        value = str(err.get("input", ""))
+        shown = value if len(value) <= 60 else value[:60] + "…"
+        message = f"{message.lower()} (got {shown!r})"
+    return name, message

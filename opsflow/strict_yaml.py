@@ -5,6 +5,12 @@ block in an inventory silently replaces the first (and drops its ``protected: tr
 ``load_yaml`` returns the document and every repeated key as ``(path, problem, fix)``, naming
 the key's path (``environments.prod.databases[0].dsn``) and both lines, for the inventory's
 error report.
+
+It also bounds what a document may cost: nesting deeper than ``MAX_DEPTH`` (PyYAML composes
+recursively, so 100k nested brackets end in a ``RecursionError``) and aliases that expand to
+more than ``MAX_NODES`` values (a "billion laughs" document: a few lines whose aliases
+multiply into billions of nodes) are refused as ``LimitError``, a ``yaml.YAMLError`` with the
+line where the limit was passed.
 """
 
 from __future__ import annotations
@@ -12,6 +18,16 @@ from __future__ import annotations
 from typing import Any
 
 import yaml
+from yaml.error import MarkedYAMLError
+
+MAX_DEPTH = 64
+"""How deep mappings and lists may nest (an inventory needs about 6)."""
+MAX_NODES = 100_000
+"""How many values a document may hold once its aliases are expanded."""
+
+
+class LimitError(MarkedYAMLError):
+    """The document passes one of the limits (``MAX_DEPTH``, ``MAX_NODES``)."""
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -28,8 +44,22 @@ class UniqueKeyLoader(yaml.SafeLoader):
         super().__init__(stream)
         self._found: list[tuple[int, int, tuple[str, str, str]]] = []
         self._paths: dict[int, str] = {}
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise LimitError(
+                    problem=f"nests deeper than {MAX_DEPTH} levels",
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_document(self, node: yaml.Node) -> Any:
+        _check_expansion(node)
         self._name_paths(node, "")
         return super().construct_document(node)
 
@@ -78,6 +108,33 @@ class UniqueKeyLoader(yaml.SafeLoader):
     def duplicates(self) -> list[tuple[str, str, str]]:
         """Every repeated key as ``(path, problem, fix)``, in the order of the file."""
         return [problem for _line, _column, problem in sorted(self._found)]
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand to more than ``MAX_NODES`` values (each node's
+    expanded size is counted once, so this costs one pass over the composed nodes)."""
+    sizes: dict[int, int] = {}
+
+    def size(node: yaml.Node) -> int:
+        known = sizes.get(id(node))
+        if known is not None:
+            return known
+        sizes[id(node)] = 1  # a cycle (a recursive alias) counts once
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(item) for item in node.value)
+        if total > MAX_NODES:
+            raise LimitError(
+                problem=f"expands to more than {MAX_NODES} values through its aliases "
+                "(a 'billion laughs' document)",
+                problem_mark=node.start_mark,
+            )
+        sizes[id(node)] = total
+        return total
+
+    size(root)
 
 
 def _places(first: yaml.Mark, second: yaml.Mark) -> str:

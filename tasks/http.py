@@ -43,9 +43,10 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from opsflow.errors import PermanentError, TransientError
-from opsflow.inventory import Endpoint, MetricsSource, Thresholds
+from opsflow.inventory import Endpoint, HttpTarget, MetricsSource, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, worst
+from opsflow.secrets import resolve
 from tasks.policy import probe_task
 
 DEFAULT_ACCEPTED = ("healthy", "ok", "up", "pass")
@@ -75,12 +76,26 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def http_get(url: str, timeout: timedelta, verify: ssl.SSLContext | bool) -> httpx.Response:
+def resolved(target: HttpTarget) -> tuple[str, dict[str, str]]:
+    """The URL and headers of ``target`` with their ``env:`` / ``secret:`` references resolved
+    (each value registered for redaction)."""
+    field = f"{type(target).__name__.lower()} {target.name}"
+    url = resolve(target.url, field=f"{field}: url")
+    headers = {k: resolve(v, field=f"{field}: headers.{k}") for k, v in target.headers.items()}
+    return url, headers
+
+
+def http_get(
+    url: str,
+    timeout: timedelta,
+    verify: ssl.SSLContext | bool,
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
     """GET ``url``; network trouble becomes ``TransientError``, with secrets redacted."""
     seconds = timeout.total_seconds()
     try:
         with httpx.Client(verify=verify, timeout=seconds, follow_redirects=False) as client:
-            return client.get(url)
+            return client.get(url, headers=headers)
     except httpx.ConnectError as exc:
         if _is_cert_error(exc):
             raise TLSVerificationError(redact(str(exc.__context__ or exc))) from None
@@ -172,8 +187,9 @@ def check_endpoint(endpoint: Endpoint, thresholds: Thresholds) -> CheckResult:
     """
     started = time.monotonic()
     verify = tls_verify(endpoint.verify_tls, endpoint.ca_file)
+    url, headers = resolved(endpoint)
     try:
-        response = http_get(endpoint.url, endpoint.timeout, verify)
+        response = http_get(url, endpoint.timeout, verify, headers)
     except TLSVerificationError as exc:
         return CheckResult.timed(
             started,
@@ -323,7 +339,8 @@ def memory_pct(families: list[Metric]) -> dict[str, Any] | None:
 def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     """Scrape a Prometheus endpoint; grade error rate, p95 latency and memory (see module doc)."""
     started = time.monotonic()
-    response = http_get(source.url, METRICS_TIMEOUT, True)
+    url, headers = resolved(source)
+    response = http_get(url, METRICS_TIMEOUT, True, headers)
     if response.status_code >= 500:
         raise TransientError(
             redact(f"{source.name}: {source.url} answered HTTP {response.status_code}")

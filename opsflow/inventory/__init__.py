@@ -15,6 +15,7 @@ from opsflow.inventory.load import (
     inventory_path,
     load_inventory,
     parse_inventory,
+    validated,
 )
 from opsflow.inventory.models import (
     Access,
@@ -28,6 +29,7 @@ from opsflow.inventory.models import (
     DockerTarget,
     Endpoint,
     Environment,
+    HttpTarget,
     Inventory,
     KubectlExecAccess,
     KubernetesTarget,
@@ -57,6 +59,7 @@ __all__ = [
     "DockerTarget",
     "Endpoint",
     "Environment",
+    "HttpTarget",
     "Inventory",
     "InventoryError",
     "KubectlExecAccess",
@@ -74,4 +77,5 @@ __all__ = [
     "inventory_path",
     "load_inventory",
     "parse_inventory",
+    "validated",
 ]

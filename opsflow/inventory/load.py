@@ -7,7 +7,7 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -20,9 +20,11 @@ from opsflow.inventory.models import (
     Inventory,
     KubectlExecAccess,
 )
-from opsflow.strict_yaml import load_yaml
+from opsflow.strict_yaml import LimitError, load_yaml
 
 DEFAULT_INVENTORY = "inventory.yaml"
+MAX_BYTES = 4 * 1024 * 1024
+"""An inventory larger than this is refused (a real one is a few kilobytes)."""
 
 
 def inventory_path() -> Path:
@@ -32,20 +34,48 @@ def inventory_path() -> Path:
 def load_inventory(path: str | Path | None = None) -> Inventory:
     """Read and validate the inventory; raises ``InventoryError`` listing every problem."""
     source = Path(path) if path is not None else inventory_path()
+    return parse_inventory(read_inventory_text(source), str(source))
+
+
+def read_inventory_text(source: Path) -> str:
+    """The inventory file as text; a path that is missing, a directory, unreadable, too big
+    or not UTF-8 text is an ``InventoryError`` saying so."""
+    where = "set OPSFLOW_INVENTORY to the inventory file's path"
+
+    def refuse(problem: str, fix: str) -> InventoryError:
+        return InventoryError(str(source), [("inventory", problem, fix)])
+
     try:
-        text = source.read_text(encoding="utf-8")
+        if source.is_dir():
+            raise refuse(f"{source} is a directory, not a file", f"{where} (see docs/inventory.md)")
+        with source.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        raise InventoryError(
-            str(source),
-            [
-                (
-                    "inventory",
-                    f"file {source} not found",
-                    "create it (see docs/inventory.md) or set OPSFLOW_INVENTORY to its path",
-                )
-            ],
+        raise refuse(
+            f"file {source} not found", f"create it (see docs/inventory.md) or {where}"
         ) from None
-    return parse_inventory(text, str(source))
+    except OSError as exc:
+        raise refuse(
+            f"file {source} cannot be read: {exc.strerror or exc}",
+            f"check its permissions, or {where}",
+        ) from None
+    if len(data) > MAX_BYTES:
+        raise refuse(
+            f"file {source} is larger than {MAX_BYTES // (1024 * 1024)} MiB",
+            f"{where}; an inventory is a small YAML text file",
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise refuse(
+            f"is not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line})",
+            "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`), or point "
+            "OPSFLOW_INVENTORY at the YAML file",
+        ) from None
+    if "\x00" in text:
+        raise refuse("holds NUL bytes, so it is not a text file", where)
+    return text
 
 
 def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
@@ -54,8 +84,15 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "unknown place"
+        problem = getattr(exc, "problem", None)
+        what = f": {_shorten(problem)}" if problem else ""
+        fix = (
+            "write the values out: an inventory needs neither deep nesting nor many aliases"
+            if isinstance(exc, LimitError)
+            else "fix the YAML there"
+        )
         raise InventoryError(
-            source, [("inventory", f"is not valid YAML at {where}", "fix the YAML syntax there")]
+            source, [("inventory", f"is not valid YAML at {where}{what}", fix)]
         ) from None
     if duplicates:
         raise InventoryError(source, duplicates)
@@ -70,15 +107,28 @@ def parse_inventory(text: str, source: str = "<inventory>") -> Inventory:
                 )
             ],
         )
+    return validated(Inventory, data, source)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: Any, source: str) -> M:
+    """``model`` validated from ``data``; every problem as an ``InventoryError`` of ``source``
+    (also for an inventory model built from a CLI option, e.g. ``--store URL``)."""
     try:
-        return Inventory.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise InventoryError(source, [_explain(err) for err in exc.errors()]) from None
+        raise InventoryError(source, [_explain(err, model) for err in exc.errors()]) from None
 
 
-def _allowed_fields(loc: tuple[Any, ...]) -> list[str]:
+def _shorten(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _allowed_fields(loc: tuple[Any, ...], root: Any = Inventory) -> list[str]:
     """Field names allowed where ``loc`` points (for 'did you mean' hints)."""
-    model: Any = Inventory
+    model: Any = root
     parts = [p for p in loc[:-1] if not isinstance(p, int)]
     i = 0
     while i < len(parts) and model is not None:
@@ -122,13 +172,13 @@ def _format_loc(loc: tuple[Any, ...]) -> str:
     return text or "inventory"
 
 
-def _explain(err: Any) -> tuple[str, str, str]:
+def _explain(err: Any, root: Any = Inventory) -> tuple[str, str, str]:
     loc = tuple(err["loc"])
-    field = _format_loc(loc)
+    field = _shorten(_format_loc(loc), 200)
     kind = err["type"]
-    message = err["msg"].removeprefix("Value error, ")
+    message = _shorten(err["msg"].removeprefix("Value error, "), 500)
     if kind == "extra_forbidden":
-        allowed = _allowed_fields(loc)
+        allowed = _allowed_fields(loc, root)
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f"did you mean `{close[0]}`? " if close else ""
         return field, "unknown field", f"{hint}remove it or use one of: {', '.join(allowed)}"

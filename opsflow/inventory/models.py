@@ -23,10 +23,31 @@ from opsflow.errors import InputError
 from opsflow.inventory.fields import (
     ENV_NAME,
     Model,
+    check_headers,
+    check_no_credentials,
     check_secret_field,
     check_url,
 )
 from opsflow.secrets import is_reference
+
+
+def positive_duration(value: Any) -> timedelta:
+    """A duration that must be longer than zero (a timeout, a window)."""
+    parsed = parse_duration(value)
+    if parsed.total_seconds() <= 0:
+        raise ValueError("must be longer than zero (fix: write e.g. 90s, 15m, 1h or 2d)")
+    return parsed
+
+
+def check_regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except re.error as exc:
+        raise ValueError(
+            f"{value!r} is not a valid regular expression: {exc} (fix: correct the pattern, "
+            "e.g. ERROR|FATAL)"
+        ) from exc
+    return value
 
 
 class Thresholds(Model):
@@ -49,12 +70,33 @@ class Thresholds(Model):
     @field_validator("backup_max_age", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        return positive_duration(value)
 
 
-class Endpoint(Model):
+class HttpTarget(Model):
+    """What is fetched over HTTP(S): a URL (or a reference to one, when the URL is a secret)
+    and request headers (a credential among them as a reference)."""
+
     name: str
     url: str
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="request headers; a credential (Authorization, X-Api-Key…) as env:/secret:",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        check_no_credentials(value, "the URL")
+        return check_url(value, ("http", "https"), references=True)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return check_headers(value)
+
+
+class Endpoint(HttpTarget):
     kind: Literal["basic", "detailed", "ready", "live"] = "basic"
     expect_status: int = Field(200, ge=100, le=599)
     expect_json_status: list[str] | None = Field(
@@ -64,34 +106,22 @@ class Endpoint(Model):
     verify_tls: bool = True
     ca_file: str | None = None
 
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, ("http", "https"))
-
     @field_validator("timeout", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        return positive_duration(value)
 
 
 class SmokeTest(Endpoint):
     pass
 
 
-class MetricsSource(Model):
+class MetricsSource(HttpTarget):
     """A Prometheus text endpoint (``/metrics``) whose series are checked against thresholds."""
 
-    name: str
-    url: str
     error_rate: str | None = Field(
         None, description="metric family counting requests, labelled by status (default: auto)"
     )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        return check_url(value, ("http", "https"))
 
 
 class LogFile(Model):
@@ -101,14 +131,7 @@ class LogFile(Model):
     @field_validator("pattern")
     @classmethod
     def _regex(cls, value: str) -> str:
-        try:
-            re.compile(value)
-        except re.error as exc:
-            raise ValueError(
-                f"{value!r} is not a valid regular expression: {exc} (fix: correct the pattern, "
-                "e.g. ERROR|FATAL)"
-            ) from exc
-        return value
+        return check_regex(value)
 
 
 class Logs(Model):
@@ -119,7 +142,12 @@ class Logs(Model):
     @field_validator("window", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        return positive_duration(value)
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        return check_regex(value)
 
 
 class DirectAccess(Model):
@@ -216,9 +244,8 @@ class RedisTarget(Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not is_reference(value):
-            check_url(value, ("redis", "rediss", "unix"))
-        return check_secret_field(value, "the Redis URL") or value
+        check_secret_field(value, "the Redis URL")
+        return check_url(value, ("redis", "rediss", "unix"), references=True)
 
 
 class BackupStore(Model):
@@ -230,7 +257,16 @@ class BackupStore(Model):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
+        check_no_credentials(value, "the store URL", references=False, userinfo="any")
         return check_url(value, ("file", "s3"))
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_no_credentials(value, "the store endpoint URL", references=False, userinfo="any")
+        return check_url(value, ("http", "https"))
 
     @field_validator("encryption_key")
     @classmethod
@@ -328,6 +364,14 @@ class KubernetesTarget(Model):
     token: str | None = Field(None, description="bearer token reference (env:/secret:)")
     verify_tls: bool = True
 
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_no_credentials(value, "the API URL", references=False, userinfo="any")
+        return check_url(value, ("http", "https"))
+
     @field_validator("token")
     @classmethod
     def _token(cls, value: str | None) -> str | None:
@@ -345,10 +389,26 @@ class DockerService(Model):
     image: str | None = None
     health_url: str | None = None
 
+    @field_validator("health_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_no_credentials(value, "the health URL", references=False)
+        return check_url(value, ("http", "https"))
+
 
 class DockerTarget(Model):
     host: str | None = Field(None, description="Docker daemon URL; default: DOCKER_HOST")
     services: list[DockerService] = []
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_no_credentials(value, "the Docker host URL", references=False, userinfo="any")
+        return check_url(value, ("unix", "tcp", "ssh", "http", "https", "npipe"))
 
 
 class MaintenanceWindow(Model):
@@ -358,7 +418,7 @@ class MaintenanceWindow(Model):
     @field_validator("duration", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
-        return parse_duration(value)
+        return positive_duration(value)
 
     @field_validator("cron")
     @classmethod
@@ -373,10 +433,24 @@ class MaintenanceWindow(Model):
 class MaintenanceMode(Model):
     url: str
 
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        check_no_credentials(value, "the URL", references=False)
+        return check_url(value, ("http", "https"))
+
 
 class Notify(Model):
     block: str | None = Field(None, description="name of a Prefect notification block")
     webhook: str | None = Field(None, description="webhook URL reference (env:/secret:) or URL")
+
+    @field_validator("webhook")
+    @classmethod
+    def _webhook(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        check_no_credentials(value, "the webhook URL", userinfo="any")
+        return check_url(value, ("http", "https"), references=True)
 
     @model_validator(mode="after")
     def _one(self) -> Notify:
@@ -436,6 +510,11 @@ class Environment(Model):
                 "a protected environment needs `approvals` "
                 "(fix: add approvals: {approvers: {alice: {totp: env:ALICE_TOTP}}} or set "
                 "protected: false)"
+            )
+        if self.approvals is not None and self.approvals.timeout.total_seconds() <= 0:
+            raise ValueError(
+                "approvals.timeout must be longer than zero: no approver could answer in time "
+                "(fix: write e.g. timeout: 1h)"
             )
         for label, items in (("endpoints", self.endpoints), ("metrics", self.metrics)):
             names = [item.name for item in items]

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from opsflow.errors import PermanentError, TransientError, is_transient
+from opsflow.errors import InputError, PermanentError, TransientError, is_transient
 from opsflow.inventory import Endpoint, MetricsSource, Thresholds
 from opsflow.results import Status
 from tasks.http import check_endpoint, check_metrics
-from tests.fixtures.http_targets import HttpsTargets
+from tests.fixtures.http_targets import AUTH_HEADER, HttpsTargets
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +156,26 @@ def test_metrics_not_found_is_permanent_and_down_is_transient(
         check_metrics.fn(metrics(f"{http_app_url}/nope"), DEFAULTS)
     with pytest.raises(TransientError):
         check_metrics.fn(metrics(refused_http_url), DEFAULTS)
+
+
+def test_url_and_headers_given_as_references_are_resolved_when_used(
+    http_app_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL and an Authorization header that are secrets live in the environment, not the
+    inventory: the check resolves them when it runs, and neither appears in its result."""
+    monkeypatch.setenv("HTTP_TEST_PRIVATE_URL", f"{http_app_url}/private/health")
+    monkeypatch.setenv("HTTP_TEST_AUTH", AUTH_HEADER)
+    private = endpoint("env:HTTP_TEST_PRIVATE_URL", headers={"Authorization": "env:HTTP_TEST_AUTH"})
+    result = check_endpoint.fn(private, DEFAULTS)
+    assert result.status is Status.HEALTHY, result.summary
+    assert result.details["http_status"] == 200
+    assert AUTH_HEADER not in str(result.model_dump())
+    without = check_endpoint.fn(endpoint("env:HTTP_TEST_PRIVATE_URL"), DEFAULTS)
+    assert without.status is Status.CRITICAL
+    assert without.details["http_status"] == 401
+
+
+def test_a_reference_that_does_not_resolve_is_bad_input(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HTTP_TEST_NO_SUCH_URL", raising=False)
+    with pytest.raises(InputError, match="HTTP_TEST_NO_SUCH_URL is not set"):
+        check_endpoint.fn(endpoint("env:HTTP_TEST_NO_SUCH_URL"), DEFAULTS)

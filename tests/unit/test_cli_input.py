@@ -49,3 +49,49 @@ def test_unknown_runbook_names_the_known_ones(workspace: Path) -> None:
     result = CliRunner().invoke(app, ["plan", "nightly-backup", "--env", "local"])
     assert result.exit_code == 2
     assert "choose one of: backup, dr-drill, health-check, recover, restore" in result.output
+
+
+def test_an_unexpected_error_is_one_line_and_a_redacted_log_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error boundary of `opsflow`: whatever a command raises, the operator sees one line
+    naming a log file under OPSFLOW_HOME/logs; the traceback there is redacted."""
+    import cli.main
+    from opsflow.redaction import register_secret
+
+    register_secret("crash-secret-value-42")
+
+    def explode() -> None:
+        raise RuntimeError("boom with crash-secret-value-42 inside\nsecond line")
+
+    monkeypatch.setenv("OPSFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(cli.main, "app", explode)
+    with pytest.raises(SystemExit) as done:
+        cli.main.main()
+    assert done.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 3  # one line, soft-wrapped at most
+    assert "unexpected RuntimeError: boom with" in " ".join(err.split())
+    assert "crash-secret-value-42" not in err and "second line" not in err
+    logs = list((tmp_path / "home" / "logs").glob("crash-*.log"))
+    assert len(logs) == 1
+    text = logs[0].read_text()
+    assert "Traceback" in text and "explode" in text
+    assert "crash-secret-value-42" not in text
+
+
+def test_bad_input_raised_anywhere_is_exit_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cli.main
+    from opsflow.errors import InputError
+
+    def refuse() -> None:
+        raise InputError("OPSFLOW_X", "is [bad, worse]", "set it to [name, ...]")
+
+    monkeypatch.setattr(cli.main, "app", refuse)
+    with pytest.raises(SystemExit) as done:
+        cli.main.main()
+    assert done.value.code == 2
+    assert "OPSFLOW_X: is [bad, worse] (fix: set it to [name, ...])" in capsys.readouterr().err

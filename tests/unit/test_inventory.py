@@ -108,7 +108,7 @@ BAD: list[tuple[str, str, str]] = [
         "maintenance_window.duration",
         "90s",
     ),
-    ("environments: {p: {notify: [{block: a, webhook: b}]}}", "notify[0]", "exactly one"),
+    ("environments: {p: {notify: [{block: a, webhook: 'env:HOOK'}]}}", "notify[0]", "exactly one"),
     (
         "environments: {p: {logs: {files: [{path: /x, pattern: '(['}]}}}",
         "logs.files[0].pattern",
@@ -329,3 +329,241 @@ environments:
   a: {databases: [{name: cache, kind: sqlite, path: a.db}]}
   b: {redis: [{name: cache, url: "env:R"}]}
 """)
+
+
+# --- literal credentials ------------------------------------------------------------------------
+
+SECRET = "hunter2s3cr3t"
+
+
+def env_with(body: str) -> str:
+    return "environments:\n  p:\n" + "".join(f"    {line}\n" for line in body.splitlines())
+
+
+# (inventory body, field named, words of the message)
+CREDENTIALS: list[tuple[str, str, str]] = [
+    (
+        f"databases: [{{name: m, kind: postgres, dsn: 'host=h password={SECRET} dbname=d'}}]",
+        "databases[0].dsn",
+        "password=",
+    ),
+    (
+        f"databases: [{{name: m, kind: postgres, dsn: 'user=u PASSWORD = {SECRET}'}}]",
+        "databases[0].dsn",
+        "password=",
+    ),
+    (
+        f"databases: [{{name: m, kind: postgres, dsn: 'postgresql://u@h/d?password={SECRET}'}}]",
+        "databases[0].dsn",
+        "password",
+    ),
+    (
+        f"endpoints: [{{name: a, url: 'https://h/health?access_token={SECRET}'}}]",
+        "endpoints[0].url",
+        "access_token",
+    ),
+    (
+        f"endpoints: [{{name: a, url: 'https://h/health?x=1&client_secret={SECRET}'}}]",
+        "endpoints[0].url",
+        "client_secret",
+    ),
+    (
+        f"endpoints: [{{name: a, url: 'https://u:{SECRET}@h/health'}}]",
+        "endpoints[0].url",
+        "password",
+    ),
+    (
+        f"smoke_tests: [{{name: a, url: 'https://h/?X-Amz-Signature={SECRET}'}}]",
+        "smoke_tests[0].url",
+        "X-Amz-Signature",
+    ),
+    (
+        f"metrics: [{{name: a, url: 'http://h/metrics?apikey={SECRET}'}}]",
+        "metrics[0].url",
+        "apikey",
+    ),
+    (f"metrics: [{{name: a, url: 'http://h/metrics?key={SECRET}'}}]", "metrics[0].url", "key="),
+    (
+        f"notify: [{{webhook: 'https://hooks.slack.com/services/T0/B0/{SECRET}'}}]",
+        "notify[0].webhook",
+        "Slack",
+    ),
+    (
+        f"notify: [{{webhook: 'https://api.telegram.org/bot1:{SECRET}/sendMessage'}}]",
+        "notify[0].webhook",
+        "Telegram",
+    ),
+    (
+        f"notify: [{{webhook: 'https://discordapp.com/api/webhooks/1/{SECRET}'}}]",
+        "notify[0].webhook",
+        "Discord",
+    ),
+    (
+        f"notify: [{{webhook: 'https://{SECRET}@example.com/hook'}}]",
+        "notify[0].webhook",
+        "credentials",
+    ),
+    (f"notify: [{{webhook: 'https://example.com/hook?sig={SECRET}'}}]", "notify[0].webhook", "sig"),
+    (f"backup_store: {{url: 's3://AKIAX:{SECRET}@bucket/p'}}", "backup_store.url", "boto3"),
+    (f"backup_store: {{url: 's3://{SECRET}@bucket/p'}}", "backup_store.url", "credentials"),
+    (
+        f"backup_store: {{url: 's3://b', endpoint_url: 'http://minio/?token={SECRET}'}}",
+        "backup_store.endpoint_url",
+        "token",
+    ),
+    (
+        f"redis: [{{name: c, url: 'rediss://default:{SECRET}@h:6380/0'}}]",
+        "redis[0].url",
+        "password",
+    ),
+    (
+        f"kubernetes: {{namespace: n, api_url: 'https://u:{SECRET}@k8s:6443'}}",
+        "kubernetes.api_url",
+        "password",
+    ),
+    (f"docker: {{host: 'tcp://{SECRET}@h:2376'}}", "docker.host", "credentials"),
+    (
+        f"docker: {{services: [{{name: w, container: w, health_url: 'http://h/?token={SECRET}'}}]}}",
+        "docker.services[0].health_url",
+        "token",
+    ),
+    (
+        f"maintenance_mode: {{url: 'https://h/admin?api_key={SECRET}'}}",
+        "maintenance_mode.url",
+        "api_key",
+    ),
+    (
+        f"endpoints: [{{name: a, url: 'http://h', headers: {{Authorization: 'Bearer {SECRET}'}}}}]",
+        "endpoints[0].headers",
+        "Authorization",
+    ),
+    (
+        f"endpoints: [{{name: a, url: 'http://h', headers: {{X-Auth-Token: {SECRET}}}}}]",
+        "endpoints[0].headers",
+        "X-Auth-Token",
+    ),
+    (
+        f"metrics: [{{name: a, url: 'http://h', headers: {{Cookie: 'session={SECRET}'}}}}]",
+        "metrics[0].headers",
+        "Cookie",
+    ),
+    (
+        f"metrics: [{{name: a, url: 'http://h', headers: {{X-Anything: 'Basic {SECRET}'}}}}]",
+        "metrics[0].headers",
+        "X-Anything",
+    ),
+]
+
+
+@pytest.mark.parametrize(("body", "field", "words"), CREDENTIALS, ids=[c[1] for c in CREDENTIALS])
+def test_a_literal_credential_is_refused_with_the_fix_of_a_reference(
+    body: str, field: str, words: str
+) -> None:
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(env_with(body), "creds.yaml")
+    message = str(info.value)
+    assert field in message, message
+    assert words in message, message
+    assert "(fix:" in message
+    no_reference = field.startswith(("backup_store", "kubernetes.api_url", "docker", "maint"))
+    fix = "remove the credential from the URL" if no_reference else "env:VAR_NAME or secret:"
+    assert fix in message, message
+    assert SECRET not in message
+
+
+# Fields that may hold a secret take references, and values without credentials stay accepted.
+ACCEPTED = [
+    "endpoints: [{name: a, url: 'env:HEALTH_URL'}]",
+    "endpoints: [{name: a, url: 'secret:health-url', headers: {Authorization: 'secret:api-auth'}}]",
+    "smoke_tests: [{name: a, url: 'https://h/health?verbose=1&page=2'}]",
+    "metrics: [{name: a, url: 'secret:metrics-url', headers: {X-Api-Key: 'env:METRICS_KEY'}}]",
+    "metrics: [{name: a, url: 'http://h/metrics', headers: {Accept: text/plain}}]",
+    "notify: [{webhook: 'env:SLACK_WEBHOOK_URL'}]",
+    "notify: [{webhook: 'https://alerts.example.com/hook'}]",
+    "databases: [{name: m, kind: postgres, dsn: 'host=h dbname=d user=u'}]",
+    "databases: [{name: m, kind: postgres, dsn: 'postgresql://u@h:5432/d?sslmode=require'}]",
+    "redis: [{name: c, url: 'secret:redis-url'}]",
+    "backup_store: {url: 's3://bucket/prefix', endpoint_url: 'http://127.0.0.1:9000'}",
+    "kubernetes: {namespace: n, api_url: 'https://k8s:6443', token: 'secret:k8s-token'}",
+    "docker: {host: 'unix:///var/run/docker.sock'}",
+]
+
+
+@pytest.mark.parametrize("body", ACCEPTED)
+def test_references_and_values_without_credentials_are_accepted(body: str) -> None:
+    parse_inventory(env_with(body))
+
+
+def test_credential_checks_name_secret_like_parameters() -> None:
+    from opsflow.inventory.fields import credential_in, secret_like
+
+    for name in ("password", "access_token", "X-Amz-Signature", "AWSAccessKeyId", "api-key", "sig"):
+        assert secret_like(name), name
+    for name in ("page", "verbose", "region", "sslmode", "signal", "keyboard"):
+        assert not secret_like(name), name
+    assert credential_in("https://h/x?page=1") is None
+    assert credential_in("host=h password=x") == "holds a literal password (password=…)"
+
+
+def test_references_lists_every_reference_with_its_path() -> None:
+    from opsflow.inventory.references import references
+
+    inventory = parse_inventory(
+        env_with(
+            "endpoints: [{name: a, url: 'env:A_URL', headers: {Authorization: 'secret:auth'}}]\n"
+            "databases: [{name: m, kind: postgres, dsn: 'env:DSN'}]\n"
+            "notify: [{webhook: 'secret:hook'}]"
+        )
+    )
+    assert references("p", inventory.environment("p")) == [
+        ("environments.p.endpoints[0].url", "env:A_URL"),
+        ("environments.p.endpoints[0].headers.Authorization", "secret:auth"),
+        ("environments.p.databases[0].dsn", "env:DSN"),
+        ("environments.p.notify[0].webhook", "secret:hook"),
+    ]
+
+
+def test_check_references_lists_every_missing_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from opsflow.inventory.references import check_references
+
+    monkeypatch.delenv("BADIN_A", raising=False)
+    monkeypatch.delenv("BADIN_B", raising=False)
+    monkeypatch.setenv("BADIN_C", "postgresql://u@h/d")
+    inventory = parse_inventory(
+        env_with(
+            "databases: [{name: m, kind: postgres, dsn: 'env:BADIN_C'}]\n"
+            "redis: [{name: r, url: 'env:BADIN_A'}]\n"
+            "endpoints: [{name: a, url: 'env:BADIN_B'}]"
+        )
+    )
+    with pytest.raises(InventoryError) as info:
+        check_references("p", inventory.environment("p"))
+    assert [p[0] for p in info.value.problems] == [
+        "environments.p.endpoints[0].url",
+        "environments.p.redis[0].url",
+    ]
+    assert "BADIN_A" in str(info.value) and "BADIN_B" in str(info.value)
+
+
+def test_a_report_of_many_problems_is_bounded() -> None:
+    text = "environments:\n  p:\n    endpoints:\n" + "      - {name: a, url: ftp://x}\n" * 50
+    with pytest.raises(InventoryError) as info:
+        parse_inventory(text)
+    lines = str(info.value).splitlines()
+    assert len(info.value.problems) == 50
+    assert len(lines) == 1 + 20 + 1
+    assert lines[-1].strip() == "… and 30 more"
+
+
+def test_deep_nesting_and_alias_bombs_are_refused_quickly() -> None:
+    deep = "environments: " + "[" * 5000 + "]" * 5000
+    with pytest.raises(InventoryError, match="nests deeper than 64"):
+        parse_inventory(deep)
+    bomb = 'a: &a ["x","x","x","x","x","x","x","x","x","x"]\n' + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 10) + "]\n"
+        for i in range(6)
+    )
+    with pytest.raises(InventoryError, match="billion laughs"):
+        parse_inventory(bomb + "environments: {p: {disks: *g}}\n")
+    shared = 'environments: {p: &a {description: "x"}, q: *a}\n'
+    assert set(parse_inventory(shared).environments) == {"p", "q"}
