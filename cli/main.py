@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib
 
 from cli.app import app
+from opsflow.redaction import install_log_redaction
 
 # registered in this order, which is the order of `opsflow --help`
 COMMAND_MODULES = ("cli.runs", "cli.approvals", "cli.records")
@@ -23,4 +24,5 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    install_log_redaction()  # Prefect's console handler and every other log line, from the start
     app()

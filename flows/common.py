@@ -23,6 +23,7 @@ off half-way through a restore because the Prefect API blinked."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -46,11 +47,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State, StateType
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.utilities.hashing import file_hash
 from pydantic import BaseModel
 
 from connectors import ledger_heads
@@ -58,7 +60,7 @@ from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.plans import Plan
-from opsflow.redaction import install_log_redaction, redact
+from opsflow.redaction import install_log_redaction, redact, redacted_errors
 from opsflow.reports import artifact_key, publish_markdown
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
@@ -197,15 +199,33 @@ def runbook_flow(
     name: str, description: str, *, timeout_seconds: float = 12 * 3600, **options: Any
 ) -> Callable[[Callable[P, R]], Flow[P, R]]:
     """The Prefect flow of a runbook: its name, the description the UI shows, a run timeout,
-    and ``print`` going to the run's log."""
-    decorator: Callable[[Callable[P, R]], Flow[P, R]] = flow(
-        name=name,
-        description=description,
-        timeout_seconds=timeout_seconds,
-        log_prints=True,
-        **options,
-    )
+    ``print`` going to the run's log, and secrets masked in what its run leaves in Prefect (an
+    exception it raises, the message of a state it returns: ``redacted_flow``)."""
+
+    def decorator(fn: Callable[P, R]) -> Flow[P, R]:
+        made: Flow[P, R] = flow(
+            name=name,
+            description=description,
+            timeout_seconds=timeout_seconds,
+            log_prints=True,
+            version=file_hash(inspect.getsourcefile(fn) or ""),  # the runbook's file, as
+            **options,  # Prefect's default would hash the wrapper's file
+        )(redacted_flow(fn))
+        return made
+
     return decorator
+
+
+def redacted_flow(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` raising through ``redacted_errors``, with the message of a state it returns
+    redacted (a runbook that ends ``Failed(message=...)`` itself)."""
+    return redacted_errors(fn, on_result=_redact_state)
+
+
+def _redact_state(result: R) -> R:
+    if isinstance(result, State) and result.message:
+        result.message = redact(result.message)
+    return result
 
 
 def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
