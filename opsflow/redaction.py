@@ -29,7 +29,8 @@ it on (Prefect's API handler, the console, a file). ``redact_exception`` masks a
 place before Prefect turns it into a state message, an event and a result: every task
 (``tasks.policy``) and runbook flow (``flows.common.runbook_flow``) raises through it.
 ``redact_data`` does the same for nested data (ledger details, artifact tables, manifests),
-masking the values of secret-named keys as well. See docs/design-notes.md ("Redaction").
+masking the values of secret-named keys as well. What it covers and does not:
+docs/architecture.md, "Redaction".
 """
 
 from __future__ import annotations
@@ -70,12 +71,15 @@ class _Rule:
     pattern: re.Pattern[str]
 
 
-_SECRET_WORDS = (
-    r"passw(?:or)?d|passphrase|secret|token|credentials?|api[_-]?key|apikey|"
-    r"(?:access|private|secret|auth|session|signing|encryption|master|client|account)[_-]?key|"
-    r"key[_-]?data|cookie"
-)
-_SECRET_KEY = re.compile(rf"(?i:{_SECRET_WORDS})")
+_SECRET_KEY_ENDINGS = (
+    "password", "passwd", "passphrase", "secret", "token", "credential", "credentials",
+    "api_key", "apikey", "access_key", "private_key", "secret_key", "session_key",
+    "signing_key", "encryption_key", "master_key", "account_key", "auth_key", "key_data",
+    "cookie",
+)  # fmt: skip
+"""A key names a secret when it ends with one of these (``PGPASSWORD``, ``client_secret``,
+``X-Api-Key``, ``aws_secret_access_key``), not when it merely contains one: the row count of
+a table ``oauth_tokens`` or ``password_resets`` is no secret."""
 _SHORT_KEYS = {"pw", "pwd", "pass", "pgpass"}
 _VALUE = (
     r'"(?:[^"\\\n]|\\.)*"'  # "double quoted", escapes kept
@@ -177,7 +181,8 @@ def _quoted(value: str) -> tuple[str, str, str]:
 
 
 def _secret_key(key: str) -> bool:
-    return _SECRET_KEY.search(key) is not None or key.rsplit(".", 1)[-1].lower() in _SHORT_KEYS
+    name = key.rsplit(".", 1)[-1].lower().replace("-", "_")
+    return name.endswith(_SECRET_KEY_ENDINGS) or name in _SHORT_KEYS
 
 
 def _is_value(rule: _Rule, m: re.Match[str], inner: str, quoted: bool) -> bool:

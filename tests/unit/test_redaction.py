@@ -118,6 +118,8 @@ KEPT = [
     "the token was rejected (fix: rotate it)",
     "check_endpoint prefect-api: complete prefect-api: HTTP 200 in 3 ms",
     "already masked: password=*** postgresql://app:***@db/app",
+    "rows: public.oauth_tokens: 5, password_resets=12, token_type=bearer",
+    "DB_PASSWORD_FILE=/run/secrets/db secret_name=prod-db",
 ]
 
 
@@ -204,6 +206,7 @@ def test_redact_data_masks_secret_named_keys_and_env_pairs() -> None:
         "env": [{"name": "DB_PASSWORD", "value": "plain2"}, {"name": "MODE", "value": "prod"}],
         "containers": ["DB_PASSWORD=plain3", "MODE=prod"],
         "count": 3,
+        "table_checksums": {"public.oauth_tokens": "9e107d9d372bb6826bd81d3542a419d6"},
     }
     assert redact_data(data) == {
         "password": MASK,
@@ -212,6 +215,7 @@ def test_redact_data_masks_secret_named_keys_and_env_pairs() -> None:
         "env": [{"name": "DB_PASSWORD", "value": MASK}, {"name": "MODE", "value": "prod"}],
         "containers": [f"DB_PASSWORD={MASK}", "MODE=prod"],
         "count": 3,
+        "table_checksums": {"public.oauth_tokens": "9e107d9d372bb6826bd81d3542a419d6"},
     }
 
 
