@@ -348,8 +348,8 @@ def read_prefect(lab: ScanLab, outputs: Outputs) -> list[dict[str, Any]]:
     outputs.add("prefect flow runs", flow_runs)  # names, parameters, states, messages
     outputs.add("prefect parameters", [run["parameters"] for run in flow_runs])
     for run_id in ids:
-        outputs.add("prefect flow run states", httpx.get(f"{api}/flow_run_states/",
-                    params={"flow_run_id": run_id}).raise_for_status().json())  # fmt: skip
+        states = httpx.get(f"{api}/flow_run_states/", params={"flow_run_id": run_id})
+        outputs.add("prefect flow run states", states.raise_for_status().json())
     task_runs = _post_all(api, "/task_runs/filter", {"flow_runs": {"id": {"any_": ids}}})
     outputs.add("prefect task runs", task_runs)
     for task_run in task_runs:
@@ -407,8 +407,8 @@ def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
     lab.cli("run", "backup", "--env", "scan", expect=0)
     lab.cli("run", "health-check", "--env", "scan", expect=0)
     copy = f"{lab.database.name}_copy"
-    lab.cli("run", "restore", "--env", "scan", "-p", "database=main", "-p", f"target_db={copy}",
-            expect=0)  # fmt: skip
+    restore = ("run", "restore", "--env", "scan", "-p", "database=main", "-p")
+    lab.cli(*restore, f"target_db={copy}", expect=0)
     lab.cli("run", "dr-drill", "--env", "scan", expect=0)
     lab.cli("run", "recover", "--env", "scan-app", expect=0)
     # Failing runs: an application whose log and error body hold secrets, a missing database
@@ -420,8 +420,7 @@ def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
         for item in page.get("Contents", []):
             if "/main/" in item["Key"] and not item["Key"].endswith((".json", ".sha256")):
                 lab.s3.delete_object(Bucket=lab.bucket, Key=item["Key"])
-    lab.cli("run", "restore", "--env", "scan", "-p", "database=main", "-p",
-            f"target_db={copy}2", expect=1)  # fmt: skip
+    lab.cli(*restore, f"target_db={copy}2", expect=1)
     lab.cli("run", "dr-drill", "--env", "scan", expect=1)
     lab.cli("run", "recover", "--env", "scan-app-broken", expect=1)
     # What an operator reads besides the runs.
@@ -438,8 +437,8 @@ def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
     read_ledger(lab, outputs)
     keys = read_store(lab, outputs)
     read_files(lab.root / ".opsflow", "OPSFLOW_HOME", outputs)
-    outputs.add("notifications", [{"headers": n["headers"], "body": n["body"]}
-                                  for n in lab.receiver.received])  # fmt: skip
+    received = lab.receiver.received
+    outputs.add("notifications", [{"headers": n["headers"], "body": n["body"]} for n in received])
 
     # The reads found what the runs wrote: 11 flow runs, manifests, a notification, and the
     # text next to the secrets in every kind of output that carries it.

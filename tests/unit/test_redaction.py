@@ -282,7 +282,7 @@ def test_redacted_errors_masks_what_a_task_raises_and_keeps_the_signature() -> N
         guarded("a", "tok-11223344")
     assert str(info.value) == f"a: bad token={MASK}"
     # Prefect resolves string annotations in the wrapper's globals: they are the function's.
-    assert guarded.__globals__ is probe.__globals__  # type: ignore[attr-defined]
+    assert guarded.__globals__ is probe.__globals__
     assert guarded.__wrapped__ is probe  # type: ignore[attr-defined]
 
 
