@@ -10,10 +10,10 @@ from typing import Any, NoReturn
 
 import httpx
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from cli.console import RedactingConsole
 from opsflow.errors import InputError
 from opsflow.redaction import redact
 
@@ -29,8 +29,8 @@ backups_app = typer.Typer(help="The backup catalog (from the ledger).")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(inventory_app, name="inventory")
 app.add_typer(backups_app, name="backups")
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+out = RedactingConsole(highlight=False)  # every string redacted before it is rendered
+err = RedactingConsole(stderr=True, highlight=False)
 
 STATUS_STYLE = {
     "healthy": "green",

@@ -27,7 +27,7 @@ import typer
 
 from cli.app import EXIT_BAD_INPUT, EXIT_FAILED, app, fail
 from opsflow.errors import InputError, OpsflowError
-from opsflow.redaction import redact
+from opsflow.redaction import install_log_redaction, redact
 
 # registered in this order, which is the order of `opsflow --help`
 COMMAND_MODULES = ("cli.runs", "cli.follow", "cli.approvals", "cli.records")
@@ -38,6 +38,7 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    install_log_redaction()  # Prefect's console handler and every other log line, from the start
     try:
         app()
     except InputError as exc:

@@ -28,7 +28,7 @@ from opsflow.errors import (
     TransientError,
 )
 from opsflow.inventory import KubernetesTarget
-from opsflow.redaction import redact
+from opsflow.redaction import redact, register_secret
 from opsflow.secrets import resolve
 
 REQUEST_TIMEOUT = (5, 30)  # connect, read (seconds)
@@ -73,6 +73,9 @@ def kube_api(target: KubernetesTarget) -> kubernetes.client.ApiClient:
                     "set kubernetes.api_url (+ token: secret:NAME) or kubernetes.kubeconfig",
                 ) from None
     config.retries = 1
+    for value in (*config.api_key.values(), config.password):  # a kubeconfig's token, password
+        if value:
+            register_secret(value.rsplit(" ", 1)[-1])  # "Bearer <token>": the token itself
     return kubernetes.client.ApiClient(config)
 
 

@@ -23,6 +23,7 @@ off half-way through a restore because the Prefect API blinked."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
@@ -46,11 +47,12 @@ from prefect.client.schemas.filters import (
     FlowRunFilterStateType,
     FlowRunFilterTags,
 )
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder, StateType
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State, StateType
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.utilities.hashing import file_hash
 from pydantic import BaseModel
 
 from connectors import ledger_heads
@@ -59,8 +61,9 @@ from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
 from opsflow.inventory.references import check_references
 from opsflow.ledger import Ledger, StepRow, utcnow
+from opsflow.log_filters import QUIET_LOCK, quiet_prefect_noise
 from opsflow.plans import Plan
-from opsflow.redaction import install_log_redaction, redact
+from opsflow.redaction import install_log_redaction, redact, redacted_errors
 from opsflow.reports import artifact_key, publish_markdown
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
@@ -76,51 +79,6 @@ _LEVELS = {
     Status.DEGRADED.value: logging.WARNING,
 }
 T = TypeVar("T")
-
-
-class _DropThreadTimeoutWarning(logging.Filter):
-    """Prefect warns on every threaded task that has a timeout; our tasks enforce their own
-    timeouts inside (socket, subprocess and HTTP deadlines), so the warning is only noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = str(record.msg)
-        return not (message.startswith("Timeout of") and "worker thread" in message)
-
-
-class _NoTracebackForBadInput(logging.Filter):
-    """Bad input is one line: the flow engine's record of an ``InputError`` loses its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], InputError):
-            record.exc_info, record.exc_text = None, None
-        return True
-
-
-_QUIET, _BAD_INPUT_FILTER = _DropThreadTimeoutWarning(), _NoTracebackForBadInput()
-
-
-class _DropLockPollError(logging.Filter):
-    """Prefect's slot-acquisition service logs an ERROR for every attempt that is refused; the
-    environment lock polls with single attempts and reports the outcome itself (waiting: INFO,
-    giving up: the run's error), so those records are only noise."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        service = record.args[0] if isinstance(record.args, tuple) and record.args else None
-        return not (
-            str(record.msg).startswith("Service %r failed to process item")
-            and type(service).__name__ == "ConcurrencySlotAcquisitionWithLeaseService"
-        )
-
-
-_QUIET_LOCK = _DropLockPollError()
-
-
-def quiet_thread_timeout_warning() -> None:
-    for name in ("", "prefect", "prefect.task_runs"):
-        for handler in logging.getLogger(name).handlers:
-            for quiet in (_QUIET, _BAD_INPUT_FILTER):
-                if quiet not in handler.filters:
-                    handler.addFilter(quiet)
 
 
 def _ms_since(started: float) -> int:
@@ -209,18 +167,37 @@ def runbook_flow(
     name: str, description: str, *, timeout_seconds: float = 12 * 3600, **options: Any
 ) -> Callable[[Callable[P, R]], Flow[P, R]]:
     """The Prefect flow of a runbook: its name, the description the UI shows, a run timeout,
-    and ``print`` going to the run's log. Its result (the report, already redacted) is
-    persisted as JSON, so `opsflow run` following a served run can print it (``--json``)."""
-    decorator: Callable[[Callable[P, R]], Flow[P, R]] = flow(
-        name=name,
-        description=description,
-        timeout_seconds=timeout_seconds,
-        log_prints=True,
-        persist_result=True,
-        result_serializer="json",
-        **options,
-    )
+    ``print`` going to the run's log, secrets masked in what its run leaves in Prefect (an
+    exception it raises, the message of a state it returns: ``redacted_flow``), and its result
+    (the report, already redacted) persisted as JSON, so `opsflow run` following a served run
+    can print it (``--json``)."""
+
+    def decorator(fn: Callable[P, R]) -> Flow[P, R]:
+        made: Flow[P, R] = flow(
+            name=name,
+            description=description,
+            timeout_seconds=timeout_seconds,
+            log_prints=True,
+            persist_result=True,
+            result_serializer="json",
+            version=file_hash(inspect.getsourcefile(fn) or ""),  # the runbook's file, as
+            **options,  # Prefect's default would hash the wrapper's file
+        )(redacted_flow(fn))
+        return made
+
     return decorator
+
+
+def redacted_flow(fn: Callable[P, R]) -> Callable[P, R]:
+    """``fn`` raising through ``redacted_errors``, with the message of a state it returns
+    redacted (a runbook that ends ``Failed(message=...)`` itself)."""
+    return redacted_errors(fn, on_result=_redact_state)
+
+
+def _redact_state(result: R) -> R:
+    if isinstance(result, State) and result.message:
+        result.message = redact(result.message)
+    return result
 
 
 def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
@@ -307,7 +284,7 @@ class RunbookRun:
         name who asks), and resolve every secret reference of the environment where the flow
         runs: InputError before any side effect or ledger row."""
         install_log_redaction()
-        quiet_thread_timeout_warning()
+        quiet_prefect_noise()
         inventory = load_inventory()
         env = inventory.environment(env_name)
         requested_by = requester(env_name, env, requested_by)
@@ -409,8 +386,8 @@ class RunbookRun:
         ``PermanentError`` naming the run that holds it."""
         name = lock_name(self.env_name)
         concurrency_log = logging.getLogger("prefect._internal.concurrency")
-        if _QUIET_LOCK not in concurrency_log.filters:
-            concurrency_log.addFilter(_QUIET_LOCK)
+        if QUIET_LOCK not in concurrency_log.filters:
+            concurrency_log.addFilter(QUIET_LOCK)
         try:
             ensure_lock(name)
         except (httpx.HTTPError, RuntimeError) as exc:

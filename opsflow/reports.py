@@ -85,13 +85,13 @@ def publish_markdown(key: str, markdown: str, description: str) -> None:
     """Publish a markdown artifact (no-op outside a Prefect run context)."""
     from prefect.artifacts import create_markdown_artifact
 
-    create_markdown_artifact(markdown=redact(markdown), key=key, description=description)
+    create_markdown_artifact(markdown=redact(markdown), key=key, description=redact(description))
 
 
 def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> None:
     from prefect.artifacts import create_table_artifact
 
-    create_table_artifact(table=redact_data(rows), key=key, description=description)
+    create_table_artifact(table=redact_data(rows), key=key, description=redact(description))
 
 
 def render_restore_report(report: RestoreReport, started: datetime) -> str:

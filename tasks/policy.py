@@ -6,7 +6,9 @@ and no result caching (a runbook step acts on the present, never on a remembered
     @transfer_task("dump_postgres", timeout_seconds=…) # a long stream of data
 
 The timeout is also enforced inside each task (socket, subprocess and exec deadlines): Prefect
-cannot interrupt a blocking call in a worker thread.
+cannot interrupt a blocking call in a worker thread. Every task raises through
+``opsflow.redaction.redacted_errors``: a failed task's state message, events and logged
+traceback never carry a secret.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 
 from opsflow.errors import API_RETRIES, PROBE_RETRIES, TRANSFER_RETRIES
+from opsflow.redaction import redacted_errors
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -26,7 +29,7 @@ R = TypeVar("R")
 def _task(
     policy: dict[str, Any], name: str, timeout_seconds: float, options: dict[str, Any]
 ) -> Callable[[Callable[P, R]], Task[P, R]]:
-    decorator: Callable[[Callable[P, R]], Task[P, R]] = task(
+    make: Callable[[Callable[P, R]], Task[P, R]] = task(
         name=name,
         timeout_seconds=timeout_seconds,
         cache_policy=NO_CACHE,
@@ -34,6 +37,10 @@ def _task(
         # runbook flows persist their result; their tasks must not inherit that
         **({"persist_result": False} | options),
     )
+
+    def decorator(fn: Callable[P, R]) -> Task[P, R]:
+        return make(redacted_errors(fn))
+
     return decorator
 
 

@@ -62,7 +62,7 @@ from connectors.stores.base import (
 )
 from connectors.streams import CHUNK_SIZE, Hashed
 from opsflow.errors import InputError, OpsflowError, PermanentError, TransientError
-from opsflow.redaction import redact
+from opsflow.redaction import redact, register_secret
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ class S3Store(Store):
             max_pool_connections=self.max_concurrency + 4,
             s3={"addressing_style": "path" if endpoint_url else "auto"},
         )
-        self._s3: Any = boto3.session.Session().client(
-            "s3", endpoint_url=endpoint_url, config=config
-        )
+        session = boto3.session.Session()
+        register_chain_credentials(session)
+        self._s3: Any = session.client("s3", endpoint_url=endpoint_url, config=config)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -524,3 +524,18 @@ def _chain(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
 
 def _b64md5(data: bytes) -> str:
     return base64.b64encode(hashlib.md5(data, usedforsecurity=False).digest()).decode()
+
+
+def register_chain_credentials(session: Any) -> None:
+    """Register the secret half of the credentials boto3's chain found (env, profile, role) for
+    redaction: opsflow never resolved them, but a library's error may echo them."""
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError:
+        return  # no usable chain: the first request says so (NoCredentialsError)
+    if credentials is None:
+        return
+    frozen = credentials.get_frozen_credentials()
+    for value in (frozen.secret_key, frozen.token):
+        if value:
+            register_secret(value)

@@ -94,7 +94,18 @@ __all__ = [
     "utcnow",
 ]
 
-_REDACTED_TEXT = ("summary", "reason", "plan")
+_REDACTED_TEXT = (
+    "summary",
+    "reason",
+    "plan",
+    "step",
+    "target",
+    "triggered_by",
+    "requested_by",
+    "actor",
+    "store_url",
+)
+"""Free-text columns, redacted before a row is chained and written (JSON columns too)."""
 
 
 class Ledger:
