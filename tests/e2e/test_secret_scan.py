@@ -74,6 +74,7 @@ class Secrets:
     log_client_secret: str = field(default_factory=lambda: _token("lc", LETTERS))
     body_access_token: str = field(default_factory=lambda: _token("ba"))
     body_bearer: str = field(default_factory=lambda: _token("bb"))
+    url_access_token: str = field(default_factory=lambda: _token("ua"))
 
     def values(self) -> dict[str, str]:
         return dict(vars(self))
@@ -167,6 +168,8 @@ class ScanLab:
     runs: list[tuple[list[str], subprocess.CompletedProcess[str]]] = field(default_factory=list)
 
     def cli(self, *args: str, expect: int) -> subprocess.CompletedProcess[str]:
+        if args[0] == "run":  # in this process: the session's `served` runner (tests/fixtures/
+            args = (*args, "--local")  # e2e_env.py) serves the same deployments another inventory
         result = subprocess.run(
             [*OPSFLOW, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300
         )
@@ -201,7 +204,7 @@ def write_inventory(lab_root: Path, urls: dict[str, str], bucket: str, kube: Kub
     inventory.write_text(f"""
 environments:
   scan:
-    endpoints: [{{name: app, url: "{urls["app"]}/health"}}]
+    endpoints: [{{name: app, url: "{urls["app"]}/health"}}, {{name: api, url: "env:SCAN_API_URL"}}]
     databases: [{{name: main, kind: postgres, dsn: "env:SCAN_DSN",
                  checksum_tables: [scanmarker_accounts]}}]
     backup_store: {{url: "s3://{bucket}/prod", {store}}}
@@ -271,6 +274,8 @@ def scan_lab(
         "SCAN_BACKUP_KEY": known.backup_key,
         "SCAN_WEBHOOK": webhook,
         "SCAN_KUBE_TOKEN": known.kube_token,
+        # an endpoint whose URL carries its token (a reference: the inventory refuses it inline)
+        "SCAN_API_URL": f"{app_url}/health?access_token={known.url_access_token}",
         "AWS_SECRET_ACCESS_KEY": known.aws_secret,  # found by boto3's chain, not by opsflow
     }
     lab = ScanLab(
