@@ -11,8 +11,10 @@ from typing import NamedTuple, Protocol
 from opsflow.errors import PermanentError, TransientError
 from opsflow.redaction import redact
 
-TAIL_BYTES = 4096  # of stdout/stderr kept by stream_out and feed_in
-SHOWN_CHARS = 1000  # of a (redacted) stderr tail shown in an error
+TAIL_BYTES = 4096  # of stdout/stderr kept by stream_out and feed_in (the end)
+HEAD_BYTES = 1024  # ... and the start: a cause comes first (pg_dump: error: ... FATAL: ...)
+SHOWN_CHARS = 1000  # of a (redacted) stderr shown in an error: its start and its end
+DROPPED = b"\n[...]\n"
 
 
 class Completed(NamedTuple):
@@ -27,8 +29,12 @@ class Completed(NamedTuple):
 
 
 def stderr_tail(data: bytes) -> str:
-    """The end of a command's stderr for an error message, with secrets masked."""
-    return redact(data.decode("utf-8", errors="replace").strip())[-SHOWN_CHARS:]
+    """A command's stderr for an error message, with secrets masked: all of it, or its start
+    (where the cause usually is) and its end."""
+    text = redact(data.decode("utf-8", errors="replace").strip())
+    if len(text) <= SHOWN_CHARS:
+        return text
+    return f"{text[: SHOWN_CHARS * 3 // 5]} [...] {text[-SHOWN_CHARS * 2 // 5 :]}"
 
 
 class CommandFailed(PermanentError):
@@ -95,19 +101,27 @@ class Transport(Protocol):
 
 
 class Tail:
-    """The last ``keep`` bytes added (all of them when ``keep`` is None)."""
+    """The first ``HEAD_BYTES`` and the last ``keep`` bytes added, with ``DROPPED`` between
+    them when bytes in the middle were let go (all of them when ``keep`` is None)."""
 
     def __init__(self, keep: int | None = TAIL_BYTES) -> None:
         self.keep = keep
+        self.head = bytearray()
         self.data = bytearray()
+        self.dropped = False
 
     def add(self, data: bytes) -> None:
+        if self.keep is not None and len(self.head) < HEAD_BYTES:
+            room = HEAD_BYTES - len(self.head)
+            self.head += data[:room]
+            data = data[room:]
         self.data += data
         if self.keep is not None and len(self.data) > self.keep:
             del self.data[: len(self.data) - self.keep]
+            self.dropped = True
 
     def __bytes__(self) -> bytes:
-        return bytes(self.data)
+        return bytes(self.head + (DROPPED if self.dropped else b"") + self.data)
 
 
 class Watchdog:

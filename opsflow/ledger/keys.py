@@ -21,7 +21,7 @@ from pathlib import Path
 from opsflow.errors import InputError
 from opsflow.ledger.chain import key_id
 from opsflow.redaction import register_secret
-from opsflow.secrets import is_reference, resolve
+from opsflow.secrets import resolve
 from opsflow.settings import Settings
 
 KEY_BYTES = 32
@@ -61,15 +61,7 @@ class LedgerKey:
 def load_key(settings: Settings, *, create: bool) -> LedgerKey:
     """The configured key; with ``create`` a missing key file is made (never otherwise)."""
     if settings.ledger_key:
-        reference = settings.ledger_key.strip()
-        if not is_reference(reference):
-            register_secret(reference)
-            raise InputError(
-                SETTING,
-                "holds a value, not a secret reference",
-                "put the key into an environment variable or a Prefect Secret block and set "
-                f"{SETTING}=env:VAR or secret:NAME (or unset it to use the key file)",
-            )
+        reference = settings.ledger_key.strip()  # a reference: the settings refuse a literal
         return LedgerKey.from_text(resolve(reference, SETTING), reference, SETTING)
     path = settings.resolved_ledger_key_file()
     if not path.exists():

@@ -408,7 +408,7 @@ def test_the_key_from_a_secret_reference(
     assert not (ledger_home / "ledger.key").exists()
     assert open_ledger().verify().ok
     monkeypatch.setenv("OPSFLOW_LEDGER_KEY", "ab" * 32)  # the value itself: refused
-    with pytest.raises(InputError, match="holds a value, not a secret reference") as e:
+    with pytest.raises(InputError, match="OPSFLOW_LEDGER_KEY: holds a literal key") as e:
         open_ledger().verify()
     assert "ab" * 32 not in str(e.value)
 
