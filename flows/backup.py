@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
@@ -26,7 +26,14 @@ from pydantic import BaseModel, Field
 from connectors.stores.base import manifest_key
 from connectors.stores.objects import DumpResult
 from connectors.streams import CODECS
-from flows.common import CATALOG_SCAN, LOCK_WAIT_SECONDS, RunbookRun, require_store, runbook_flow
+from flows.common import (
+    CATALOG_SCAN,
+    LOCK_WAIT_SECONDS,
+    LockWait,
+    RunbookRun,
+    require_store,
+    runbook_flow,
+)
 from opsflow import catalog
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, DirectAccess, DockerExecAccess, Environment
@@ -391,7 +398,7 @@ def backup(
     requested_by: str,
     codec: Literal["zstd", "gzip"] = "zstd",
     dry_run: bool = False,
-    wait_for_lock: Annotated[int, Field(ge=0)] = LOCK_WAIT_SECONDS,
+    wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Back up every database of ``env``.
 

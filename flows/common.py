@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import httpx
 from prefect import Flow, flow, get_run_logger
@@ -53,7 +53,7 @@ from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.utilities.hashing import file_hash
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from connectors import ledger_heads
 from opsflow.approvals import requester
@@ -90,6 +90,8 @@ CATALOG_SCAN = 10_000
 
 LOCK_WAIT_SECONDS = 1800
 """How long a run waits for its environment's lock by default (``wait_for_lock``)."""
+LockWait = Annotated[int, Field(ge=0)]
+"""The type of every runbook's ``wait_for_lock`` parameter: seconds, 0 to fail at once."""
 LOCK_POLL_SECONDS = 2.0
 LOCK_LOG_EVERY_SECONDS = 60.0
 HOLDER_TAG = "opsflow-holds:"

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any
+from typing import Any
 
 from prefect.states import Completed, Failed, State
 from pydantic import BaseModel, Field
@@ -30,6 +30,7 @@ from connectors.stores.base import manifest_key
 from flows.common import (
     CATALOG_SCAN,
     LOCK_WAIT_SECONDS,
+    LockWait,
     RunbookRun,
     pg_reach,
     require_store,
@@ -260,7 +261,7 @@ def dr_drill(
     *,
     requested_by: str,
     dry_run: bool = False,
-    wait_for_lock: Annotated[int, Field(ge=0)] = LOCK_WAIT_SECONDS,
+    wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Run the DR drill for ``env``.
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from prefect.states import Completed, Failed, State
 
-from flows.common import RunbookRun, app_target, runbook_flow, scales
+from flows.common import LockWait, RunbookRun, app_target, runbook_flow, scales
 from opsflow.inventory import Environment
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
@@ -61,7 +61,7 @@ def recover(
     *,
     requested_by: str,
     dry_run: bool = False,
-    wait_for_lock: int = RECOVER_LOCK_WAIT_SECONDS,
+    wait_for_lock: LockWait = RECOVER_LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Bring back the application of ``env`` that an interrupted restore left stopped.
 

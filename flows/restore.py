@@ -30,6 +30,7 @@ from connectors.stores.base import manifest_key
 from flows.common import (
     CATALOG_SCAN,
     LOCK_WAIT_SECONDS,
+    LockWait,
     RunbookRun,
     app_target,
     pg_reach,
@@ -417,7 +418,7 @@ def restore(
     mode: Mode = "swap",
     dry_run: bool = False,
     approval_timeout_seconds: Annotated[int, Field(gt=0)] | None = None,
-    wait_for_lock: Annotated[int, Field(ge=0)] = LOCK_WAIT_SECONDS,
+    wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Restore databases of ``env`` from their backups.
 

@@ -13,6 +13,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from opsflow.errors import InputError
+from opsflow.secrets import is_reference
 
 PREFIX = "OPSFLOW_"
 
@@ -90,7 +91,7 @@ class Settings(BaseSettings):
     @field_validator("ledger_key")
     @classmethod
     def _ledger_key(cls, value: str | None) -> str | None:
-        if value and not value.startswith(("env:", "secret:")):
+        if value and not is_reference(value):
             raise ValueError(
                 "holds a literal key (fix: write a reference, env:VAR_NAME or "
                 "secret:prefect-block-name, or leave it unset to use the key file)"

@@ -571,6 +571,11 @@ CLI_CASES = [
         ["run", "dr-drill", "--env", "local", "--param", "wait_for_lock=-3"],
         "wait_for_lock",
     ),
+    Case(
+        "recover-wait-negative",
+        ["run", "recover", "--env", "local", "--param", "wait_for_lock=-2"],
+        "wait_for_lock",
+    ),
     Case("ledger-verify-store-scheme", ["ledger", "verify", "--store", "ftp://h/x"], "url"),
     Case("ledger-verify-store-keys", ["ledger", "verify", "--store", "s3://AKIA:hunter2@b"], "url"),
     Case("ledger-verify-heads-directory", ["ledger", "verify", "--heads", "{dir}"], "--heads"),
