@@ -61,9 +61,13 @@ def _code(as_user: str, given: str | None) -> str:
 
 
 def _answer(run_id: str, approved: bool, as_user: str, reason: str, code: str | None) -> None:
-    from opsflow.approvals import events_after, policy_violation, resume_with_answer
+    from opsflow.approvals import events_after, parse_run_id, policy_violation, resume_with_answer
     from opsflow.ledger import Ledger
 
+    try:
+        parse_run_id(run_id)
+    except InputError as exc:
+        fail(EXIT_BAD_INPUT, str(exc))
     if not reason.strip():
         fail(EXIT_BAD_INPUT, "--reason: a reason is required (fix: say why, e.g. a ticket number)")
     ledger = Ledger()

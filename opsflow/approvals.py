@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import pyotp
 from prefect.exceptions import FlowPauseTimeout
@@ -281,23 +282,27 @@ def _timed_out(
     raise ApprovalRejected(f"{action} on {env}: {reason}. Nothing was changed.")
 
 
-def resume_with_answer(
-    run_id: str, *, approved: bool, approver: str, code: str, reason: str
-) -> None:
-    """Answer a paused approval through the Prefect API (what the CLI's approve/reject do)."""
-    from uuid import UUID
-
-    from prefect.exceptions import NotPausedError, ObjectNotFound
-    from prefect.flow_runs import resume_flow_run
-
+def parse_run_id(run_id: str) -> UUID:
+    """``run_id`` as a flow run id; anything else is bad input (checked before anything is
+    asked of the approver)."""
     try:
-        flow_run_id = UUID(run_id)
+        return UUID(run_id)
     except ValueError:
         raise InputError(
             "RUN_ID",
             f"{run_id!r} is not a flow run id",
             "copy the id from the UI or `opsflow history`",
         ) from None
+
+
+def resume_with_answer(
+    run_id: str, *, approved: bool, approver: str, code: str, reason: str
+) -> None:
+    """Answer a paused approval through the Prefect API (what the CLI's approve/reject do)."""
+    from prefect.exceptions import NotPausedError, ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    flow_run_id = parse_run_id(run_id)
     answer = {"approved": approved, "approver": approver, "code": code, "reason": reason}
     try:
         resume_flow_run(flow_run_id, run_input=answer)
