@@ -230,9 +230,8 @@ def run_up(port: int, console: Console) -> int:
         else:
             proc = start_embedded_server(settings.home / "prefect", port, console)
         os.environ["PREFECT_API_URL"] = api
-    # how soon a served run starts (the runner polls) and how soon its log lines reach
-    # `opsflow run` following it (the run's process sends them in batches)
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    # how soon the log lines of a served run reach `opsflow run` following it (the run's
+    # process sends them in batches); how soon a run starts is OPSFLOW_RUNNER_POLL_SECONDS
     os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     ui = api.removesuffix("/api")

@@ -64,7 +64,7 @@ from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.log_filters import QUIET_LOCK, quiet_prefect_noise
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact, redacted_errors
-from opsflow.reports import artifact_key, publish_markdown
+from opsflow.reports import artifact_key, finished_line, publish_markdown
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
 
@@ -500,7 +500,7 @@ class RunbookRun:
             summary=summary,
             details=details or {},
         )
-        self.logger.info("%s on %s finished: %s (%s)", self.runbook, self.env_name, status, summary)
+        self.logger.info(finished_line(self.runbook, self.env_name, status, summary))
         self.publish_ledger_heads()
 
     def publish_ledger_heads(self) -> None:

@@ -219,3 +219,27 @@ def test_no_server_configured_starts_one_home_server_reused_then_stopped_by_down
     assert not record.exists()
     with pytest.raises(httpx.ConnectError):  # nothing listens there any more
         api_get(f"{server['api']}/health", timeout=10)
+
+
+def test_bad_input_to_a_served_runbook_is_exit_2_naming_the_field_and_changes_nothing(
+    served: subprocess.Popen[bytes], e2e_workspace: Workspace, prefect_api: str
+) -> None:
+    """The terminal does not import the runbook for a served run: the deployment's schema
+    refuses a bad value before a run exists, the runbook's plan refuses the rest where it runs,
+    before any ledger row; both are exit 2 with the field named and no traceback."""
+    ledger = e2e_workspace.ledger()
+    runs_before = len(ledger.runs(limit=1000))
+    result = run_cli(e2e_workspace.env, "run", "backup", "--env", "e2e", "-p", "wait_for_lock=-1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "wait_for_lock" in result.stderr and "Traceback" not in result.stderr
+    assert RUN_ID.search(result.stderr) is None  # no run was created
+
+    result = run_cli(e2e_workspace.env, "run", "restore", "--env", "e2e", "-p", "database=nope")
+    assert result.returncode == 2, result.stdout + result.stderr
+    found = RUN_ID.search(result.stderr)
+    assert found, result.stderr  # it went through the deployment
+    assert "database" in result.stderr and "nope" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert flow_run(prefect_api, found.group(1))["state"]["type"] == "FAILED"
+    assert len(ledger.runs(limit=1000)) == runs_before  # nothing recorded, nothing changed
+    assert ledger.steps(found.group(1)) == []
