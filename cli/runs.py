@@ -125,15 +125,23 @@ def run(
             )
             sys.exit(follow_to_end(client, run_id, printer, as_json))
         say(f"note: nothing serves {book.deployment_name} at {api}; running in this process")
-    check_ledger()  # this process writes it (a served run checks the runner's where it runs)
-    _check_params(book, env, params, requested_by)  # before a server is started or a run exists
-    if api is None:
-        from deployments.up import ensure_home_server
+    starting = None
+    if api is None:  # this OPSFLOW_HOME's server comes up while the runbook is checked
+        from deployments.up import HomeServerStart
 
-        home = get_settings().home
-        api, started = ensure_home_server(home, Console(stderr=True, quiet=as_json))
-        os.environ["PREFECT_API_URL"] = api
-        if started:
+        starting = HomeServerStart.begin(get_settings().home)
+        os.environ["PREFECT_API_URL"] = starting.api  # before Prefect is imported
+    try:
+        check_ledger()  # this process writes it (a served run checks the runner's where it runs)
+        _check_params(book, env, params, requested_by)  # before a run exists
+    except BaseException:
+        if starting is not None:  # bad input leaves nothing behind
+            starting.abandon()
+        raise
+    if starting is not None:
+        api = starting.ready(Console(stderr=True, quiet=as_json))
+        if starting.launch is not None:
+            home = get_settings().home
             say(
                 f"note: no Prefect server configured: started one for {home} at {api}; it "
                 "stays up for the next commands (`opsflow down` stops it)"

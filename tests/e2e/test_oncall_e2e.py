@@ -243,3 +243,32 @@ def test_bad_input_to_a_served_runbook_is_exit_2_naming_the_field_and_changes_no
     assert flow_run(prefect_api, found.group(1))["state"]["type"] == "FAILED"
     assert len(ledger.runs(limit=1000)) == runs_before  # nothing recorded, nothing changed
     assert ledger.steps(found.group(1)) == []
+
+
+def test_bad_input_with_no_server_configured_leaves_no_home_server_behind(
+    e2e_workspace: Workspace, tmp_path: Path
+) -> None:
+    """The home server is started before the parameters are checked (it comes up while the
+    runbook is imported); bad input stops it again and removes what it made."""
+    env = {k: v for k, v in e2e_workspace.env.items() if k != "PREFECT_API_URL"}
+    env["OPSFLOW_HOME"] = str(tmp_path / "home")
+    env["OPSFLOW_LEDGER_URL"] = f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
+    result = run_cli(env, "run", "backup", "--env", "local", "--local", "-p", "codec=lz4")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "codec" in result.stderr and "Traceback" not in result.stderr
+    assert "started one" not in result.stderr
+    assert not (tmp_path / "home" / "prefect-home").exists()
+    assert processes_with_env(f"PREFECT_HOME={tmp_path}") == []  # the server was stopped
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``entry`` (a prefix of NAME=value)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            values = environ.read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        if any(v.startswith(entry.encode()) for v in values):
+            found.append(int(environ.parent.name))
+    return found
