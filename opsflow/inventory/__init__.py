@@ -9,6 +9,7 @@ operator can correct the file without reading code. Secrets are references (``se
 ``load`` reading and error explanation.
 """
 
+from opsflow.inventory.deploy import Deploy, DeployService
 from opsflow.inventory.fields import ENV_NAME, InventoryError
 from opsflow.inventory.load import (
     DEFAULT_INVENTORY,
@@ -53,6 +54,8 @@ __all__ = [
     "Approver",
     "BackupStore",
     "Database",
+    "Deploy",
+    "DeployService",
     "DirectAccess",
     "DockerExecAccess",
     "DockerService",

@@ -20,6 +20,7 @@ from pydantic import (
 from opsflow.backup_names import name_clashes
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
+from opsflow.inventory.deploy import Deploy, check_services
 from opsflow.inventory.fields import (
     ENV_NAME,
     Model,
@@ -502,6 +503,20 @@ class Environment(Model):
     maintenance_mode: MaintenanceMode | None = None
     recovery: Recovery = Field(default_factory=Recovery)
     notify: list[Notify] = []
+    deploy: Deploy | None = None
+
+    @model_validator(mode="after")
+    def _deploy_targets(self) -> Environment:
+        if self.deploy is not None:
+            k8s = self.kubernetes
+            filled = check_services(
+                self.deploy,
+                docker_services=[s.name for s in self.docker.services] if self.docker else None,
+                kubernetes=k8s is not None,
+                k8s_default=(k8s.deployment, k8s.container) if k8s else (None, None),
+            )
+            object.__setattr__(self, "deploy", filled)  # target and services filled in
+        return self
 
     @model_validator(mode="after")
     def _protected_needs_approvers(self) -> Environment:
