@@ -81,13 +81,16 @@ def current_window(window: MaintenanceWindow, now: datetime) -> tuple[datetime, 
 
     The start is the latest time at or before ``now`` that the cron matches; with overlapping
     windows (a window longer than its cron's period) that is the one open longest."""
-    local = _aware(now).astimezone(window.zone)
+    instant = _aware(now).astimezone(UTC)
+    local = instant.astimezone(window.zone)
     # cronsim's reverse iteration starts one second before its argument: start one second
-    # after now so that a window opening exactly at now is found; skip matches after now
+    # after now so that a window opening exactly at now is found; skip matches after now.
+    # Instants are compared in UTC: Python compares two times of one zone by their wall
+    # clock, which is wrong in the hour that happens twice.
     for start in CronSim(window.cron, local + timedelta(seconds=1), reverse=True):
-        if start > local:
+        if start.astimezone(UTC) > instant:
             continue
-        if start.astimezone(UTC) + window.duration <= now.astimezone(UTC):
+        if start.astimezone(UTC) + window.duration <= instant:
             return None  # the latest start's window is over: so are the earlier ones
         return start, _end(window, start)
     return None  # pragma: no cover - cron expressions are validated to match some day
@@ -95,9 +98,9 @@ def current_window(window: MaintenanceWindow, now: datetime) -> tuple[datetime, 
 
 def next_window(window: MaintenanceWindow, now: datetime) -> tuple[datetime, datetime]:
     """The next window that opens strictly after ``now``, as (start, end) in its zone."""
-    local = _aware(now).astimezone(window.zone)
-    start = next(CronSim(window.cron, local))
-    while start <= local:  # pragma: no cover - cronsim moves forward at least a second
+    instant = _aware(now).astimezone(UTC)
+    start = next(CronSim(window.cron, instant.astimezone(window.zone)))
+    while start.astimezone(UTC) <= instant:  # pragma: no cover - cronsim moves forward
         start = next(CronSim(window.cron, start))
     return start, _end(window, start)
 
