@@ -23,6 +23,7 @@ off half-way through a restore because the Prefect API blinked."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import time
@@ -175,7 +176,7 @@ def app_target(env: Environment) -> str:
 
 
 def verify_release(
-    run: RunbookRun, health: Flow[..., Any] | None, verify: Verification | None
+    run: RunbookRun, health: Callable[..., Any] | None, verify: Verification | None
 ) -> tuple[list[str], str | None]:
     """After a deploy or rollback: the health-check runbook as a subflow (``health``; a
     Critical result fails), every smoke test of the environment, then the verification
@@ -209,19 +210,18 @@ def verify_release(
         result = run_smoke_test(test)
         return result.status != Status.CRITICAL, f"{result.status.value}: {result.summary}"
 
-    def window() -> tuple[bool, str]:
-        assert verify is not None
+    def window(verify: Verification) -> tuple[bool, str]:
         verdict = verify_window(run.env, verify)
-        return verdict.passed, f"{len(verdict.samples)} sample(s) in {verdict.seconds:.1f}s: " + (
-            verdict.reason
-        )
+        return verdict.passed, f"{len(verdict.samples)} sample(s): {verdict.reason}"
 
     attempts: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = []
     if health is not None:
         attempts.append(("health_check", run.env_name, health_check))
-    attempts += [("run_smoke_test", t.name, lambda t=t: smoke(t)) for t in run.env.smoke_tests]
+    attempts += [
+        ("run_smoke_test", t.name, functools.partial(smoke, t)) for t in run.env.smoke_tests
+    ]
     if verify is not None:
-        attempts.append(("verify_window", run.env_name, window))
+        attempts.append(("verify_window", run.env_name, functools.partial(window, verify)))
     for name, target, attempt in attempts:
         failed = check(name, target, attempt)
         if failed:
@@ -234,13 +234,9 @@ def finish_release(run: RunbookRun, report: ReleaseReport) -> State[Any]:
     report.seconds = round(run.elapsed, 3)
     markdown = render_release_report(report, run.started_at)
     publish_markdown(run.key, markdown, f"{run.runbook} of {run.env_name}: {report.outcome}")
-    ok = report.outcome in ("deployed", "unchanged")
-    summary = report.summary()
-    run.finish(
-        "complete" if ok else report.outcome.replace(" ", "-"),
-        summary,
-        report.model_dump(mode="json"),
-    )
+    ok, summary = report.succeeded, report.summary()
+    status = "complete" if ok else report.outcome.replace(" ", "-")
+    run.finish(status, summary, report.model_dump(mode="json"))
     send = run.notifier()
     if send is not None and not report.dry_run:
         send(f"opsflow: {run.runbook} of {run.env_name} {report.outcome.upper()}", markdown)

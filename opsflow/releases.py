@@ -141,6 +141,12 @@ class ReleaseReport(BaseModel):
     seconds: float = 0.0
     dry_run: bool = False
 
+    @property
+    def succeeded(self) -> bool:
+        """A deploy that went live or had nothing to do; a rollback that rolled back."""
+        done = "rolled back" if self.runbook == "rollback" else "deployed"
+        return self.outcome in (done, "unchanged")
+
     def summary(self) -> str:
         moves = ", ".join(f"{c.service} {c.from_image} -> {c.to_image}" for c in self.changes)
         text = f"{self.outcome}: {moves or 'no service'}"

@@ -88,11 +88,21 @@ def check_services(
     docker_services: list[str] | None,
     kubernetes: bool,
     k8s_default: tuple[str | None, str | None] = (None, None),
+    metrics: list[str] | None = None,
 ) -> Deploy:
     """The deploy section against the environment's connections: the target exists, every
     service is one of that target's, at least one service. Returns it with ``target`` and
     ``services`` filled in; raises ValueError (with its fix) otherwise."""
-    target = deploy.target
+    unknown_metrics = [
+        m for m in (deploy.verify.metrics if deploy.verify else []) if m not in (metrics or [])
+    ]
+    if unknown_metrics:
+        raise ValueError(
+            f"deploy.verify.metrics names {unknown_metrics}, which are not metrics of this "
+            f"environment (fix: choose among {metrics or 'none: add metrics first'}, or leave "
+            "it empty for all)"
+        )
+    target: str | None = deploy.target
     if target is None:
         found = (("docker", docker_services is not None), ("kubernetes", kubernetes))
         have = [name for name, ok in found if ok]

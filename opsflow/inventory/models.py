@@ -526,6 +526,7 @@ class Environment(Model):
                 docker_services=[s.name for s in self.docker.services] if self.docker else None,
                 kubernetes=k8s is not None,
                 k8s_default=(k8s.deployment, k8s.container) if k8s else (None, None),
+                metrics=[m.name for m in self.metrics],
             )
             object.__setattr__(self, "deploy", filled)  # target and services filled in
         return self
