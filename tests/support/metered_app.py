@@ -29,6 +29,8 @@ from typing import Any
 import httpx
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
+from tests.fixtures.http_targets import _AppHandler, _serve
+
 VERSION = "v3"
 
 
@@ -62,19 +64,7 @@ class MeteredApp:
 
 
 def _handler(app: MeteredApp) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args: Any) -> None:
-            return
-
-        def _send(self, code: int, body: bytes, kind: str = "application/json") -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
+    class Handler(_AppHandler):
         def _json(self, code: int, data: Any) -> None:
             self._send(code, json.dumps(data).encode())
 
@@ -131,22 +121,14 @@ def _handler(app: MeteredApp) -> type[BaseHTTPRequestHandler]:
 @contextmanager
 def metered_app(api_key: str) -> Iterator[MeteredApp]:
     """Serve a ``MeteredApp`` on 127.0.0.1:<free port> for the block, then stop it."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_placeholder())
-    app = MeteredApp(f"http://127.0.0.1:{server.server_address[1]}", api_key)
-    server.RequestHandlerClass = _handler(app)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    app = MeteredApp("", api_key)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(app))
+    app.url = f"http://127.0.0.1:{server.server_address[1]}"
+    stop = _serve(server)
     try:
         yield app
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
-
-
-def _handler_placeholder() -> type[BaseHTTPRequestHandler]:
-    return BaseHTTPRequestHandler
+        stop()
 
 
 class Traffic:
