@@ -69,6 +69,7 @@ from tasks.backups import (
     confirm_backup,
     verify_backup,
 )
+from tasks.docker import deploy as docker_deploy
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
 from tasks.http import check_endpoint, check_metrics
@@ -437,6 +438,76 @@ PROBES = [
         docker_default(),
         0.5,
         1,
+    ),
+    *(
+        Probe(
+            task.name,
+            task,
+            call,
+            docker_default(),
+            0.5,
+            1,
+        )
+        for task, call in (
+            (
+                docker_deploy.read_container_image,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.read_container_image.fn(
+                        _docker(port), _docker(port).services[0]
+                    )
+                ),
+            ),
+            (
+                docker_deploy.check_image_present,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.check_image_present.fn(_docker(port), "app:1")
+                ),
+            ),
+            (
+                docker_deploy.wait_container_healthy,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.wait_container_healthy.fn(
+                        _docker(port), _docker(port).services[0]
+                    )
+                ),
+            ),
+            (
+                docker_deploy.remove_previous_container,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.remove_previous_container.fn(
+                        _docker(port), _docker(port).services[0]
+                    )
+                ),
+            ),
+        )
+    ),
+    *(
+        Probe(
+            task.name,
+            task,
+            call,
+            constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT"),
+            0.5,
+            1,
+        )
+        for task, call in (
+            (
+                docker_deploy.replace_container,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.replace_container.fn(
+                        _docker(port), _docker(port).services[0], "app:2", "deploy-1"
+                    )
+                ),
+            ),
+            (
+                docker_deploy.restore_previous_container,
+                lambda port, s, tmp: (
+                    lambda: docker_deploy.restore_previous_container.fn(
+                        _docker(port), _docker(port).services[0]
+                    )
+                ),
+            ),
+        )
     ),
     Probe(
         "check_backup_freshness[postgres ledger]",
