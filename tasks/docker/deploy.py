@@ -430,9 +430,10 @@ def _wait_healthy(
 @api_task("restore_previous_container", timeout_seconds=120)
 def restore_previous_container(target: DockerTarget, service: DockerService) -> ContainerImage:
     """Roll back: stop the new ``<name>`` and keep it as ``<name>.opsflow-failed`` (for its
-    logs), rename ``<name>.opsflow-previous`` back to ``<name>`` and start it. Idempotent: a
-    service already restored (no previous container, a failed one kept) is left as it is
-    (started if it is not running). No previous container is a ``PermanentError``."""
+    logs; restart policy ``no``), rename ``<name>.opsflow-previous`` back to ``<name>`` and
+    start it. Idempotent: a service already restored (no previous container, a failed one
+    kept) is left as it is (started if it is not running). No previous container is a
+    ``PermanentError``."""
     with closing(docker_client(target, timeout=CLIENT_TIMEOUT)) as client:
         name = service.container
         previous_name, failed_name = name + PREVIOUS_SUFFIX, name + FAILED_SUFFIX
@@ -452,6 +453,9 @@ def restore_previous_container(target: DockerTarget, service: DockerService) -> 
                 _stop(client, current)
             if failed is not None:
                 _remove(client, failed["Id"], failed_name)
+            with docker_errors(f"set restart policy 'no' on container {name}"):
+                # kept for its logs only: a daemon restart must not start it next to the old one
+                client.api.update_container(current["Id"], restart_policy={"Name": "no"})
             _rename(client, current["Id"], name, failed_name)
         _rename(client, previous["Id"], previous_name, name)
         _start(client, previous["Id"], name)

@@ -244,6 +244,15 @@ def _files(tmp: Path) -> BackupStore:
     return BackupStore(url=f"file://{tmp / 'store'}")
 
 
+def _deploy_call(
+    task: Task,  # type: ignore[type-arg]
+    *extra: str,
+) -> Callable[[int, float, Path], Callable[[], Any]]:
+    """A Docker deploy task called with a target and service (and ``extra``) on ``port``."""
+    return lambda port, s, tmp: lambda: task.fn(_docker(port), _docker(port).services[0], *extra)
+
+
+DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
 ENDPOINT_TIMEOUT = inventory(
     "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
 )
@@ -440,74 +449,22 @@ PROBES = [
         1,
     ),
     *(
-        Probe(
-            task.name,
-            task,
-            call,
-            docker_default(),
-            0.5,
-            1,
-        )
-        for task, call in (
-            (
-                docker_deploy.read_container_image,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.read_container_image.fn(
-                        _docker(port), _docker(port).services[0]
-                    )
-                ),
-            ),
-            (
-                docker_deploy.check_image_present,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.check_image_present.fn(_docker(port), "app:1")
-                ),
-            ),
-            (
-                docker_deploy.wait_container_healthy,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.wait_container_healthy.fn(
-                        _docker(port), _docker(port).services[0]
-                    )
-                ),
-            ),
-            (
-                docker_deploy.remove_previous_container,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.remove_previous_container.fn(
-                        _docker(port), _docker(port).services[0]
-                    )
-                ),
-            ),
+        Probe(task.name, task, _deploy_call(task, *extra), knob, 0.5, 1)
+        for task, knob, extra in (
+            (docker_deploy.read_container_image, docker_default(), ()),
+            (docker_deploy.wait_container_healthy, docker_default(), ()),
+            (docker_deploy.remove_previous_container, docker_default(), ()),
+            (docker_deploy.replace_container, DEPLOY_CLIENT, ("app:2", "deploy-1")),
+            (docker_deploy.restore_previous_container, DEPLOY_CLIENT, ()),
         )
     ),
-    *(
-        Probe(
-            task.name,
-            task,
-            call,
-            constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT"),
-            0.5,
-            1,
-        )
-        for task, call in (
-            (
-                docker_deploy.replace_container,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.replace_container.fn(
-                        _docker(port), _docker(port).services[0], "app:2", "deploy-1"
-                    )
-                ),
-            ),
-            (
-                docker_deploy.restore_previous_container,
-                lambda port, s, tmp: (
-                    lambda: docker_deploy.restore_previous_container.fn(
-                        _docker(port), _docker(port).services[0]
-                    )
-                ),
-            ),
-        )
+    Probe(
+        "check_image_present",
+        docker_deploy.check_image_present,
+        lambda port, s, tmp: lambda: docker_deploy.check_image_present.fn(_docker(port), "app:1"),
+        docker_default(),
+        0.5,
+        1,
     ),
     Probe(
         "check_backup_freshness[postgres ledger]",
