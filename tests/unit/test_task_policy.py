@@ -74,6 +74,7 @@ from tasks.docker.config import export_docker_config
 from tasks.http import check_endpoint, check_metrics
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.kubernetes.config import export_kubernetes_config
+from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
 from tasks.notify import send_notification
 from tasks.postgres.backup import dump_postgres
 from tasks.postgres.checks import check_postgres
@@ -400,6 +401,30 @@ PROBES = [
         "export_kubernetes_config",
         export_kubernetes_config,
         lambda port, s, tmp: lambda: export_kubernetes_config.fn(_k8s(port)),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "read_deployment_image",
+        read_deployment_image,
+        lambda port, s, tmp: lambda: read_deployment_image.fn(_k8s(port), "app", "app"),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "set_deployment_image",
+        set_deployment_image,
+        lambda port, s, tmp: lambda: set_deployment_image.fn(_k8s(port), "app", "app", "a:2", "d"),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(  # the wait polls through a failed read until its deadline (here: the first read's)
+        "wait_for_rollout",
+        wait_for_rollout,
+        lambda port, s, tmp: lambda: wait_for_rollout.fn(_k8s(port), "app", timeout_seconds=s),
         K8S,
         0.5,
         K8S_WAITS,
