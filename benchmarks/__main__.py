@@ -4,7 +4,9 @@ issue 4 (backup, restore and DR drill of a >= 1 GB pgbench database), print the 
 write ``benchmarks/results/latest.json``. Everything started here is stopped here, also on
 Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
-Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,backup,restore,drill]
+The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too.
+
+Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,rollout,backup,restore,drill]
 [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
@@ -32,7 +34,7 @@ from benchmarks.common import Row, free_port
 from benchmarks.targets import start_slow_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("health", "overhead", "trigger", "oncall", "backup", "restore", "drill")
+ALL = ("health", "overhead", "trigger", "oncall", "rollout", "backup", "restore", "drill")
 BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
 
@@ -174,6 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                 fixed = oncall.run(workdir)
                 report["oncall"] = fixed.as_dict()
                 rows += fixed.rows()
+            if "rollout" in selected:
+                from benchmarks import rollout
+
+                console.print("[bold]issue 11[/] Kubernetes rollout wait (mock API)...")
+                wait = rollout.run()
+                report["rollout"] = wait.as_dict()
+                rows += wait.rows()
             if set(selected) & set(BACKUP_SIDE):
                 from benchmarks.backup_suite import run_backup_side
 
