@@ -24,6 +24,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
+from contextlib import closing
 from datetime import timedelta
 from typing import Any
 
@@ -120,15 +121,12 @@ def _missing(target: DockerTarget, name: str) -> PermanentError:
 def read_container_image(target: DockerTarget, service: DockerService) -> ContainerImage:
     """The container of ``service`` and the image it runs. After a deploy that stopped between
     the rename and the create, that is ``<container>.opsflow-previous``."""
-    client = docker_client(target)
-    try:
+    with closing(docker_client(target)) as client:
         name = service.container
         attrs = _inspect(client, name) or _inspect(client, name + PREVIOUS_SUFFIX)
         if attrs is None:
             raise _missing(target, name)
         return _info(service, attrs)
-    finally:
-        client.close()
 
 
 def _image_id(client: docker.DockerClient, target: DockerTarget, image: str) -> str:
@@ -155,11 +153,8 @@ def _image_id(client: docker.DockerClient, target: DockerTarget, image: str) -> 
 def check_image_present(target: DockerTarget, image: str) -> str:
     """The image id of ``image`` on the engine; a missing image is an ``InputError`` (plan
     time: nothing was changed)."""
-    client = docker_client(target)
-    try:
+    with closing(docker_client(target)) as client:
         return _image_id(client, target, image)
-    finally:
-        client.close()
 
 
 def _stop(client: docker.DockerClient, attrs: dict[str, Any]) -> None:
@@ -236,11 +231,8 @@ def replace_container(
     stop between rename and create continues from the previous container. When the create,
     a network connect or the start fails, the old container is put back and started first.
     """
-    client = docker_client(target, timeout=CLIENT_TIMEOUT)
-    try:
+    with closing(docker_client(target, timeout=CLIENT_TIMEOUT)) as client:
         return _replace(client, target, service, image, deploy_id)
-    finally:
-        client.close()
 
 
 def _replace(
@@ -375,11 +367,8 @@ def wait_container_healthy(
             f"{timeout_seconds:g} s is out of range",
             f"wait between 1 and {MAX_HEALTH_WAIT:g} seconds",
         )
-    client = docker_client(target)
-    try:
+    with closing(docker_client(target)) as client:
         return _wait_healthy(client, target, service, timeout_seconds, stable_seconds)
-    finally:
-        client.close()
 
 
 def _wait_healthy(
@@ -441,11 +430,11 @@ def _wait_healthy(
 @api_task("restore_previous_container", timeout_seconds=120)
 def restore_previous_container(target: DockerTarget, service: DockerService) -> ContainerImage:
     """Roll back: stop the new ``<name>`` and keep it as ``<name>.opsflow-failed`` (for its
-    logs), rename ``<name>.opsflow-previous`` back to ``<name>`` and start it. Idempotent: a
-    service already restored (no previous container, a failed one kept) is left as it is
-    (started if it is not running). No previous container is a ``PermanentError``."""
-    client = docker_client(target, timeout=CLIENT_TIMEOUT)
-    try:
+    logs; restart policy ``no``), rename ``<name>.opsflow-previous`` back to ``<name>`` and
+    start it. Idempotent: a service already restored (no previous container, a failed one
+    kept) is left as it is (started if it is not running). No previous container is a
+    ``PermanentError``."""
+    with closing(docker_client(target, timeout=CLIENT_TIMEOUT)) as client:
         name = service.container
         previous_name, failed_name = name + PREVIOUS_SUFFIX, name + FAILED_SUFFIX
         current, previous = _inspect(client, name), _inspect(client, previous_name)
@@ -464,25 +453,23 @@ def restore_previous_container(target: DockerTarget, service: DockerService) -> 
                 _stop(client, current)
             if failed is not None:
                 _remove(client, failed["Id"], failed_name)
+            with docker_errors(f"set restart policy 'no' on container {name}"):
+                # kept for its logs only: a daemon restart must not start it next to the old one
+                client.api.update_container(current["Id"], restart_policy={"Name": "no"})
             _rename(client, current["Id"], name, failed_name)
         _rename(client, previous["Id"], previous_name, name)
         _start(client, previous["Id"], name)
         return _info(service, _inspect(client, name) or previous)
-    finally:
-        client.close()
 
 
 @api_task("remove_previous_container", timeout_seconds=60)
 def remove_previous_container(target: DockerTarget, service: DockerService) -> bool:
     """Remove ``<name>.opsflow-previous`` once the deploy is verified (its volumes stay);
     False when there was none."""
-    client = docker_client(target)
-    try:
+    with closing(docker_client(target)) as client:
         name = service.container + PREVIOUS_SUFFIX
         previous = _inspect(client, name)
         if previous is None:
             return False
         _remove(client, previous["Id"], name)
         return True
-    finally:
-        client.close()

@@ -107,9 +107,13 @@ def json_body(response: httpx.Response) -> Any:
         return None
 
 
-def excerpt(value: Any, limit: int = EXCERPT_CHARS) -> str:
+def excerpt(value: Any, limit: int = EXCERPT_CHARS, *, as_json: bool = False) -> str:
     """A short, redacted rendering of a body or value for a summary: registered secrets
-    masked, then cut to ``limit`` characters (a body can carry a token)."""
-    text = value if isinstance(value, str) else json.dumps(redact_data(value), default=str)
+    masked, then cut to ``limit`` characters (a body can carry a token). A string is shown
+    as it is unless ``as_json`` (then ``"v3"``, quoted, as a JSON value)."""
+    if isinstance(value, str) and not as_json:
+        text = value
+    else:
+        text = json.dumps(redact_data(value), default=str)
     text = redact(" ".join(text.split()))
     return text if len(text) <= limit else text[:limit] + "…"

@@ -50,7 +50,8 @@ def json_mismatches(document: Any, expected: dict[str, Any]) -> list[str]:
         if got is _MISSING:
             problems.append(f"{path} is missing")
         elif got != want or isinstance(got, bool) != isinstance(want, bool):  # True is not 1
-            problems.append(f"{path} is {excerpt(got, 60)} expected {excerpt(want, 60)}")
+            shown, wanted = excerpt(got, 60, as_json=True), excerpt(want, 60, as_json=True)
+            problems.append(f"{path} is {shown} expected {wanted}")
     return problems
 
 

@@ -148,7 +148,7 @@ def rollout_verdict(deployment: dict[str, Any]) -> Verdict:
 # --- reading and writing ----------------------------------------------------------------------
 
 
-def _read(api: kubernetes.client.ApiClient, ns: str, name: str) -> dict[str, Any]:
+def deployment_json(api: kubernetes.client.ApiClient, ns: str, name: str) -> dict[str, Any]:
     """The Deployment as the API's JSON (no model objects: cheaper per poll)."""
     apps = kubernetes.client.AppsV1Api(api)
     with kube_errors(api, f"deployment {ns}/{name}"):
@@ -160,9 +160,9 @@ def _read(api: kubernetes.client.ApiClient, ns: str, name: str) -> dict[str, Any
 
 
 def _read_known(api: kubernetes.client.ApiClient, ns: str, name: str) -> dict[str, Any]:
-    """``_read``; a Deployment that does not exist is named with those that do."""
+    """``deployment_json``; a Deployment that does not exist is named with those that do."""
     try:
-        return _read(api, ns, name)
+        return deployment_json(api, ns, name)
     except PermanentError as exc:
         if "not found (404)" not in str(exc):
             raise
@@ -300,7 +300,7 @@ def wait_for_rollout(
             polls += 1
             failure: TransientError | None = None
             try:
-                current = _read(api, ns, deployment)
+                current = deployment_json(api, ns, deployment)
             except TransientError as exc:
                 failure = exc
                 log.warning("deployment %s/%s: poll %d failed: %s", ns, deployment, polls, exc)

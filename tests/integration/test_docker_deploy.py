@@ -277,6 +277,7 @@ def test_unhealthy_image_fails_and_rollback_restores_the_old_container(app: App)
     kept = app.inspect(FAILED_SUFFIX)
     assert kept is not None and kept["Config"]["Image"] == app.images["v2"]
     assert kept["State"]["Running"] is False
+    assert kept["HostConfig"]["RestartPolicy"]["Name"] == "no"  # a daemon restart leaves it
     after = app.inspect()
     assert after is not None and after["Id"] == before["Id"]
     _assert_same_config(before, after)

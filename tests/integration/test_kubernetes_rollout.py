@@ -10,9 +10,11 @@ session's Prefect server) with the policy's count and condition, only shorter de
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pytest
+from prefect import flow
 
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import KubernetesTarget
@@ -28,9 +30,20 @@ from tests.fixtures.kube_api import KubeCluster, KubeFault, OpsflowKubeEmulator
 from tests.support.fake_controller import template_hash
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 V1, V2, BAD = "registry.local/app:1.0", "registry.local/app:2.0", "registry.local/app:bad"
 QUICK = [0.2, 0.2, 0.2]  # API_RETRIES' three retries, without the 2/8/20 s waits
+
+
+def _in_flow(call: Callable[[], T]) -> T:
+    """Run ``call`` (a task call) inside a flow run, so Prefect's engine runs the retries."""
+
+    @flow(name="rollout-test", persist_result=False)
+    def rollout_test() -> T:
+        return call()
+
+    return rollout_test()
 
 
 def _target(cluster: KubeCluster) -> KubernetesTarget:
@@ -203,7 +216,7 @@ def test_409_and_500_are_retried(kube_cluster: KubeCluster, prefect_api: str) ->
     server.inject(KubeFault("PATCH", path, 409))
     seen = len(server.requests(path))
     task = set_deployment_image.with_options(retry_delay_seconds=QUICK)
-    after = task(_target(kube_cluster), "app", "app", V2, "deploy-1")
+    after = _in_flow(lambda: task(_target(kube_cluster), "app", "app", V2, "deploy-1"))
     assert after.image == V2 and after.patched
     # try 1: GET 500; try 2: GET, PATCH 409; try 3: GET, PATCH
     assert _calls(kube_cluster, seen) == ["GET", "GET", "PATCH", "GET", "PATCH"]
@@ -217,7 +230,7 @@ def test_a_lost_answer_to_an_applied_patch_is_not_patched_again(
     server.inject(KubeFault("PATCH", path, 500, applied=True))
     seen = len(server.requests(path))
     task = set_deployment_image.with_options(retry_delay_seconds=QUICK)
-    after = task(_target(kube_cluster), "app", "app", V2, "deploy-1")
+    after = _in_flow(lambda: task(_target(kube_cluster), "app", "app", V2, "deploy-1"))
     assert _calls(kube_cluster, seen) == ["GET", "PATCH", "GET"]  # the retry saw it done
     assert not after.patched and after.image == V2 and after.previous_image == V1
     assert _deployment(kube_cluster)["metadata"]["generation"] == 2
@@ -242,7 +255,7 @@ def test_a_concurrent_change_is_kept(kube_cluster: KubeCluster, prefect_api: str
     server.inject(KubeFault("PATCH", path, before=other_writer))
     seen = len(server.requests(path))
     task = set_deployment_image.with_options(retry_delay_seconds=QUICK)
-    after = task(_target(kube_cluster), "app", "app", V2, "deploy-1")
+    after = _in_flow(lambda: task(_target(kube_cluster), "app", "app", V2, "deploy-1"))
     assert _calls(kube_cluster, seen) == ["GET", "PATCH", "GET", "PATCH"]
     containers = _deployment(kube_cluster)["spec"]["template"]["spec"]["containers"]
     assert [(c["name"], c["image"]) for c in containers] == [
@@ -258,7 +271,7 @@ def test_403_is_not_retried(kube_cluster: KubeCluster, prefect_api: str) -> None
     seen = len(server.requests(path))
     task = set_deployment_image.with_options(retry_delay_seconds=QUICK)
     with pytest.raises(PermanentError, match=r"403 Forbidden .*RBAC"):
-        task(_target(kube_cluster), "app", "app", V2, "deploy-1")
+        _in_flow(lambda: task(_target(kube_cluster), "app", "app", V2, "deploy-1"))
     assert _calls(kube_cluster, seen) == ["GET"]
 
 
@@ -267,7 +280,7 @@ def test_a_timeout_is_not_retried(kube_cluster: KubeCluster, prefect_api: str) -
     seen = len(kube_cluster.server.requests(path))
     task = wait_for_rollout.with_options(retry_delay_seconds=QUICK)
     with pytest.raises(PermanentError, match=r"not complete after .* polls\)") as caught:
-        task(_target(kube_cluster), "app", timeout_seconds=1, poll_seconds=0.25)
+        _in_flow(lambda: task(_target(kube_cluster), "app", timeout_seconds=1, poll_seconds=0.25))
     polls = int(str(caught.value).split(" polls)")[0].rsplit(" ", 1)[1])
     assert _calls(kube_cluster, seen) == ["GET"] * polls  # one attempt's polls, no retry
 
@@ -281,8 +294,9 @@ def test_errors_during_the_wait_are_polled_through(
     server.inject(KubeFault("GET", path, 409, times=1))
     seen = len(server.requests(path))
     kube_cluster.controller.start(0.05)
-    status = wait_for_rollout.with_options(retries=0)(
-        _target(kube_cluster), "app", timeout_seconds=60, poll_seconds=0.05
+    task = wait_for_rollout.with_options(retries=0)
+    status = _in_flow(
+        lambda: task(_target(kube_cluster), "app", timeout_seconds=60, poll_seconds=0.05)
     )
     assert status.image == V2 and status.available == 4
     gets = [m for m in _calls(kube_cluster, seen) if m == "GET"]  # the controller PATCHes too

@@ -161,7 +161,8 @@ def test_outside_names_the_next_window() -> None:
     verdict = change_allowed(e, now, needs_window=True)
     assert not verdict.allowed and verdict.name == "maintenance_window"
     assert verdict.reason == (
-        "outside the maintenance window; the next one is Sun 2026-12-06 02:00\u201304:00 Europe/Berlin"
+        "outside the maintenance window; the next one is "
+        "Sun 2026-12-06 02:00\u201304:00 Europe/Berlin"
     )
     assert verdict.ends_at == datetime(2026, 12, 6, 2, tzinfo=BERLIN)
     assert time_left(e.maintenance_window, now) is None  # type: ignore[arg-type]
@@ -214,6 +215,7 @@ def test_window_in_a_timezone() -> None:
     now = at("2026-12-06T07:30:00+00:00")
     start, end = current_window(w, now)  # type: ignore[misc]
     assert start == at("2026-12-06T07:00:00+00:00") and start.tzinfo == ZoneInfo("America/New_York")
+    assert (start.hour, end.hour) == (2, 4)
     assert current_window(w, at("2026-12-06T02:30:00+00:00")) is None  # 02:30 UTC: Saturday night
 
 
