@@ -499,6 +499,46 @@ def deploy(
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     settings = require_deploy(env, run.env)
+    if image:
+        releases.parse_image(image, "image")  # bad input before waiting for anything
+    if dry_run:
+        plan, report = _prepare(
+            run, image, version, promote_from, skip_backup, override_window_reason, deploy_id
+        )
+        report.dry_run = True
+        return Completed(message="dry run: plan published", data=report)
+    busy = releases.busy_wait_seconds(settings)
+    # the plan is made under the lock: a deploy that waited sees what the other one left
+    with run.exclusive(busy, name=deploy_lock_name(env), fix=releases.BUSY_FIX):
+        plan, report = _prepare(
+            run, image, version, promote_from, skip_backup, override_window_reason, deploy_id
+        )
+        if all(c.action == "unchanged" for c in report.changes):
+            report.outcome = "unchanged"
+            return finish_release(run, report)
+        report.window = check_window(run, settings, override_window_reason)
+        if run.env.protected or override_window_reason:
+            report.approved_by = run.approve(
+                plan,
+                approval_timeout_seconds,
+                {"deploy_id": report.deploy_id, "outcome": "rejected"},
+            )
+            report.window = check_window(run, settings, override_window_reason)
+        with run.exclusive(wait_for_lock):
+            return release_changes(run, report, skip_backup)
+
+
+def _prepare(
+    run: RunbookRun,
+    image: str | None,
+    version: str | None,
+    promote_from: str | None,
+    skip_backup: bool,
+    override_window_reason: str | None,
+    deploy_id: str | None,
+) -> tuple[Plan, ReleaseReport]:
+    """Read what runs, decide the images and the deploy id, publish the plan."""
+    env = run.env_name
     live = _live(run.env, release.read_live)
     targets = target_images(
         env,
@@ -530,20 +570,5 @@ def deploy(
         requested_by=run.requested_by,
         changes=changes,
         override_reason=override_window_reason,
-        dry_run=dry_run,
     )
-    if dry_run:
-        return Completed(message="dry run: plan published", data=report)
-    if all(c.action == "unchanged" for c in changes):
-        report.outcome = "unchanged"
-        return finish_release(run, report)
-    report.window = check_window(run, settings, override_window_reason)
-    busy = releases.busy_wait_seconds(settings)
-    with run.exclusive(busy, name=deploy_lock_name(env), fix=releases.BUSY_FIX):
-        if run.env.protected or override_window_reason:
-            report.approved_by = run.approve(
-                plan, approval_timeout_seconds, {"deploy_id": did, "outcome": "rejected"}
-            )
-            report.window = check_window(run, settings, override_window_reason)
-        with run.exclusive(wait_for_lock):
-            return release_changes(run, report, skip_backup)
+    return plan, report

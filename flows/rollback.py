@@ -227,6 +227,31 @@ def rollback(
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     settings = require_deploy(env, run.env)
+    if image:
+        releases.parse_image(image, "image")  # bad input before waiting for anything
+    if dry_run:
+        report = _prepare(run, image)[1]
+        report.dry_run = True
+        return Completed(message="dry run: plan published", data=report)
+    busy = releases.busy_wait_seconds(settings)
+    with run.exclusive(busy, name=deploy_lock_name(env), fix=releases.BUSY_FIX):
+        plan, report = _prepare(run, image)  # under the lock: what a deploy before it left
+        if all(c.action == "unchanged" for c in report.changes):
+            report.outcome = "unchanged"
+            return finish_release(run, report)
+        if run.env.protected:
+            report.approved_by = run.approve(
+                plan,
+                approval_timeout_seconds,
+                {"deploy_id": report.deploy_id, "outcome": "rejected"},
+            )
+        with run.exclusive(wait_for_lock):
+            return _roll_back(run, report)
+
+
+def _prepare(run: RunbookRun, image: str | None) -> tuple[Plan, ReleaseReport]:
+    """Read what runs and the ledger, decide the images and the rollback id, publish the plan."""
+    env, settings = run.env_name, require_deploy(run.env_name, run.env)
     live = {s.name: release.read_live(run.env, s) for s in settings.services}
     deploys = run.ledger.runs(env=env, runbook=DEPLOY_RUNBOOK, limit=LEDGER_SCAN)
     targets = _changes(env, run.env, live, image, deploys)
@@ -241,23 +266,6 @@ def rollback(
     plan = build_rollback_plan(env, run.env, changes, rid)
     run.publish_plan(plan)
     report = ReleaseReport(
-        runbook=RUNBOOK,
-        env=env,
-        deploy_id=rid,
-        requested_by=run.requested_by,
-        changes=changes,
-        dry_run=dry_run,
+        runbook=RUNBOOK, env=env, deploy_id=rid, requested_by=run.requested_by, changes=changes
     )
-    if dry_run:
-        return Completed(message="dry run: plan published", data=report)
-    if all(c.action == "unchanged" for c in changes):
-        report.outcome = "unchanged"
-        return finish_release(run, report)
-    busy = releases.busy_wait_seconds(settings)
-    with run.exclusive(busy, name=deploy_lock_name(env), fix=releases.BUSY_FIX):
-        if run.env.protected:
-            report.approved_by = run.approve(
-                plan, approval_timeout_seconds, {"deploy_id": rid, "outcome": "rejected"}
-            )
-        with run.exclusive(wait_for_lock):
-            return _roll_back(run, report)
+    return plan, report
