@@ -18,6 +18,7 @@ are a ``ReleaseReport``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from prefect.states import Completed, State
@@ -149,6 +150,7 @@ def plan_rollback(
     *,
     live: dict[str, Live] | None = None,
     deploys: list[RunRow] | None = None,
+    present: Callable[[Environment, str], None] = release.image_present,
 ) -> Plan:
     """The rollback plan: reads what runs now and the ledger (read only)."""
     settings = require_deploy(env_name, env)
@@ -160,7 +162,7 @@ def plan_rollback(
         deploys = Ledger().runs(env=env_name, runbook=DEPLOY_RUNBOOK, limit=LEDGER_SCAN)
     targets = _changes(env_name, env, live, image, deploys)
     for ref in sorted(set(targets.values())):
-        release.image_present(env, ref)
+        present(env, ref)
     base = releases.deploy_id_base(env_name, targets, RUNBOOK) + "-<n>"
     return build_rollback_plan(env_name, env, _as_changes(env, live, targets), base)
 
