@@ -64,14 +64,10 @@ def read_outside_flow(env: Environment, service: DeployService) -> Live:
     return release.read_live(env, service, in_flow=False)
 
 
-def _promoted(
-    env_name: str,
-    promote_from: str,
-    inventory: Inventory,
-    services: list[DeployService],
-    read: Reader,
-) -> dict[str, str]:
-    """The image each service runs in ``promote_from`` (read there, now)."""
+def promotion_source(
+    env_name: str, promote_from: str, inventory: Inventory, services: list[DeployService]
+) -> tuple[Environment, dict[str, DeployService]]:
+    """The environment to promote from and its deploy services by name (no I/O)."""
     if promote_from == env_name:
         raise InputError("promote_from", f"is {env_name!r} itself", "name another environment")
     try:
@@ -86,7 +82,40 @@ def _promoted(
             f"environment {promote_from!r} has no deploy service {', '.join(missing)}",
             f"promote from an environment whose deploy.services include {', '.join(missing)}",
         )
-    return {s.name: read(source, there[s.name]).image for s in services}
+    return source, there
+
+
+def check_request(
+    env_name: str,
+    env: Environment,
+    *,
+    image: str | None,
+    version: str | None,
+    promote_from: str | None,
+    inventory: Inventory | None,
+) -> Inventory:
+    """What can be refused without I/O: exactly one of image / version / promote_from, their
+    format, the environment to promote from. Returns the inventory to read it in."""
+    given = [
+        n for n, v in (("image", image), ("version", version), ("promote_from", promote_from)) if v
+    ]
+    if len(given) != 1:
+        raise InputError(
+            given[1] if given else "image",
+            "give exactly one of image, version or promote_from"
+            + (f" (got {', '.join(given)})" if given else ""),
+            "e.g. --param image=registry.example.com/shop/web:1.4.2, --param version=1.4.2 or "
+            "--param promote_from=staging",
+        )
+    services = require_deploy(env_name, env).services
+    if image:
+        releases.parse_image(image, "image")
+    if version:
+        releases.check_tag(version)
+    inventory = inventory or load_inventory()
+    if promote_from:
+        promotion_source(env_name, promote_from, inventory, services)
+    return inventory
 
 
 def target_images(
@@ -102,17 +131,9 @@ def target_images(
 ) -> dict[str, str]:
     """The image each service is to run: ``image`` for all, ``version`` as the tag of each
     service's current repository, or what runs in ``promote_from``."""
-    given = [
-        n for n, v in (("image", image), ("version", version), ("promote_from", promote_from)) if v
-    ]
-    if len(given) != 1:
-        raise InputError(
-            given[1] if given else "image",
-            "give exactly one of image, version or promote_from"
-            + (f" (got {', '.join(given)})" if given else ""),
-            "e.g. --param image=registry.example.com/shop/web:1.4.2, --param version=1.4.2 or "
-            "--param promote_from=staging",
-        )
+    inventory = check_request(
+        env_name, env, image=image, version=version, promote_from=promote_from, inventory=inventory
+    )
     services = require_deploy(env_name, env).services
     if image:
         ref = str(releases.parse_image(image, "image"))
@@ -124,8 +145,11 @@ def target_images(
             for s in services
         }
     assert promote_from is not None
-    found = _promoted(env_name, promote_from, inventory or load_inventory(), services, read)
-    return {name: str(releases.parse_image(ref, "promote_from")) for name, ref in found.items()}
+    source, there = promotion_source(env_name, promote_from, inventory, services)
+    return {
+        s.name: str(releases.parse_image(read(source, there[s.name]).image, "promote_from"))
+        for s in services
+    }
 
 
 def changes_for(
@@ -152,16 +176,10 @@ def changes_for(
     return out
 
 
-def build_deploy_plan(
-    env_name: str,
-    env: Environment,
-    changes: list[ServiceChange],
-    *,
-    deploy_id: str,
-    skip_backup: bool = False,
-    override_window_reason: str | None = None,
-) -> Plan:
-    """The ordered steps of a deploy (pure)."""
+def check_options(
+    env_name: str, env: Environment, skip_backup: bool, override_window_reason: str | None
+) -> Deploy:
+    """The options that must fit the environment (no I/O)."""
     settings = require_deploy(env_name, env)
     if override_window_reason is not None and not override_window_reason.strip():
         raise InputError("override_window_reason", "is empty", "say why the window is overridden")
@@ -177,6 +195,20 @@ def build_deploy_plan(
             "is true but the environment has no backup_store",
             "add a backup_store, set deploy.backup: false, or pass skip_backup=true",
         )
+    return settings
+
+
+def build_deploy_plan(
+    env_name: str,
+    env: Environment,
+    changes: list[ServiceChange],
+    *,
+    deploy_id: str,
+    skip_backup: bool = False,
+    override_window_reason: str | None = None,
+) -> Plan:
+    """The ordered steps of a deploy (pure)."""
+    settings = check_options(env_name, env, skip_backup, override_window_reason)
     todo = [c for c in changes if c.action != "unchanged"]
     steps: list[PlanStep] = []
     notes = [f"deploy id {deploy_id}"]
@@ -271,10 +303,14 @@ def plan_deploy(
 ) -> Plan:
     """The deploy plan: reads what runs now (Docker engine / Kubernetes API, read only) and
     checks that every target image is on the Docker engine; bad input raises InputError."""
-    require_deploy(env_name, env)
-    if image:
-        releases.parse_image(image, "image")  # the format before any I/O
-    live = _live(env, read) if image or version or promote_from else {}
+    check_options(env_name, env, skip_backup, override_window_reason)
+    inventory = check_request(
+        env_name, env, image=image, version=version, promote_from=promote_from, inventory=inventory
+    )
+    checked = {str(releases.parse_image(image))} if image else set()
+    for ref in checked:
+        present(env, ref)  # before reading anything else
+    live = _live(env, read)
     targets = target_images(
         env_name,
         env,
@@ -285,7 +321,7 @@ def plan_deploy(
         inventory=inventory,
         read=read,
     )
-    for ref in sorted(set(targets.values())):
+    for ref in sorted(set(targets.values()) - checked):
         present(env, ref)
     changes = changes_for(env, live, targets, deploy_id)
     did = deploy_id or releases.deploy_id_base(env_name, targets) + "-<n>"
@@ -498,9 +534,15 @@ def deploy(
             of it) after approval (0: fail at once).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
-    settings = require_deploy(env, run.env)
-    if image:
-        releases.parse_image(image, "image")  # bad input before waiting for anything
+    settings = check_options(env, run.env, skip_backup, override_window_reason)
+    check_request(  # bad input is refused before waiting for anything
+        env,
+        run.env,
+        image=image,
+        version=version,
+        promote_from=promote_from,
+        inventory=run.inventory,
+    )
     if dry_run:
         plan, report = _prepare(
             run, image, version, promote_from, skip_backup, override_window_reason, deploy_id
