@@ -82,7 +82,8 @@ def test_flows_share_code_only_through_common(graph: grimp.ImportGraph) -> None:
         for flow in graph.find_descendants("flows")
         if flow != "flows.common"
         for imported in graph.find_modules_directly_imported_by(flow)
-        if imported.startswith("flows.") and imported != "flows.common"
+        if imported.startswith("flows.")
+        and imported != "flows.common"
         and (flow, imported) not in SUBFLOWS
     }
     assert not wrong, f"flows import each other (move shared code to flows.common): {wrong}"
