@@ -166,8 +166,8 @@ def test_a_change_freeze_refuses_an_api_and_a_cli_deploy_naming_it(
     shop = shop_served
     now = datetime.now(UTC).replace(microsecond=0)
     ends = now + timedelta(hours=3)
-    starts = (now - timedelta(hours=1)).isoformat()
-    freeze = f"    change_freezes: [{{name: launch-week, start: '{starts}', end: '{ends.isoformat()}'}}]\n"
+    starts, until = (now - timedelta(hours=1)).isoformat(), ends.isoformat()
+    freeze = f"    change_freezes: [{{name: launch-week, start: '{starts}', end: '{until}'}}]\n"
     e2e_workspace.inventory.write_text(shop.inventory + freeze)
     try:
         run_id = _trigger(prefect_api, shop.images["v3"])
