@@ -278,7 +278,7 @@ def check_metrics(source: MetricsSource, thresholds: Thresholds) -> CheckResult:
     status = worst(statuses) if statuses else Status.DEGRADED
     summary = f"{source.name}: " + "; ".join(parts)
     if not statuses:
-        summary += " (none of the understood metrics was found; see tasks/http.py)"
+        summary += " (none of the understood metrics was found; see tasks/http/metrics.py)"
     return CheckResult.timed(started, "metrics", source.name, status, summary, details)
 
 

@@ -142,7 +142,10 @@ def test_healthy_app_passes(prefect_api: str, app: MeteredApp) -> None:
     assert verdict.passed, verdict.reason
     assert len(verdict.samples) == 10
     assert verdict.reason == "10 samples within thresholds"
-    assert all(s.endpoints_ok and s.error_rate_pct == 0.0 for s in verdict.samples)
+    assert all(s.endpoints_ok and not s.failures for s in verdict.samples)
+    # a sample without requests (a slow machine) has no rate; the others measured 0 %
+    rates = [s.error_rate_pct for s in verdict.samples if s.requests]
+    assert rates and set(rates) == {0.0}
     assert sum(s.requests for s in verdict.samples) > 10  # the traffic was measured
     assert verdict.seconds >= 2.0
 

@@ -60,6 +60,7 @@ from opsflow.inventory import (
     MetricsSource,
     Notify,
     RedisTarget,
+    SmokeTest,
     Thresholds,
 )
 from tasks.backups import (
@@ -72,7 +73,7 @@ from tasks.backups import (
 from tasks.docker import deploy as docker_deploy
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
-from tasks.http import check_endpoint, check_metrics
+from tasks.http import check_endpoint, check_metrics, run_smoke_test
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.kubernetes.config import export_kubernetes_config
 from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
@@ -289,6 +290,27 @@ PROBES = [
             )
         ),
         ENDPOINT_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "run_smoke_test",
+        run_smoke_test,
+        lambda port, s, tmp: (
+            lambda: run_smoke_test.fn(
+                SmokeTest(
+                    name="web",
+                    url=_url(port),
+                    method="POST",
+                    body="{}",
+                    timeout=timedelta(seconds=s),
+                )
+            )
+        ),
+        inventory(
+            "smoke_tests[].timeout",
+            lambda: SmokeTest.model_fields["timeout"].default.total_seconds(),
+        ),
         0.5,
         1,
     ),
@@ -570,6 +592,8 @@ NOT_PROBED = {
     "restore_postgres": "reads the store object before it connects (the connect is PG's above)",
     "verify_postgres_restore": "connects like drop/swap_postgres_database above",
     "scale_up_app": "needs a ScaleState from scale_down_app; same client and timeout",
+    "sample_health": "turns a peer's timeout into a failed sample, not an error; its waits are "
+    "check_metrics' METRICS_TIMEOUT and check_endpoint's endpoints[].timeout, probed above",
 }
 
 
