@@ -293,13 +293,16 @@ def test_missing_image_is_refused_and_nothing_changes(app: App) -> None:
     before = app.inspect()
     assert before is not None
     with pytest.raises(InputError) as refused:
-        check_image_present.fn(app.target, "opsflow-test/deploy-app:v99")
+        check_image_present.fn(app.target, "deploy-app-missing:v99")
     app.record(refused.value)
     assert refused.value.field == "image"
-    assert "opsflow-test/deploy-app:v99 is not on the Docker engine" in refused.value.problem
+    assert "deploy-app-missing:v99 is not on the Docker engine" in refused.value.problem
     assert "docker load" in refused.value.fix and "nothing was changed" in refused.value.fix
     with pytest.raises(InputError):
-        replace_container.fn(app.target, app.service, "opsflow-test/deploy-app:v99", "deploy-x")
+        replace_container.fn(app.target, app.service, "deploy-app-missing:v99", "deploy-x")
+    with pytest.raises(InputError, match="not a valid image reference") as malformed:
+        check_image_present.fn(app.target, "Deploy-App:v1")  # upper case: no reference
+    assert app.record(malformed.value).field == "image"
     after = app.inspect()
     assert after is not None and after["Id"] == before["Id"] and after["State"]["Running"]
     assert app.inspect(PREVIOUS_SUFFIX) is None
