@@ -286,7 +286,8 @@ def _replace(
         switch = time.monotonic() - started
     except (PermanentError, TransientError) as exc:
         outcome = _put_back(client, name, previous, new_id)
-        raise type(exc)(f"{exc}{outcome}") from None
+        kind = TransientError if isinstance(exc, TransientError) else PermanentError
+        raise kind(f"{exc}{outcome}") from None
     attrs = _inspect(client, name)
     if attrs is None:
         raise TransientError(f"container {name} vanished right after it was started")

@@ -17,6 +17,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.types
 import httpx
 import pytest
 
@@ -292,13 +293,16 @@ def test_missing_image_is_refused_and_nothing_changes(app: App) -> None:
     before = app.inspect()
     assert before is not None
     with pytest.raises(InputError) as refused:
-        check_image_present.fn(app.target, "opsflow-test/deploy-app:v99")
+        check_image_present.fn(app.target, "deploy-app-missing:v99")
     app.record(refused.value)
     assert refused.value.field == "image"
-    assert "opsflow-test/deploy-app:v99 is not on the Docker engine" in refused.value.problem
+    assert "deploy-app-missing:v99 is not on the Docker engine" in refused.value.problem
     assert "docker load" in refused.value.fix and "nothing was changed" in refused.value.fix
     with pytest.raises(InputError):
-        replace_container.fn(app.target, app.service, "opsflow-test/deploy-app:v99", "deploy-x")
+        replace_container.fn(app.target, app.service, "deploy-app-missing:v99", "deploy-x")
+    with pytest.raises(InputError, match="not a valid image reference") as malformed:
+        check_image_present.fn(app.target, "Deploy-App:v1")  # upper case: no reference
+    assert app.record(malformed.value).field == "image"
     after = app.inspect()
     assert after is not None and after["Id"] == before["Id"] and after["State"]["Running"]
     assert app.inspect(PREVIOUS_SUFFIX) is None
@@ -363,3 +367,20 @@ def test_restore_without_previous_container_says_so(app: App) -> None:
         restore_previous_container.fn(app.target, app.service)
     app.record(failed.value)
     assert app.inspect() is not None and app.inspect(FAILED_SUFFIX) is None
+
+
+def test_a_failed_create_puts_the_old_container_back(app: App, tmp_path: Path) -> None:
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    app.create(mounts=[docker.types.Mount("/srv/extra", str(extra), type="bind")])
+    before = app.inspect()
+    assert before is not None
+    extra.rmdir()  # a bind source that is gone: the engine refuses to create the new container
+    with pytest.raises(PermanentError) as failed:
+        replace_container.fn(app.target, app.service, app.images["v3"], "deploy-7")
+    message = str(app.record(failed.value))
+    assert "create container" in message and "the old container was put back" in message
+    after = app.inspect()
+    assert after is not None and after["Id"] == before["Id"] and after["State"]["Running"]
+    assert app.inspect(PREVIOUS_SUFFIX) is None
+    assert app.version() == "v1"
