@@ -7,19 +7,20 @@ goes through ``run.record_check``, which writes its row the same way, ``run.reco
 
 **The environment lock.** ``with run.exclusive(wait_seconds): ...`` holds the environment's
 lock for the block: a strict Prefect global concurrency limit ``env-<name>`` with limit 1,
-which opsflow creates (or sets back to limit 1, active) when it is missing. Backup, restore and
-the DR drill (and, later, deploy and maintenance) take it around everything they change, so two
-of them never change one environment at once; runs of different environments do not wait for
-each other. A run that finds the lock held polls for it up to ``wait_seconds`` (the runbooks'
-``wait_for_lock`` parameter: default ``LOCK_WAIT_SECONDS``, 0 = do not wait), logging who holds
+which opsflow creates (or sets back to limit 1, active) when it is missing. Backup, restore,
+the DR drill and deploy / rollback take it around everything they change, so two of them never
+change one environment at once; runs of different environments do not wait for each other.
+Deploy and rollback also hold ``deploy-<name>`` (``opsflow.locks``) from their start. A run
+that finds the lock held polls for it up to ``wait_seconds`` (the runbooks' ``wait_for_lock``
+parameter: default ``LOCK_WAIT_SECONDS``, 0 = do not wait), logging who holds
 it, then fails with ``PermanentError`` naming the run that holds it (its flow-run name and id:
 the holder tags its flow run ``opsflow-holds:env-<name>`` while it holds the lock) and records
 the failed run in the ledger. The slot is a lease (``OPSFLOW_LOCK_LEASE_SECONDS``, default
 120 s) renewed in the background while the run lives: a killed run's lock frees itself once
-its lease expires (then at most ~15 s later, when the server's repossessor runs). The lock is
-not re-entrant (a flow holding it must not start another locked runbook of the same
-environment as a subflow), and a renewal that fails is logged, not fatal: a run is never cut
-off half-way through a restore because the Prefect API blinked."""
+its lease expires (then at most ~15 s later, when the server's repossessor runs). A subflow in
+the same process whose parent holds the lock goes on under it (deploy's backup), and a renewal
+that fails is logged, not fatal: a run is never cut off half-way through a restore because the
+Prefect API blinked."""
 
 from __future__ import annotations
 
