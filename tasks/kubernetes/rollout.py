@@ -254,6 +254,15 @@ def set_deployment_image(
 ) -> WorkloadImage:
     """Set ``container``'s image (one patch, annotations recording who and what was before);
     no patch when ``image`` is already set by ``deploy_id``. Returns the state after."""
+    for field, value in (("image", image), ("deploy_id", deploy_id)):
+        if (
+            not value
+            or len(value) > 512
+            or any(ch.isspace() or not ch.isprintable() for ch in value)
+        ):
+            raise InputError(
+                field, f"{value!r:.80} is not usable", "give a non-empty value without spaces"
+            )
     ns = target.namespace
     with kube_api(target) as api:
         current = _read_known(api, ns, deployment)
