@@ -8,10 +8,12 @@
   ``kubernetes.io/change-cause``, guarded by the ``resourceVersion`` read (a concurrent change
   answers 409, a ``TransientError``: the retry reads again). Idempotent: an image already set
   by the same deploy id is not patched again (a rerun of a crashed deploy).
-* ``wait_for_rollout``: ``kubectl rollout status`` semantics over ``rollout_verdict``, polling
-  the Deployment every ``poll_seconds`` until done, failed (``ProgressDeadlineExceeded``, a
-  paused Deployment: ``PermanentError`` at once) or ``timeout_seconds`` (the flow's backstop:
-  ``PermanentError`` naming the unmet condition and the counts; never retried).
+* ``wait_for_rollout``: ``kubectl rollout status`` semantics over ``rollout_verdict``, on each
+  state a watch of the Deployment delivers (as kubectl does: the current state, then every
+  change; benchmarks/rollout.py measured it against polling) until done, failed
+  (``ProgressDeadlineExceeded``, a paused Deployment: ``PermanentError`` at once) or
+  ``timeout_seconds`` (the flow's backstop: ``PermanentError`` naming the unmet condition and
+  the counts; never retried).
 
 A rollback is ``set_deployment_image(previous_image, rollback id)`` + ``wait_for_rollout``: the
 previous image by name, never ``rollout undo`` to a revision nobody recorded.
@@ -21,11 +23,15 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import kubernetes.client
+import kubernetes.watch
+import urllib3.exceptions
 from pydantic import BaseModel
 
 from connectors.kubernetes import REQUEST_TIMEOUT, kube_api, kube_errors
@@ -42,7 +48,8 @@ REVISION = "deployment.kubernetes.io/revision"
 ROLLOUT_BACKSTOP_S = 600.0  # the seed's `kubectl rollout status --timeout=600s`
 MAX_ROLLOUT_WAIT_S = 3600.0  # the largest backstop a caller may ask for
 MERGE_PATCH = "application/merge-patch+json"
-# the declared task timeout: the longest wait, plus one last read that hangs (2 tries x read)
+WATCH_S = 60.0  # one watch of the rollout lasts at most this long, then it is opened again
+# the declared task timeout: the longest wait, plus a last watch or read that hangs
 WAIT_TASK_TIMEOUT_S = MAX_ROLLOUT_WAIT_S + 2 * REQUEST_TIMEOUT[1] + 30
 
 
@@ -247,6 +254,15 @@ def set_deployment_image(
 ) -> WorkloadImage:
     """Set ``container``'s image (one patch, annotations recording who and what was before);
     no patch when ``image`` is already set by ``deploy_id``. Returns the state after."""
+    for field, value in (("image", image), ("deploy_id", deploy_id)):
+        if (
+            not value
+            or len(value) > 512
+            or any(ch.isspace() or not ch.isprintable() for ch in value)
+        ):
+            raise InputError(
+                field, f"{value!r:.80} is not usable", "give a non-empty value without spaces"
+            )
     ns = target.namespace
     with kube_api(target) as api:
         current = _read_known(api, ns, deployment)
@@ -276,10 +292,11 @@ def wait_for_rollout(
     poll_seconds: float = 1.0,
     container: str | None = None,
 ) -> RolloutStatus:
-    """Follow the rollout as ``kubectl rollout status`` does (``rollout_verdict``), polling
-    every ``poll_seconds``. Failed (progress deadline, paused) or not done after
-    ``timeout_seconds``: ``PermanentError`` (not retried). A read that fails transiently is
-    polled again until the deadline; failing at the deadline it is a ``TransientError``.
+    """Follow the rollout as ``kubectl rollout status`` does (``rollout_verdict`` on each state
+    a watch of the Deployment delivers: at once, then at every change). Failed (progress
+    deadline, paused) or not done after ``timeout_seconds``: ``PermanentError`` (not retried).
+    A watch that fails transiently is opened again after ``poll_seconds`` until the deadline;
+    failing at the deadline it is a ``TransientError``. ``polls``: the states looked at.
     ``container``: report that container's image (default: every container's, comma-joined)."""
     if not 0 < timeout_seconds <= MAX_ROLLOUT_WAIT_S:
         raise InputError(
@@ -293,40 +310,89 @@ def wait_for_rollout(
         )
     ns = target.namespace
     started = time.monotonic()
-    deadline = started + timeout_seconds
-    polls = 0
+    polls, watches = 0, [0]
+    verdict: Verdict | None = None
+    failure: TransientError | None = None
     with kube_api(target) as api:
-        while True:
-            polls += 1
-            failure: TransientError | None = None
-            try:
-                current = deployment_json(api, ns, deployment)
-            except TransientError as exc:
-                failure = exc
-                log.warning("deployment %s/%s: poll %d failed: %s", ns, deployment, polls, exc)
-            else:
-                verdict = rollout_verdict(current)
-                if verdict.state == "failed":
-                    raise PermanentError(
-                        f"rollout of deployment {ns}/{deployment} failed: {verdict.message} "
-                        f"(seen at poll {polls}, after {time.monotonic() - started:.1f} s)"
-                    )
-                if verdict.state == "done":
-                    return _rollout_status(current, container, time.monotonic() - started, polls)
-            left = deadline - time.monotonic()
-            if left <= 0:
-                waited = time.monotonic() - started
-                if failure is not None:
-                    raise TransientError(
-                        f"rollout of deployment {ns}/{deployment}: the API did not answer at the "
-                        f"end of the {waited:.0f} s wait: {failure}"
-                    )
+        states = deployment_states(
+            api, ns, deployment, started + timeout_seconds, poll_seconds, watches
+        )
+        for seen in states:
+            if isinstance(seen, TransientError):
+                failure = seen
+                log.warning("deployment %s/%s: watch failed: %s", ns, deployment, seen)
+                continue
+            polls, failure, verdict = polls + 1, None, rollout_verdict(seen)
+            if verdict.state == "failed":
                 raise PermanentError(
-                    f"rollout of deployment {ns}/{deployment} not complete after {waited:.1f} s "
-                    f"(timeout {timeout_seconds:g} s, {polls} polls): {verdict.message} (fix: "
-                    "look at the deployment's pods and events; raise the timeout if it is slow)"
+                    f"rollout of deployment {ns}/{deployment} failed: {verdict.message} "
+                    f"(seen at poll {polls}, after {time.monotonic() - started:.1f} s)"
                 )
-            time.sleep(min(poll_seconds, left))
+            if verdict.state == "done":
+                return _rollout_status(seen, container, time.monotonic() - started, polls)
+    waited = time.monotonic() - started
+    if failure is not None:
+        raise TransientError(
+            f"rollout of deployment {ns}/{deployment}: the API did not answer at the end of the "
+            f"{waited:.0f} s wait: {failure}"
+        )
+    if verdict is None:
+        raise PermanentError(
+            f"deployment {ns}/{deployment} not found (nothing seen in {waited:.1f} s)"
+        )
+    raise PermanentError(
+        f"rollout of deployment {ns}/{deployment} not complete after {waited:.1f} s (timeout "
+        f"{timeout_seconds:g} s, {polls} polls, {watches[0]} watches): {verdict.message} (fix: "
+        "look at the deployment's pods and events; raise the timeout if it is only slow)"
+    )
+
+
+def deployment_states(
+    api: kubernetes.client.ApiClient,
+    ns: str,
+    name: str,
+    deadline: float,
+    pause: float,
+    watches: list[int],
+) -> Iterator[dict[str, Any] | TransientError]:
+    """The Deployment as it is, then at each change, until ``deadline`` (``time.monotonic``).
+
+    A watch (its first event is the current state) of at most ``WATCH_S``, opened again when it
+    ends; ``watches[0]`` counts them. A watch that fails to open or breaks is yielded as the
+    ``TransientError`` and opened again after ``pause`` seconds (a new watch starts with the
+    current state, so no change is missed).
+    """
+    apps = kubernetes.client.AppsV1Api(api)
+    while (left := deadline - time.monotonic()) > 0:
+        window = min(left, WATCH_S)
+        watch = kubernetes.watch.Watch()
+        watches[0] += 1
+        try:
+            with kube_errors(api, f"watch of deployment {ns}/{name}"):
+                try:
+                    for event in watch.stream(
+                        apps.list_namespaced_deployment,
+                        ns,
+                        field_selector=f"metadata.name={name}",
+                        timeout_seconds=max(1, math.ceil(window)),
+                        deserialize=False,
+                        _request_timeout=(REQUEST_TIMEOUT[0], window),
+                    ):
+                        obj = event.get("object") or {}
+                        if (obj.get("metadata") or {}).get("name") != name:
+                            continue  # an API server that ignores fieldSelector (kmock)
+                        if event.get("type") == "DELETED":
+                            raise PermanentError(f"deployment {ns}/{name} was deleted")
+                        yield obj
+                        if time.monotonic() >= deadline:
+                            return
+                except urllib3.exceptions.ReadTimeoutError:
+                    pass  # nothing changed for the whole window: watch again
+        except TransientError as exc:
+            yield exc
+            time.sleep(max(min(pause, deadline - time.monotonic()), 0))
+        finally:
+            watch.stop()
 
 
 def _rollout_status(

@@ -275,23 +275,34 @@ def test_403_is_not_retried(kube_cluster: KubeCluster, prefect_api: str) -> None
     assert _calls(kube_cluster, seen) == ["GET"]
 
 
+def _watches(cluster: KubeCluster, since: int) -> list[str]:
+    """Queries of the watches of the namespace's Deployments opened after ``since``."""
+    calls = cluster.server.requests(_list_path(cluster))[since:]
+    return [p.split("?", 1)[1] for m, p in calls if m == "GET" and "watch=true" in p]
+
+
+def _list_path(cluster: KubeCluster) -> str:
+    return f"/apis/apps/v1/namespaces/{cluster.namespace}/deployments"
+
+
 def test_a_timeout_is_not_retried(kube_cluster: KubeCluster, prefect_api: str) -> None:
-    path = _path(kube_cluster)
-    seen = len(kube_cluster.server.requests(path))
+    seen = len(kube_cluster.server.requests(_list_path(kube_cluster)))
     task = wait_for_rollout.with_options(retry_delay_seconds=QUICK)
-    with pytest.raises(PermanentError, match=r"not complete after .* polls\)") as caught:
+    with pytest.raises(PermanentError, match=r"not complete after .* watches\)") as caught:
         _in_flow(lambda: task(_target(kube_cluster), "app", timeout_seconds=1, poll_seconds=0.25))
-    polls = int(str(caught.value).split(" polls)")[0].rsplit(" ", 1)[1])
-    assert _calls(kube_cluster, seen) == ["GET"] * polls  # one attempt's polls, no retry
+    watches = int(str(caught.value).split(" watches)")[0].rsplit(" ", 1)[1])
+    opened = _watches(kube_cluster, seen)
+    assert len(opened) == watches >= 1  # one attempt's watches, no retry
+    assert all("fieldSelector=metadata.name%3Dapp" in q for q in opened), opened
 
 
 def test_errors_during_the_wait_are_polled_through(
     kube_cluster: KubeCluster, prefect_api: str
 ) -> None:
-    server, path = kube_cluster.server, _path(kube_cluster)
+    server, path = kube_cluster.server, _list_path(kube_cluster)
     set_deployment_image.fn(_target(kube_cluster), "app", "app", V2, "deploy-1")
-    server.inject(KubeFault("GET", path, 500, times=2))
-    server.inject(KubeFault("GET", path, 409, times=1))
+    server.inject(KubeFault("GET", path, 500, times=2, query="watch=true"))
+    server.inject(KubeFault("GET", path, 409, times=1, query="watch=true"))
     seen = len(server.requests(path))
     kube_cluster.controller.start(0.05)
     task = wait_for_rollout.with_options(retries=0)
@@ -299,11 +310,11 @@ def test_errors_during_the_wait_are_polled_through(
         lambda: task(_target(kube_cluster), "app", timeout_seconds=60, poll_seconds=0.05)
     )
     assert status.image == V2 and status.available == 4
-    gets = [m for m in _calls(kube_cluster, seen) if m == "GET"]  # the controller PATCHes too
-    assert status.polls == len(gets) >= 4  # 3 failed polls, then the ones that saw it done
+    assert len(_watches(kube_cluster, seen)) == 4  # 3 answered with an error, then the one
+    assert status.polls >= 1  # that saw the rollout through
 
 
 def test_an_unreachable_api_at_the_deadline_is_transient(kube_cluster: KubeCluster) -> None:
-    kube_cluster.server.inject(KubeFault("GET", _path(kube_cluster), 503, times=100))
+    kube_cluster.server.inject(KubeFault("GET", _list_path(kube_cluster), 503, times=100))
     with pytest.raises(TransientError, match=r"did not answer at the end of the .* wait"):
         wait_for_rollout.fn(_target(kube_cluster), "app", timeout_seconds=0.5, poll_seconds=0.1)

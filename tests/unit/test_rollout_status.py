@@ -6,13 +6,16 @@ from typing import Any
 
 import pytest
 
-from opsflow.errors import PermanentError
+from opsflow.errors import InputError, PermanentError
+from opsflow.inventory import KubernetesTarget
 from tasks.kubernetes.rollout import (
     CHANGE_CAUSE,
     DEPLOY_ID,
     PREVIOUS_IMAGE,
     image_patch,
     rollout_verdict,
+    set_deployment_image,
+    wait_for_rollout,
     workload_image,
 )
 
@@ -140,3 +143,24 @@ def test_image_patch_sends_every_container_and_the_precondition() -> None:
 def test_image_patch_of_the_running_image_changes_no_spec() -> None:
     patch = image_patch(deployment(), "app", "app:2", "d-3")
     assert patch == {"metadata": {"resourceVersion": "41", "annotations": {DEPLOY_ID: "d-3"}}}
+
+
+@pytest.mark.parametrize(("image", "deploy_id"), [("", "d-1"), ("app:2 --x", "d-1"), ("a:1", "")])
+def test_set_refuses_an_unusable_image_or_deploy_id(image: str, deploy_id: str) -> None:
+    target = KubernetesTarget(namespace="ns", api_url="http://127.0.0.1:9")  # never contacted
+    with pytest.raises(InputError) as caught:
+        set_deployment_image.fn(target, "app", "app", image, deploy_id)
+    assert caught.value.field == ("image" if not image or " " in image else "deploy_id")
+
+
+@pytest.mark.parametrize(
+    ("timeout", "poll", "field"),
+    [(0, 1, "timeout_seconds"), (3601, 1, "timeout_seconds"), (60, 0, "poll_seconds")],
+)
+def test_wait_refuses_an_out_of_range_timeout_or_poll(
+    timeout: float, poll: float, field: str
+) -> None:
+    target = KubernetesTarget(namespace="ns", api_url="http://127.0.0.1:9")  # never contacted
+    with pytest.raises(InputError) as caught:
+        wait_for_rollout.fn(target, "app", timeout_seconds=timeout, poll_seconds=poll)
+    assert caught.value.field == field
