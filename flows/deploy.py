@@ -42,15 +42,22 @@ from flows.common import (
 )
 from flows.health_check import health_check as health_flow
 from opsflow import releases
-from opsflow.errors import InputError, PermanentError
-from opsflow.inventory import Deploy, DeployService, Environment, Inventory, load_inventory
+from opsflow.errors import PermanentError
+from opsflow.inventory import Deploy, DeployService, Environment, Inventory
 from opsflow.locks import deploy_lock_name
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.releases import ReleaseReport, ServiceChange
+from opsflow.releases import (
+    ReleaseReport,
+    ServiceChange,
+    check_options,
+    check_request,
+    promotion_source,
+    require_deploy,
+)
 from opsflow.windows import change_allowed
 from tasks import release
-from tasks.release import Live, require_deploy
+from tasks.release import Live
 
 RUNBOOK = "deploy"
 BACKUP_TAG = "opsflow-deploy:"
@@ -62,60 +69,6 @@ Reader = Callable[[Environment, DeployService], Live]
 
 def read_outside_flow(env: Environment, service: DeployService) -> Live:
     return release.read_live(env, service, in_flow=False)
-
-
-def promotion_source(
-    env_name: str, promote_from: str, inventory: Inventory, services: list[DeployService]
-) -> tuple[Environment, dict[str, DeployService]]:
-    """The environment to promote from and its deploy services by name (no I/O)."""
-    if promote_from == env_name:
-        raise InputError("promote_from", f"is {env_name!r} itself", "name another environment")
-    try:
-        source = inventory.environment(promote_from)
-    except InputError as exc:
-        raise InputError("promote_from", exc.problem, exc.fix) from None
-    there = {s.name: s for s in (source.deploy.services if source.deploy else [])}
-    missing = [s.name for s in services if s.name not in there]
-    if missing:
-        raise InputError(
-            "promote_from",
-            f"environment {promote_from!r} has no deploy service {', '.join(missing)}",
-            f"promote from an environment whose deploy.services include {', '.join(missing)}",
-        )
-    return source, there
-
-
-def check_request(
-    env_name: str,
-    env: Environment,
-    *,
-    image: str | None,
-    version: str | None,
-    promote_from: str | None,
-    inventory: Inventory | None,
-) -> Inventory:
-    """What can be refused without I/O: exactly one of image / version / promote_from, their
-    format, the environment to promote from. Returns the inventory to read it in."""
-    given = [
-        n for n, v in (("image", image), ("version", version), ("promote_from", promote_from)) if v
-    ]
-    if len(given) != 1:
-        raise InputError(
-            given[1] if given else "image",
-            "give exactly one of image, version or promote_from"
-            + (f" (got {', '.join(given)})" if given else ""),
-            "e.g. --param image=registry.example.com/shop/web:1.4.2, --param version=1.4.2 or "
-            "--param promote_from=staging",
-        )
-    services = require_deploy(env_name, env).services
-    if image:
-        releases.parse_image(image, "image")
-    if version:
-        releases.check_tag(version)
-    inventory = inventory or load_inventory()
-    if promote_from:
-        promotion_source(env_name, promote_from, inventory, services)
-    return inventory
 
 
 def target_images(
@@ -174,28 +127,6 @@ def changes_for(
             change.action, change.outcome = "unchanged", "unchanged"
         out.append(change)
     return out
-
-
-def check_options(
-    env_name: str, env: Environment, skip_backup: bool, override_window_reason: str | None
-) -> Deploy:
-    """The options that must fit the environment (no I/O)."""
-    settings = require_deploy(env_name, env)
-    if override_window_reason is not None and not override_window_reason.strip():
-        raise InputError("override_window_reason", "is empty", "say why the window is overridden")
-    if override_window_reason and env.approvals is None:
-        raise InputError(
-            "override_window_reason",
-            f"environment {env_name} has no approvers, and overriding a window needs an approval",
-            "add approvals to the environment, or deploy inside its window",
-        )
-    if settings.backup and not skip_backup and env.backup_store is None:
-        raise InputError(
-            f"environments.{env_name}.deploy.backup",
-            "is true but the environment has no backup_store",
-            "add a backup_store, set deploy.backup: false, or pass skip_backup=true",
-        )
-    return settings
 
 
 def build_deploy_plan(

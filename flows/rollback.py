@@ -40,9 +40,9 @@ from opsflow.ledger import Ledger, RunRow
 from opsflow.locks import deploy_lock_name
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
-from opsflow.releases import ReleaseReport, ServiceChange
+from opsflow.releases import ReleaseReport, ServiceChange, require_deploy
 from tasks import release
-from tasks.release import Live, require_deploy
+from tasks.release import Live
 
 RUNBOOK = "rollback"
 DEPLOY_RUNBOOK = "deploy"

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import docker.errors
 
 from connectors.docker import docker_client, docker_errors
-from opsflow.errors import InputError
-from opsflow.inventory import Deploy, DeployService, DockerService, Environment
+from opsflow.inventory import DeployService, DockerService, Environment
+from opsflow.releases import require_deploy
 from tasks.docker.deploy import (
     check_image_present,
     read_container_image,
@@ -56,17 +56,6 @@ def describe(env: Environment, service: DeployService) -> str:
         assert env.kubernetes is not None
         return f"deployment {env.kubernetes.namespace}/{service.workload}"
     return f"container {_docker_service(env, service).container}"
-
-
-def require_deploy(env_name: str, env: Environment) -> Deploy:
-    """The environment's ``deploy`` section; InputError when it has none."""
-    if env.deploy is None or env.deploy.target is None:
-        raise InputError(
-            f"environments.{env_name}.deploy" if env_name else "deploy",
-            "is missing: the environment has no deploy target",
-            "add deploy: {target: docker, services: [web]} (or target: kubernetes) to it",
-        )
-    return env.deploy
 
 
 def _target(env: Environment) -> str:

@@ -5,64 +5,30 @@ Prefect server, approvals answered through its REST API with real TOTP codes."""
 
 from __future__ import annotations
 
-import contextvars
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from prefect.states import State
 
 from flows.deploy import deploy
 from opsflow.errors import PermanentError
 from opsflow.ledger import Ledger
 from opsflow.releases import ReleaseReport
 from tests.fixtures.kube_api import KubeCluster
+from tests.integration.test_deploy_kubernetes_flow import kube_inventory
+from tests.integration.test_env_lock import Started
 from tests.support.approvers import Authenticator, approver_env, approvers_yaml, wait_until
 
 pytestmark = pytest.mark.integration
 V1, V2, V3 = "registry.local/app:1.0", "registry.local/app:2.0", "registry.local/app:3.0"
 
 
-class Started:
-    """A flow run in a background thread (a copy of this context: the test server's Prefect
-    settings are context variables)."""
-
-    def __init__(self, call: Callable[[], State[Any]]) -> None:
-        self._result: list[State[Any]] = []
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=lambda: self._result.append(context.run(call)), daemon=True
-        )
-        self._thread.start()
-
-    def state(self, timeout: float = 180) -> State[Any]:
-        self._thread.join(timeout)
-        assert self._result, "the flow run did not end in time"
-        return self._result[0]
-
-
 def _write(tmp_path: Path, cluster: KubeCluster, *, on_busy: str = "fail", extra: str = "") -> None:
-    (tmp_path / "inventory.yaml").write_text(f"""
-environments:
-  prod:
-    protected: true
-    approvals: {{approvers: {approvers_yaml("alice", "bob")}, timeout: 5m}}
-    disks: ["{tmp_path}"]
-    kubernetes: {{namespace: {cluster.namespace}, api_url: "{cluster.url}"}}
-    deploy:
-      target: kubernetes
-      services: [{{name: app, container: app}}]
-      rollout_timeout: 60s
-      verify: null
-      backup: false
-      health_check: false
-      on_busy: {on_busy}
-      busy_wait: 3m
-{extra}""")
+    approvals = f"    approvals: {{approvers: {approvers_yaml('alice', 'bob')}, timeout: 5m}}\n"
+    kube_inventory(tmp_path, cluster, "prod", on_busy, "    protected: true\n" + approvals + extra)
 
 
 @pytest.fixture

@@ -29,12 +29,16 @@ LEASE_SECONDS = 60  # the killed run's locks expire after their lease (the minim
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _inventory(tmp_path: Path, cluster: KubeCluster, on_busy: str = "fail") -> Path:
+def kube_inventory(
+    tmp_path: Path, cluster: KubeCluster, env: str = "k8s", on_busy: str = "fail", extra: str = ""
+) -> Path:
+    """An inventory whose environment ``env`` deploys the cluster's Deployment ``app``
+    (``extra``: more lines of that environment)."""
     path = tmp_path / "inventory.yaml"
     path.write_text(f"""
 environments:
-  k8s:
-    disks: ["{tmp_path}"]
+  {env}:
+{extra}    disks: ["{tmp_path}"]
     kubernetes: {{namespace: {cluster.namespace}, api_url: "{cluster.url}"}}
     deploy:
       target: kubernetes
@@ -53,7 +57,7 @@ environments:
 def k8s(
     kube_cluster: KubeCluster, prefect_api: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> KubeCluster:
-    monkeypatch.setenv("OPSFLOW_INVENTORY", str(_inventory(tmp_path, kube_cluster)))
+    monkeypatch.setenv("OPSFLOW_INVENTORY", str(kube_inventory(tmp_path, kube_cluster)))
     monkeypatch.setenv("OPSFLOW_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
     monkeypatch.setenv("OPSFLOW_HOME", str(tmp_path / ".opsflow"))
     return kube_cluster
@@ -119,7 +123,7 @@ def test_a_deploy_killed_after_its_patch_resumes_without_patching_again(
     """The controller is stopped, so the first run patches and then waits for a rollout that
     does not come; it is killed there. The rerun (same images, so the same deploy id) finds
     the image set by its id, does not patch, waits for the rollout and completes."""
-    os.environ["OPSFLOW_INVENTORY"] = str(_inventory(tmp_path, k8s, on_busy="wait"))
+    os.environ["OPSFLOW_INVENTORY"] = str(kube_inventory(tmp_path, k8s, on_busy="wait"))
     env = {**os.environ, "OPSFLOW_LOCK_LEASE_SECONDS": str(LEASE_SECONDS)}
     code = (
         f"from flows.deploy import deploy; deploy(env='k8s', requested_by='tester', image='{V2}')"
