@@ -7,8 +7,8 @@ Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
 The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too.
 
-Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,docker_deploy,rollout,
-backup,restore,drill] [--scale 70] [--small-scale 10] [--keep-db]``
+Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,docker_deploy,deploy_flow,
+rollout,backup,restore,drill] [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ ALL = (
     "trigger",
     "oncall",
     "docker_deploy",
+    "deploy_flow",
     "rollout",
     "backup",
     "restore",
@@ -194,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
                 deploy = docker_deploy.run()
                 report["docker_deploy"] = deploy.as_dict()
                 rows += deploy.rows()
+            if "deploy_flow" in selected:
+                from benchmarks import deploy_flow
+
+                console.print("[bold]issue 11[/] the deploy runbook on Docker, whole flow...")
+                flow_figures = deploy_flow.run()
+                report["deploy_flow"] = flow_figures.as_dict()
+                rows += flow_figures.rows()
             if "rollout" in selected:
                 from benchmarks import rollout
 
