@@ -21,6 +21,7 @@ and the backup taken for it is reused.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -346,6 +347,7 @@ def apply_change(run: RunbookRun, change: ServiceChange, deploy_id: str) -> bool
             "to": change.to_image,
             "resume": change.action == "resume",
         }
+        started = time.monotonic()
         try:
             now = release.set_image(
                 run.env, _service(run.env, change.service), change.to_image, deploy_id
@@ -354,6 +356,8 @@ def apply_change(run: RunbookRun, change: ServiceChange, deploy_id: str) -> bool
             change.outcome, change.error = "failed", redact(str(exc) or type(exc).__name__)
             step.fail(change.error)
             return False
+        finally:
+            change.seconds = round(time.monotonic() - started, 3)
         change.outcome, change.revision = "changed", now.revision
         step.summary = f"{change.from_image} -> {now.image} serving"
     return True
@@ -372,7 +376,7 @@ def roll_back(run: RunbookRun, report: ReleaseReport, changed: list[ServiceChang
         )
         report.rollback.append(back)
         with run.step("roll_back", c.target) as step:
-            service = _service(run.env, c.service)
+            service, started = _service(run.env, c.service), time.monotonic()
             try:
                 now = release.read_live(run.env, service)
                 if now.image == c.from_image and now.deploy_id != report.deploy_id:
@@ -385,6 +389,8 @@ def roll_back(run: RunbookRun, report: ReleaseReport, changed: list[ServiceChang
                 errors.append(f"{c.service}: {back.error}")
                 step.fail(back.error)
                 continue
+            finally:
+                back.seconds = round(time.monotonic() - started, 3)
             step.summary = f"{c.service} {back.outcome}: runs {now.image}"
     if errors:
         report.rollback_error = "; ".join(errors)

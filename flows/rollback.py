@@ -18,6 +18,7 @@ are a ``ReleaseReport``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -177,6 +178,7 @@ def _roll_back(run: RunbookRun, report: ReleaseReport) -> State[Any]:
                 "from": change.from_image,
                 "to": change.to_image,
             }
+            started = time.monotonic()
             try:
                 now = release.restore_image(
                     run.env, services[change.service], change.to_image, report.deploy_id
@@ -186,6 +188,8 @@ def _roll_back(run: RunbookRun, report: ReleaseReport) -> State[Any]:
                 report.failed_check = f"roll_back {change.service}: {change.error}"
                 step.fail(change.error)
                 break
+            finally:
+                change.seconds = round(time.monotonic() - started, 3)
             change.outcome, change.revision = "rolled back", now.revision
             step.summary = f"{change.from_image} -> {now.image} serving"
     if report.failed_check is None:

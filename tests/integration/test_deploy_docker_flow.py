@@ -166,6 +166,18 @@ def test_bad_images_roll_back_by_themselves_and_good_ones_go_live(lab: Lab) -> N
     assert app.inspect(PREVIOUS_SUFFIX) is None
     assert any(line.startswith("verify_window") for line in report.checks)
     assert lab.run_row(state).status == "complete"
+    assert report.changes[0].seconds > 0
+    v3_backups = lab.run_row(state).details["backup_ids"]
+    assert v3_backups and report.backup.startswith("taken by backup run")
+
+    # a rerun of that deploy id (as after a crash): nothing is replaced, the backup is reused
+    state, again = lab.deploy(image=app.images["v3"], deploy_id=report.deploy_id)
+    assert state.is_completed(), again.summary()
+    assert [c.action for c in again.changes] == ["resume"] and again.outcome == "deployed"
+    assert again.backup.startswith("reused from backup run")
+    assert lab.run_row(state).details["backup_ids"] == v3_backups
+    same = app.inspect()
+    assert same is not None and same["Id"] == v3["Id"]
 
     # v3 again: what runs already -> a no-op, said so
     state, report = lab.deploy(image=app.images["v3"])

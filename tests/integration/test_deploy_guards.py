@@ -166,3 +166,27 @@ def test_a_change_freeze_refuses_a_deploy_naming_it_and_when_it_ends(
     (row,) = [r for r in Ledger().runs(env="prod", limit=10) if r.flow_run_id == run_id]
     assert row.status == "refused" and row.details["window"] == "year-end"
     assert Ledger().approval_events(run_id) == []  # refused before anyone was asked
+
+
+def test_an_override_of_the_freeze_needs_an_approval_and_says_why(
+    prod: tuple[KubeCluster, Authenticator], prefect_api: str, tmp_path: Path
+) -> None:
+    cluster, codes = prod
+    now = datetime.now(UTC).replace(microsecond=0)
+    start, end = (now - timedelta(hours=1)).isoformat(), (now + timedelta(hours=1)).isoformat()
+    _write(
+        tmp_path,
+        cluster,
+        extra=f"    change_freezes: [{{name: sale, start: '{start}', end: '{end}'}}]\n",
+    )
+    run = _start(V2, override_window_reason="INC-42 hotfix")
+    run_id = _paused_deploy(prefect_api)
+    assert _image(cluster) == V1
+    codes.answer(prefect_api, run_id, "bob", "hotfix approved")
+    state = run.state()
+    assert state.is_completed(), state.message
+    report = state.result()
+    assert isinstance(report, ReleaseReport)
+    assert "change freeze 'sale'" in report.window and "overridden: INC-42 hotfix" in report.window
+    assert report.override_reason == "INC-42 hotfix" and report.approved_by == ["bob"]
+    assert _image(cluster) == V2
