@@ -127,6 +127,18 @@ def test_a_bad_image_deployed_through_the_api_is_approved_then_rolled_back(
     shop = shop_served
     assert shop.version() == "v1"
     before = shop.inspect()
+    planned = run_cli(
+        e2e_workspace.env,
+        "plan",
+        "deploy",
+        "--env",
+        "shop",
+        "--param",
+        f"image={shop.images['v2']}",
+    )
+    assert planned.returncode == 0, planned.stdout + planned.stderr
+    assert f"`set_image` | container {shop.container}" in planned.stdout
+    assert f"{shop.images['v1']} -> {shop.images['v2']}" in planned.stdout
     run_id = _trigger(prefect_api, shop.images["v2"])
     wait_until(lambda: _paused(prefect_api, run_id), "the deploy to ask for approval", 120)
     assert shop.inspect()["Id"] == before["Id"]  # nothing changed while it waits
