@@ -237,7 +237,13 @@ def plan_deploy(
     checks that every target image is on the Docker engine; bad input raises InputError."""
     check_options(env_name, env, skip_backup, override_window_reason)
     inventory = check_request(
-        env_name, env, image=image, version=version, promote_from=promote_from, inventory=inventory
+        env_name,
+        env,
+        image=image,
+        version=version,
+        promote_from=promote_from,
+        inventory=inventory,
+        deploy_id=deploy_id,
     )
     checked = {str(releases.parse_image(image))} if image else set()
     for ref in checked:
@@ -423,7 +429,11 @@ def release_changes(run: RunbookRun, report: ReleaseReport, skip_backup: bool) -
     if report.failed_check is None:
         for change in changed:
             with run.step("keep_new", change.target) as step:
-                step.summary = release.keep_new(run.env, _service(run.env, change.service))
+                try:
+                    step.summary = release.keep_new(run.env, _service(run.env, change.service))
+                except Exception as exc:  # noqa: BLE001 - the deploy is verified: it stays
+                    step.fail(f"{redact(str(exc))} (the new version serves; remove it by hand)")
+                    report.checks.append(f"keep_new {change.service}: {step.summary}")
         report.outcome = "deployed"
     elif changed:
         roll_back(run, report, changed)
@@ -479,6 +489,7 @@ def deploy(
         version=version,
         promote_from=promote_from,
         inventory=run.inventory,
+        deploy_id=deploy_id,
     )
     if dry_run:
         plan, report = _prepare(

@@ -35,6 +35,7 @@ _REFERENCE = re.compile(
     r"(?:@(?P<digest>sha256:[0-9a-f]{64}))?$"
 )
 TAG = re.compile(r"^[\w][\w.-]{0,127}$")
+DEPLOY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 IMAGE_FIX = (
     "write name[:tag][@sha256:<64 hex digits>], e.g. registry.example.com/shop/web:1.4.2 "
     "(lowercase name)"
@@ -116,6 +117,7 @@ def check_request(
     version: str | None,
     promote_from: str | None,
     inventory: Inventory | None,
+    deploy_id: str | None = None,
 ) -> Inventory:
     """What can be refused without I/O: exactly one of image / version / promote_from, their
     format, the environment to promote from. Returns the inventory to read it in."""
@@ -135,6 +137,12 @@ def check_request(
         parse_image(image, "image")
     if version:
         check_tag(version)
+    if deploy_id is not None and not DEPLOY_ID.match(deploy_id):
+        raise InputError(
+            "deploy_id",
+            f"{deploy_id[:80]!r} is not a deploy id",
+            "use letters, digits, '.', '_' and '-' (at most 100), or leave it out",
+        )
     inventory = inventory or load_inventory()
     if promote_from:
         promotion_source(env_name, promote_from, inventory, services)

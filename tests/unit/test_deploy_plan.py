@@ -203,6 +203,7 @@ def test_skip_backup_is_said() -> None:
         ({"promote_from": "bare"}, "promote_from", "has no deploy service web, worker"),
         ({"promote_from": "prod"}, "promote_from", "is 'prod' itself"),
         ({"image": "shop/web:2", "override_window_reason": " "}, "override_window_reason", "empty"),
+        ({"image": "shop/web:2", "deploy_id": "a b;c"}, "deploy_id", "is not a deploy id"),
     ],
 )
 def test_bad_deploy_input_is_refused(params: dict[str, Any], field: str, text: str) -> None:
