@@ -313,7 +313,7 @@ def _pre_deploy_backup(run: RunbookRun, report: ReleaseReport, skip: bool) -> bo
     if skip or not settings.backup:
         why = "skip_backup=true" if skip else "deploy.backup is false"
         report.backup = f"skipped ({why}, requested by {run.requested_by})"
-        run.record("backup", run.env_name, "skipped", report.backup)
+        run.record("backup", run.env_name, "skipped", f"{why}, requested by {run.requested_by}")
         return True
     with run.step("backup", run.env_name) as step:
         done = _backup_runs(report.deploy_id)
