@@ -1,11 +1,14 @@
 """``make bench``: start a Prefect server and 50 slow HTTP targets, run the three benchmarks of
-issue 3, the fixed cost of `opsflow run` (issue 10, ``benchmarks/oncall.py``) and the three of
-issue 4 (backup, restore and DR drill of a >= 1 GB pgbench database), print the table and
-write ``benchmarks/results/latest.json``. Everything started here is stopped here, also on
+issue 3, the fixed cost of `opsflow run` (issue 10, ``benchmarks/oncall.py``), the Docker
+deploy target (issue 11, ``benchmarks/docker_deploy.py``) and the three of issue 4 (backup,
+restore and DR drill of a >= 1 GB pgbench database), print the table and write
+``benchmarks/results/latest.json``. Everything started here is stopped here, also on
 Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
-Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,backup,restore,drill]
-[--scale 70] [--small-scale 10] [--keep-db]``
+The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too.
+
+Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,docker_deploy,deploy_flow,
+rollout,backup,restore,drill] [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
 from __future__ import annotations
@@ -32,7 +35,18 @@ from benchmarks.common import Row, free_port
 from benchmarks.targets import start_slow_targets
 
 RESULTS = Path(__file__).resolve().parent / "results" / "latest.json"
-ALL = ("health", "overhead", "trigger", "oncall", "backup", "restore", "drill")
+ALL = (
+    "health",
+    "overhead",
+    "trigger",
+    "oncall",
+    "docker_deploy",
+    "deploy_flow",
+    "rollout",
+    "backup",
+    "restore",
+    "drill",
+)
 BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
 
@@ -79,7 +93,7 @@ def isolate(workdir: Path) -> None:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="opsflow benchmarks (issues 3, 4 and 10)", show_lines=False)
+    out = Table(title="opsflow benchmarks (issues 3, 4, 10 and 11)", show_lines=False)
     for column in ("benchmark", "measure", "value", "baseline", "ratio", "goal", "result"):
         out.add_column(column, no_wrap=column in ("measure", "value", "baseline", "ratio"))
     previous = ""
@@ -174,6 +188,27 @@ def main(argv: list[str] | None = None) -> int:
                 fixed = oncall.run(workdir)
                 report["oncall"] = fixed.as_dict()
                 rows += fixed.rows()
+            if "docker_deploy" in selected:
+                from benchmarks import docker_deploy
+
+                console.print("[bold]issue 11[/] Docker deploy: rollback, replace, downtime...")
+                deploy = docker_deploy.run()
+                report["docker_deploy"] = deploy.as_dict()
+                rows += deploy.rows()
+            if "deploy_flow" in selected:
+                from benchmarks import deploy_flow
+
+                console.print("[bold]issue 11[/] the deploy runbook on Docker, whole flow...")
+                flow_figures = deploy_flow.run()
+                report["deploy_flow"] = flow_figures.as_dict()
+                rows += flow_figures.rows()
+            if "rollout" in selected:
+                from benchmarks import rollout
+
+                console.print("[bold]issue 11[/] Kubernetes rollout wait (mock API)...")
+                wait = rollout.run()
+                report["rollout"] = wait.as_dict()
+                rows += wait.rows()
             if set(selected) & set(BACKUP_SIDE):
                 from benchmarks.backup_suite import run_backup_side
 

@@ -27,11 +27,11 @@ from opsflow.progress import parse_line
 from opsflow.redaction import redact
 from opsflow.units import format_bytes, format_rate
 
-STEP_STATUSES = ("complete", "failed", "healthy", "degraded", "critical")
-"""The statuses the step recorder writes (``flows.common``: complete / failed, and the
-grades of ``opsflow.results.Status``)."""
+STEP_STATUSES = ("complete", "failed", "skipped", "healthy", "degraded", "critical")
+"""The statuses the step recorder writes (``flows.common``: complete / failed, a deploy's
+skipped backup, and the grades of ``opsflow.results.Status``)."""
 _STEP_END = re.compile(rf"^\S+ .+: (?P<status>{'|'.join(STEP_STATUSES)})( |$)")
-_STYLE = {"complete": "green", "healthy": "green", "degraded": "yellow"}
+_STYLE = {"complete": "green", "healthy": "green", "degraded": "yellow", "skipped": "yellow"}
 _ENGINE = re.compile(
     r"^(Beginning flow run|View at|Finished in state|Created task run|Executing|"
     r"Encountered exception|Received non-final state|Running hook|Downloading flow code|"

@@ -216,11 +216,12 @@ def _check_names(accepted: list[str], runbook: str, params: dict[str, Any]) -> N
             )
 
 
-def _check_params(book: Any, env: str, params: dict[str, Any], requested_by: str) -> None:
+def _check_params(book: Any, env: str, params: dict[str, Any], requested_by: str) -> Any:
     """Bad parameters are refused before any run exists, without a server: unknown names,
     values of the wrong type or out of range (the flow's signature), and what the runbook's
     plan refuses (an unknown database or backup id, a ``target_db`` naming the live file…).
-    The flow checks again where it runs, with what only that place knows (its secrets)."""
+    The flow checks again where it runs, with what only that place knows (its secrets).
+    Returns the plan."""
     flow, runbook = book.flow, book.name
     _check_names(sorted(flow.parameters.properties), runbook, params)
     prefect_flows = logging.getLogger("prefect.flows")  # it logs the failure a second time
@@ -238,7 +239,7 @@ def _check_params(book: Any, env: str, params: dict[str, Any], requested_by: str
     try:
         from opsflow.inventory import load_inventory
 
-        plan(
+        return plan(
             env,
             load_inventory().environment(env),
             **{k: v for k, v in values.items() if k in taken and k != "env"},
@@ -311,15 +312,15 @@ def recover(
 def plan(
     runbook: Annotated[str, typer.Argument(help="runbook name")],
     env: Annotated[str, typer.Option("--env", "-e", help="environment from the inventory")],
+    param: Annotated[list[str] | None, typer.Option("--param", "-p", help="key=value")] = None,
 ) -> None:
-    """Show what a runbook would do, without touching anything or contacting a server."""
+    """Show what a runbook would do, without touching anything or contacting a server (a plan
+    may read the catalog or what a deploy target runs now)."""
     from deployments.runbooks import get_runbook
-    from opsflow.inventory import load_inventory
 
     try:
         book = get_runbook(runbook)
-        environment = load_inventory().environment(env)
-        shown = book.plan(env, environment)  # a plan may read the catalog (restore)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
+    shown = _check_params(book, env, parse_params(param or []), get_settings().user or "-")
     out.print(shown.to_markdown(), markup=False)

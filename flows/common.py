@@ -7,29 +7,31 @@ goes through ``run.record_check``, which writes its row the same way, ``run.reco
 
 **The environment lock.** ``with run.exclusive(wait_seconds): ...`` holds the environment's
 lock for the block: a strict Prefect global concurrency limit ``env-<name>`` with limit 1,
-which opsflow creates (or sets back to limit 1, active) when it is missing. Backup, restore and
-the DR drill (and, later, deploy and maintenance) take it around everything they change, so two
-of them never change one environment at once; runs of different environments do not wait for
-each other. A run that finds the lock held polls for it up to ``wait_seconds`` (the runbooks'
-``wait_for_lock`` parameter: default ``LOCK_WAIT_SECONDS``, 0 = do not wait), logging who holds
+which opsflow creates (or sets back to limit 1, active) when it is missing. Backup, restore,
+the DR drill and deploy / rollback take it around everything they change, so two of them never
+change one environment at once; runs of different environments do not wait for each other.
+Deploy and rollback also hold ``deploy-<name>`` (``opsflow.locks``) from their start. A run
+that finds the lock held polls for it up to ``wait_seconds`` (the runbooks' ``wait_for_lock``
+parameter: default ``LOCK_WAIT_SECONDS``, 0 = do not wait), logging who holds
 it, then fails with ``PermanentError`` naming the run that holds it (its flow-run name and id:
 the holder tags its flow run ``opsflow-holds:env-<name>`` while it holds the lock) and records
 the failed run in the ledger. The slot is a lease (``OPSFLOW_LOCK_LEASE_SECONDS``, default
 120 s) renewed in the background while the run lives: a killed run's lock frees itself once
-its lease expires (then at most ~15 s later, when the server's repossessor runs). The lock is
-not re-entrant (a flow holding it must not start another locked runbook of the same
-environment as a subflow), and a renewal that fails is logged, not fatal: a run is never cut
-off half-way through a restore because the Prefect API blinked."""
+its lease expires (then at most ~15 s later, when the server's repossessor runs). A subflow in
+the same process whose parent holds the lock goes on under it (deploy's backup), and a renewal
+that fails is logged, not fatal: a run is never cut off half-way through a restore because the
+Prefect API blinked."""
 
 from __future__ import annotations
 
+import functools
 import inspect
-import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -37,34 +39,35 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import httpx
 from prefect import Flow, flow, get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import (
-    GlobalConcurrencyLimitCreate,
-    GlobalConcurrencyLimitUpdate,
-)
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterState,
-    FlowRunFilterStateType,
-    FlowRunFilterTags,
-)
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State, StateType
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
-from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Completed, Failed
 from prefect.utilities.hashing import file_hash
 from pydantic import BaseModel, Field
 
 from connectors import ledger_heads
-from opsflow.approvals import requester
-from opsflow.errors import InputError, PermanentError, TransientError
+from opsflow.approvals import request_approval, requester
+from opsflow.errors import ApprovalRejected, InputError, PermanentError, TransientError
 from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
+from opsflow.inventory.changes import Verification
 from opsflow.inventory.references import check_references
 from opsflow.ledger import Ledger, StepRow, utcnow
+from opsflow.locks import (
+    HOLDER_TAG,
+    ensure_lock,
+    flow_run_uuid,
+    is_locked,
+    lock_holders,
+    lock_name,
+)
 from opsflow.log_filters import QUIET_LOCK, quiet_prefect_noise
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact, redacted_errors
-from opsflow.reports import artifact_key, finished_line, publish_markdown
+from opsflow.releases import ReleaseReport, render_release_report
+from opsflow.reports import artifact_key, finished_line, publish_markdown, render_heads
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
 
@@ -94,65 +97,9 @@ LockWait = Annotated[int, Field(ge=0)]
 """The type of every runbook's ``wait_for_lock`` parameter: seconds, 0 to fail at once."""
 LOCK_POLL_SECONDS = 2.0
 LOCK_LOG_EVERY_SECONDS = 60.0
-HOLDER_TAG = "opsflow-holds:"
-
-
-def lock_name(env_name: str) -> str:
-    """The Prefect global concurrency limit that serialises the runs of one environment."""
-    return f"env-{env_name}"
-
-
-def ensure_lock(name: str) -> None:
-    """Create the global concurrency limit ``name`` (limit 1, active, no decay) if it is
-    missing, or set it back to that if someone changed it."""
-    with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(
-                    GlobalConcurrencyLimitCreate(name=name, limit=1, active=True)
-                )
-                return
-            except ObjectAlreadyExists:  # another run created it at the same moment
-                limit = client.read_global_concurrency_limit_by_name(name)
-        if limit.limit != 1 or not limit.active or limit.slot_decay_per_second:
-            client.update_global_concurrency_limit(
-                name,
-                GlobalConcurrencyLimitUpdate(limit=1, active=True, slot_decay_per_second=0.0),
-            )
-
-
-def lock_holders(name: str, exclude: str = "") -> list[str]:
-    """``<runbook> run '<name>' (<id>)`` of each running flow run tagged as holding ``name``."""
-    running = FlowRunFilterState(
-        type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PAUSED])
-    )
-    with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                tags=FlowRunFilterTags(all_=[HOLDER_TAG + name]), state=running
-            ),
-            limit=10,
-        )
-        return [
-            f"{client.read_flow(r.flow_id).name} run '{r.name}' ({r.id})"
-            for r in runs
-            if str(r.id) != exclude
-        ]
-
-
-def _locked(exc: ConcurrencySlotAcquisitionError) -> bool:
-    """The limit exists and is full (HTTP 423), as opposed to a missing limit or an API error."""
-    cause = exc.__cause__
-    return isinstance(cause, httpx.HTTPStatusError) and cause.response.status_code == 423
-
-
-def _flow_run_uuid(flow_run_id: str) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(flow_run_id)
-    except ValueError:  # "local": not a Prefect flow run
-        return None
+WAIT_FIX = "pass wait_for_lock=<seconds> to wait longer"
+_HELD: ContextVar[frozenset[str]] = ContextVar("opsflow_locks_held", default=frozenset())
+"""The locks this flow run (and so its subflows, in the same thread) holds."""
 
 
 def require_store(env_name: str, env: Environment) -> BackupStore:
@@ -227,6 +174,75 @@ def app_target(env: Environment) -> str:
     if env.docker is not None:
         return "containers " + ", ".join(s.container for s in env.docker.services)
     return "-"
+
+
+def verify_release(
+    run: RunbookRun, health: Callable[..., Any] | None, verify: Verification | None
+) -> tuple[list[str], str | None]:
+    """After a deploy or rollback: the health-check runbook as a subflow (``health``; a
+    Critical result fails), every smoke test of the environment, then the verification
+    window (``verify``). Each is a step. Returns what was checked (one line each) and the
+    first failed check (None: all passed); stops at that failure."""
+    from tasks.http import run_smoke_test
+    from tasks.verification import verify_window
+
+    lines: list[str] = []
+
+    def check(name: str, target: str, attempt: Callable[[], tuple[bool, str]]) -> str | None:
+        with run.step(name, target) as step:
+            try:
+                ok, text = attempt()
+            except Exception as exc:  # noqa: BLE001 - a check that cannot run has failed
+                ok, text = False, redact(str(exc) or type(exc).__name__)
+            step.summary = text
+            if not ok:
+                step.fail(text)
+        lines.append(f"{name} {target}: {'passed' if ok else 'FAILED'}: {text}")
+        return None if ok else f"{name} {target}: {text}"
+
+    def health_check() -> tuple[bool, str]:
+        assert health is not None
+        state = health(
+            env=run.env_name, requested_by=run.requested_by, notify=False, return_state=True
+        )
+        return not state.is_failed(), redact(state.message or state.name or "")
+
+    def smoke(test: Any) -> tuple[bool, str]:
+        result = run_smoke_test(test)
+        return result.status != Status.CRITICAL, f"{result.status.value}: {result.summary}"
+
+    def window(verify: Verification) -> tuple[bool, str]:
+        verdict = verify_window(run.env, verify)
+        return verdict.passed, f"{len(verdict.samples)} sample(s): {verdict.reason}"
+
+    attempts: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = []
+    if health is not None:
+        attempts.append(("health_check", run.env_name, health_check))
+    attempts += [
+        ("run_smoke_test", t.name, functools.partial(smoke, t)) for t in run.env.smoke_tests
+    ]
+    if verify is not None:
+        attempts.append(("verify_window", run.env_name, functools.partial(window, verify)))
+    for name, target, attempt in attempts:
+        failed = check(name, target, attempt)
+        if failed:
+            return lines, failed
+    return lines, None
+
+
+def finish_release(run: RunbookRun, report: ReleaseReport) -> State[Any]:
+    """Publish the report, record the run, notify, end Completed or Failed."""
+    report.seconds = round(run.elapsed, 3)
+    markdown = render_release_report(report, run.started_at)
+    publish_markdown(run.key, markdown, f"{run.runbook} of {run.env_name}: {report.outcome}")
+    ok, summary = report.succeeded, report.summary()
+    status = "complete" if ok else report.outcome.replace(" ", "-")
+    run.finish(status, summary, report.model_dump(mode="json"))
+    send = run.notifier()
+    if send is not None and not report.dry_run:
+        send(f"opsflow: {run.runbook} of {run.env_name} {report.outcome.upper()}", markdown)
+    message = f"{run.runbook} of {run.env_name}: {summary}"
+    return Completed(message=message, data=report) if ok else Failed(message=message, data=report)
 
 
 def current_flow_run_id() -> str:
@@ -382,11 +398,18 @@ class RunbookRun:
         return row
 
     @contextmanager
-    def exclusive(self, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
-        """Hold this environment's lock for the block (see the module docstring): wait up to
-        ``wait_seconds`` for it (0: not at all), else record the run failed and raise
-        ``PermanentError`` naming the run that holds it."""
-        name = lock_name(self.env_name)
+    def exclusive(
+        self, wait_seconds: float = LOCK_WAIT_SECONDS, name: str = "", fix: str = WAIT_FIX
+    ) -> Iterator[None]:
+        """Hold this environment's lock (or the lock ``name``) for the block (see the module
+        docstring): wait up to ``wait_seconds`` for it (0: not at all), else record the run
+        failed and raise ``PermanentError`` naming the run that holds it. A subflow whose
+        parent already holds the lock in this process (deploy's backup) goes on under it."""
+        name = name or lock_name(self.env_name)
+        held = _HELD.get()
+        if name in held:
+            yield
+            return
         concurrency_log = logging.getLogger("prefect._internal.concurrency")
         if QUIET_LOCK not in concurrency_log.filters:
             concurrency_log.addFilter(QUIET_LOCK)
@@ -397,7 +420,7 @@ class RunbookRun:
                 f"cannot set up the lock {name} of environment {self.env_name}: "
                 f"{redact(str(exc))} (fix: check that the Prefect server is reachable)"
             ) from None
-        me = _flow_run_uuid(self.flow_run_id)
+        me = flow_run_uuid(self.flow_run_id)
         holder = ConcurrencyLeaseHolder(type="flow_run", id=me) if me else None
         lease = get_settings().lock_lease_seconds
         started = time.monotonic()
@@ -417,7 +440,7 @@ class RunbookRun:
                     stack.enter_context(slot)
                     break
                 except ConcurrencySlotAcquisitionError as exc:
-                    if not _locked(exc):
+                    if not is_locked(exc):
                         raise TransientError(
                             f"cannot take the lock {name} of environment {self.env_name}: "
                             f"{redact(str(exc))} (fix: check that the Prefect server is "
@@ -425,7 +448,7 @@ class RunbookRun:
                         ) from None
                 waited = time.monotonic() - started
                 if waited >= wait_seconds:
-                    self._busy(name, wait_seconds)
+                    self._busy(name, wait_seconds, fix)
                 if waited - logged >= LOCK_LOG_EVERY_SECONDS:
                     holders = lock_holders(name, exclude=self.flow_run_id) or ["another run"]
                     self.logger.info(
@@ -443,9 +466,10 @@ class RunbookRun:
             if me is not None:
                 stack.callback(self._tag, me, HOLDER_TAG + name, False)
                 self._tag(me, HOLDER_TAG + name, True)
+            stack.callback(_HELD.reset, _HELD.set(held | {name}))
             yield
 
-    def _busy(self, name: str, wait_seconds: float) -> None:
+    def _busy(self, name: str, wait_seconds: float, fix: str) -> None:
         try:
             holders = lock_holders(name, exclude=self.flow_run_id)
         except (httpx.HTTPError, RuntimeError):
@@ -458,7 +482,7 @@ class RunbookRun:
         message = (
             f"environment {self.env_name} is busy: {who} holds its lock {name}; this "
             f"{self.runbook} run {waited} and changed nothing (fix: let that run finish, then "
-            "run this again, or pass wait_for_lock=<seconds> to wait longer)"
+            f"run this again, or {fix})"
         )
         self.finish(FAILED, message)
         raise PermanentError(message)
@@ -471,6 +495,30 @@ class RunbookRun:
                 client.update_flow_run(flow_run, tags=sorted(tags | {tag} if add else tags - {tag}))
         except (httpx.HTTPError, RuntimeError, ObjectNotFound) as exc:
             self.logger.warning("could not %s tag %s: %s", "set" if add else "clear", tag, exc)
+
+    def approve(
+        self, plan: Plan, timeout_seconds: int | None = None, details: dict[str, Any] | None = None
+    ) -> list[str]:
+        """Ask the environment's approvers (``opsflow.approvals.request_approval``) and return
+        who approved; a rejection or timeout records the run ``rejected`` and raises."""
+        assert self.env.approvals is not None
+        try:
+            answers = request_approval(
+                flow_run_id=self.flow_run_id,
+                action=self.runbook,
+                env=self.env_name,
+                policy=self.env.approvals,
+                plan=plan,
+                requested_by=self.requested_by,
+                ledger=self.ledger,
+                log=self.logger.info,
+                notify=self.notifier(),
+                timeout_seconds=timeout_seconds,
+            )
+        except ApprovalRejected as exc:
+            self.finish("rejected", str(exc), details)
+            raise
+        return [a.approver.strip() for a in answers]
 
     def notifier(self) -> Callable[[str, str], None] | None:
         """Send (subject, body) to the environment's notify targets; None when it has none.
@@ -543,28 +591,3 @@ class RunbookRun:
                 self.logger.error(
                     "Ledger heads not published to %s: %s", self.env.backup_store.url, exc
                 )
-
-
-def render_heads(doc: dict[str, Any], problems: Sequence[object]) -> str:
-    """The heads artifact: a table of heads and the signed document to keep."""
-    lines = [
-        f"# Ledger chain heads after this run ({doc['published_at']})",
-        "",
-        f"Ledger `{doc['ledger']}`, key id `{doc['key_id']}`.",
-        "",
-        "| table | seq | row hash |",
-        "|---|---|---|",
-    ]
-    lines += [f"| {t} | {h['seq']} | `{h['row_hash']}` |" for t, h in sorted(doc["heads"].items())]
-    if problems:
-        lines += ["", "## Not published: the ledger does not extend its earlier heads", ""]
-        lines += [f"- {p}" for p in problems]
-    lines += [
-        "",
-        "Keep a copy: `opsflow ledger verify --heads FILE` checks the ledger against it.",
-        "",
-        "```json",
-        json.dumps(doc, indent=2, sort_keys=True),
-        "```",
-    ]
-    return "\n".join(lines) + "\n"

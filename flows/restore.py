@@ -39,9 +39,8 @@ from flows.common import (
     scales,
 )
 from opsflow import catalog
-from opsflow.approvals import request_approval
 from opsflow.catalog import RestoreSource
-from opsflow.errors import ApprovalRejected, InputError, PermanentError
+from opsflow.errors import InputError, PermanentError
 from opsflow.inventory import Database, DirectAccess, Environment, KubectlExecAccess
 from opsflow.ledger import BackupRow, Ledger
 from opsflow.plans import Plan, PlanStep
@@ -451,22 +450,7 @@ def restore(
     if report.errors:  # before any approval or scaling: nothing was asked for or changed
         return _conclude(run, report)
     if run.env.protected and run.env.approvals is not None:
-        try:
-            request_approval(
-                flow_run_id=run.flow_run_id,
-                action=RUNBOOK,
-                env=env,
-                policy=run.env.approvals,
-                plan=plan,
-                requested_by=run.requested_by,
-                ledger=run.ledger,
-                log=run.logger.info,
-                notify=run.notifier(),
-                timeout_seconds=approval_timeout_seconds,
-            )
-        except ApprovalRejected as exc:
-            run.finish("rejected", str(exc))
-            raise
+        run.approve(plan, approval_timeout_seconds)  # a rejection is recorded and raised
     with run.exclusive(wait_for_lock):  # everything that changes something, under the lock
         return _apply(run, chosen, report, stamp)
 

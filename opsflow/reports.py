@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from datetime import datetime
@@ -123,6 +124,31 @@ def render_restore_report(report: RestoreReport, started: datetime) -> str:
         lines += ["", "## Errors", ""]
         lines += [f"- {e}" for e in report.errors]
     return redact("\n".join(lines) + "\n")
+
+
+def render_heads(doc: dict[str, Any], problems: Sequence[object]) -> str:
+    """The heads artifact: a table of heads and the signed document to keep."""
+    lines = [
+        f"# Ledger chain heads after this run ({doc['published_at']})",
+        "",
+        f"Ledger `{doc['ledger']}`, key id `{doc['key_id']}`.",
+        "",
+        "| table | seq | row hash |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {t} | {h['seq']} | `{h['row_hash']}` |" for t, h in sorted(doc["heads"].items())]
+    if problems:
+        lines += ["", "## Not published: the ledger does not extend its earlier heads", ""]
+        lines += [f"- {p}" for p in problems]
+    lines += [
+        "",
+        "Keep a copy: `opsflow ledger verify --heads FILE` checks the ledger against it.",
+        "",
+        "```json",
+        json.dumps(doc, indent=2, sort_keys=True),
+        "```",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 FINISHED = " finished: "

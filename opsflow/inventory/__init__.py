@@ -6,9 +6,12 @@ operator can correct the file without reading code. Secrets are references (``se
 ``env:VAR``) that are resolved only when a task needs them.
 
 ``fields`` holds the base model, the error and the shared field checks; ``models`` the models;
-``load`` reading and error explanation.
+``changes`` when a change may run and how it is verified (maintenance windows, change freezes,
+the verification window); ``load`` reading and error explanation.
 """
 
+from opsflow.inventory.changes import ChangeFreeze, MaintenanceWindow, Verification
+from opsflow.inventory.deploy import Deploy, DeployService
 from opsflow.inventory.fields import ENV_NAME, InventoryError
 from opsflow.inventory.load import (
     DEFAULT_INVENTORY,
@@ -36,7 +39,6 @@ from opsflow.inventory.models import (
     LogFile,
     Logs,
     MaintenanceMode,
-    MaintenanceWindow,
     MetricsSource,
     Notify,
     Recovery,
@@ -52,7 +54,10 @@ __all__ = [
     "Approvals",
     "Approver",
     "BackupStore",
+    "ChangeFreeze",
     "Database",
+    "Deploy",
+    "DeployService",
     "DirectAccess",
     "DockerExecAccess",
     "DockerService",
@@ -74,6 +79,7 @@ __all__ = [
     "RedisTarget",
     "SmokeTest",
     "Thresholds",
+    "Verification",
     "inventory_path",
     "load_inventory",
     "parse_inventory",

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsflow.durations import parse_duration
 from opsflow.errors import InputError
 from opsflow.secrets import is_reference
 
@@ -192,3 +193,11 @@ def check_url(value: str, schemes: tuple[str, ...], *, references: bool = False)
 
 
 Duration = Annotated[timedelta, Field(description="e.g. 90s, 15m, 1h, 2d")]
+
+
+def positive_duration(value: Any) -> timedelta:
+    """A duration that must be longer than zero (a timeout, a window)."""
+    parsed = parse_duration(value)
+    if parsed.total_seconds() <= 0:
+        raise ValueError("must be longer than zero (fix: write e.g. 90s, 15m, 1h or 2d)")
+    return parsed

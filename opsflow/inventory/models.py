@@ -20,6 +20,8 @@ from pydantic import (
 from opsflow.backup_names import name_clashes
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
+from opsflow.inventory.changes import ChangeFreeze, MaintenanceWindow
+from opsflow.inventory.deploy import Deploy, check_services
 from opsflow.inventory.fields import (
     ENV_NAME,
     Model,
@@ -27,16 +29,9 @@ from opsflow.inventory.fields import (
     check_no_credentials,
     check_secret_field,
     check_url,
+    positive_duration,
 )
 from opsflow.secrets import is_reference
-
-
-def positive_duration(value: Any) -> timedelta:
-    """A duration that must be longer than zero (a timeout, a window)."""
-    parsed = parse_duration(value)
-    if parsed.total_seconds() <= 0:
-        raise ValueError("must be longer than zero (fix: write e.g. 90s, 15m, 1h or 2d)")
-    return parsed
 
 
 def check_regex(value: str) -> str:
@@ -112,8 +107,44 @@ class Endpoint(HttpTarget):
         return positive_duration(value)
 
 
+HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+_JSON_PATH = re.compile(r"^[^.\s]+(\.[^.\s]+)*$")
+
+
 class SmokeTest(Endpoint):
-    pass
+    """One request after a change and what its answer must hold (``tasks.http.smoke``)."""
+
+    method: HttpMethod = "GET"
+    body: str | None = Field(None, description="request body (POST, PUT, PATCH, DELETE)")
+    expect_body: str | None = Field(None, description="a substring the response body holds")
+    expect_json: dict[str, Any] | None = Field(
+        None, description='dotted path -> expected value, e.g. {"data.version": "v3"}'
+    )
+
+    @field_validator("expect_json")
+    @classmethod
+    def _paths(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        for path in value or {}:
+            if not _JSON_PATH.match(path):
+                raise ValueError(
+                    f"{path!r} is not a dotted path (fix: write keys joined by dots, list "
+                    "indexes as numbers, e.g. data.version or items.0.id)"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _method_fits(self) -> SmokeTest:
+        if self.body is not None and self.method in ("GET", "HEAD", "OPTIONS"):
+            raise ValueError(
+                f"a {self.method} request carries no body (fix: use method: POST, PUT or "
+                "PATCH, or remove `body`)"
+            )
+        if self.method == "HEAD" and (self.expect_body is not None or self.expect_json):
+            raise ValueError(
+                "a HEAD answer has no body to check (fix: use method: GET, or remove "
+                "expect_body / expect_json)"
+            )
+        return self
 
 
 class MetricsSource(HttpTarget):
@@ -411,25 +442,6 @@ class DockerTarget(Model):
         return check_url(value, ("unix", "tcp", "ssh", "http", "https", "npipe"))
 
 
-class MaintenanceWindow(Model):
-    cron: str
-    duration: timedelta
-
-    @field_validator("duration", mode="before")
-    @classmethod
-    def _duration(cls, value: Any) -> timedelta:
-        return positive_duration(value)
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, value: str) -> str:
-        if len(value.split()) != 5:
-            raise ValueError(
-                f"{value!r} is not a cron expression (fix: use 5 fields, e.g. '0 2 * * SUN')"
-            )
-        return value
-
-
 class MaintenanceMode(Model):
     url: str
 
@@ -499,9 +511,25 @@ class Environment(Model):
     backup_store: BackupStore | None = None
     thresholds: Thresholds = Field(default_factory=Thresholds)
     maintenance_window: MaintenanceWindow | None = None
+    change_freezes: list[ChangeFreeze] = []
     maintenance_mode: MaintenanceMode | None = None
     recovery: Recovery = Field(default_factory=Recovery)
     notify: list[Notify] = []
+    deploy: Deploy | None = None
+
+    @model_validator(mode="after")
+    def _deploy_targets(self) -> Environment:
+        if self.deploy is not None:
+            k8s = self.kubernetes
+            filled = check_services(
+                self.deploy,
+                docker_services=[s.name for s in self.docker.services] if self.docker else None,
+                kubernetes=k8s is not None,
+                k8s_default=(k8s.deployment, k8s.container) if k8s else (None, None),
+                metrics=[m.name for m in self.metrics],
+            )
+            object.__setattr__(self, "deploy", filled)  # target and services filled in
+        return self
 
     @model_validator(mode="after")
     def _protected_needs_approvers(self) -> Environment:

@@ -221,6 +221,7 @@ environments:
   scan-app:
     kubernetes: {{namespace: {kube.namespace}, deployment: {kube.deployment},
                  api_url: "{kube.url}", token: "env:SCAN_KUBE_TOKEN"}}
+    deploy: {{backup: false, verify: null, health_check: false, rollout_timeout: 60s}}
   scan-app-broken:
     kubernetes: {{namespace: {kube.namespace}, deployment: scanmarker-missing,
                  api_url: "{kube.url}", token: "env:SCAN_KUBE_TOKEN"}}
@@ -406,7 +407,9 @@ def read_files(root: Path, kind: str, outputs: Outputs) -> None:
 # --- the scan ---------------------------------------------------------------------------------
 
 
-def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
+def test_no_secret_in_any_output_of_any_runbook(
+    scan_lab: ScanLab, kube_cluster: KubeCluster
+) -> None:
     lab = scan_lab
     # Succeeding runs (the backup first: the others restore it or check its age).
     lab.cli("run", "backup", "--env", "scan", expect=0)
@@ -428,6 +431,20 @@ def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
     lab.cli(*restore, f"target_db={copy}2", expect=1)
     lab.cli("run", "dr-drill", "--env", "scan", expect=1)
     lab.cli("run", "recover", "--env", "scan-app-broken", expect=1)
+    # Deploy and rollback through the Kubernetes API with its bearer token: a rollout that
+    # succeeds, one past its progress deadline (rolled back), a rollback to the previous
+    # image and one to an image that never gets ready.
+    bad = "registry.local/app:scanmarker-bad"
+    kube_cluster.controller.fail_image(bad)
+    kube_cluster.controller.start(0.05)
+    try:
+        deploy = ("run", "deploy", "--env", "scan-app", "-p")
+        lab.cli(*deploy, "image=registry.local/app:2.0", expect=0)
+        lab.cli(*deploy, f"image={bad}", expect=1)
+        lab.cli("run", "rollback", "--env", "scan-app", expect=0)
+        lab.cli("run", "rollback", "--env", "scan-app", "-p", f"image={bad}", expect=1)
+    finally:
+        kube_cluster.controller.stop()
     # What an operator reads besides the runs.
     lab.cli("plan", "backup", "--env", "scan-broken", expect=0)
     lab.cli("inventory", "check", expect=0)
@@ -445,9 +462,9 @@ def test_no_secret_in_any_output_of_any_runbook(scan_lab: ScanLab) -> None:
     received = lab.receiver.received
     outputs.add("notifications", [{"headers": n["headers"], "body": n["body"]} for n in received])
 
-    # The reads found what the runs wrote: 11 flow runs, manifests, a notification, and the
+    # The reads found what the runs wrote: 15 flow runs, manifests, a notification, and the
     # text next to the secrets in every kind of output that carries it.
-    assert len(flow_runs) >= 11, [r["name"] for r in flow_runs]
+    assert len(flow_runs) >= 15, [r["name"] for r in flow_runs]
     assert any(k.endswith(".json") for k in keys), keys
     assert lab.receiver.received, "the failing health check notified no one"
     for marker, kinds in (

@@ -75,6 +75,16 @@ environments:
       - {{name: lite, kind: sqlite, path: "{root / "lite.db"}"}}
       - {{name: main, kind: postgres, dsn: "{pg_dsn_reference}"}}
     backup_store: {{url: "{store}"}}
+  shop:
+    docker:
+      host: "unix://{root / "no-docker.sock"}"
+      services: [{{name: web, container: web-1}}]
+    deploy: {{backup: false}}
+  shop-staging:
+    docker:
+      host: "unix://{root / "no-docker.sock"}"
+      services: [{{name: api, container: api-1}}]
+    deploy: {{backup: false}}
   refs:
     databases: [{{name: lite, kind: sqlite, path: "{root / "lite.db"}"}}]
     redis: [{{name: cache, url: "env:BADIN_MISSING_REDIS_URL"}}]
@@ -628,7 +638,99 @@ FLOW_CASES = [
     ),
 ]
 
-CASES = INVENTORY_CASES + SETTINGS_CASES + CLI_CASES + FLOW_CASES
+DEPLOY = ["run", "deploy", "--env", "shop"]
+DEPLOY_CASES = [
+    Case(
+        "deploy-image-bad-format",
+        [*DEPLOY, "--param", "image=Shop/Web:1"],
+        "image",
+        also=("name[:tag][@sha256:",),
+    ),
+    Case(
+        "plan-deploy-image-bad-format",
+        ["plan", "deploy", "--env", "shop", "--param", "image=web@sha256:abc"],
+        "image",
+    ),
+    Case("deploy-image-missing", DEPLOY, "image", also=("exactly one of image, version",)),
+    Case(
+        "deploy-image-and-version",
+        [*DEPLOY, "--param", "image=web:2", "--param", "version=2"],
+        "version",
+    ),
+    Case("deploy-version-bad", [*DEPLOY, "--param", "version=-rc1"], "version"),
+    Case(
+        "deploy-promote-from-unknown-env",
+        [*DEPLOY, "--param", "promote_from=stagign"],
+        "promote_from",
+        also=("unknown environment 'stagign'",),
+    ),
+    Case(
+        "deploy-promote-from-env-without-service",
+        [*DEPLOY, "--param", "promote_from=shop-staging"],
+        "promote_from",
+        also=("has no deploy service web",),
+    ),
+    Case(
+        "deploy-env-without-target",
+        ["run", "deploy", "--env", "local", "--param", "image=web:2"],
+        "environments.local.deploy",
+        also=("no deploy target",),
+    ),
+    Case(
+        "rollback-env-without-target",
+        ["run", "rollback", "--env", "local"],
+        "environments.local.deploy",
+    ),
+    Case(
+        "rollback-image-bad-format",
+        ["run", "rollback", "--env", "shop", "--param", "image=web::2"],
+        "image",
+    ),
+    Case(
+        "deploy-override-without-approvers",
+        [*DEPLOY, "--param", "image=web:2", "--param", "override_window_reason=hotfix"],
+        "override_window_reason",
+        also=("no approvers",),
+    ),
+    Case(
+        "deploy-image-not-on-the-engine",
+        ["run", "deploy", "--env", "p", "--param", "image=opsflow-test/no-such-image:1"],
+        "image",
+        also=("is not on the Docker engine", "nothing was changed"),
+        inventory=env_of(
+            'docker: {host: "{docker_host}", services: [{name: web, container: web-1}]}\n'
+            "deploy: {backup: false}"
+        ),
+    ),
+    inv_check(
+        "deploy-smoke-test-bad-url",
+        env_of("smoke_tests: [{name: s, url: 'ftp://h/x'}]"),
+        "smoke_tests[0].url",
+    ),
+    inv_check(
+        "deploy-verify-error-rate-out-of-range",
+        env_of(
+            "docker: {services: [{name: web, container: w}]}\n"
+            "deploy: {verify: {max_error_rate_pct: 250}}"
+        ),
+        "deploy.verify.max_error_rate_pct",
+    ),
+    inv_check(
+        "deploy-verify-interval-too-long",
+        env_of(
+            "docker: {services: [{name: web, container: w}]}\n"
+            "deploy: {verify: {duration: 5s, interval: 1m}}"
+        ),
+        "interval is longer than duration",
+    ),
+    inv_check(
+        "deploy-unknown-service",
+        env_of("docker: {services: [{name: web, container: w}]}\ndeploy: {services: [api]}"),
+        "['api'] are not docker.services",
+    ),
+]
+
+CASES = INVENTORY_CASES + SETTINGS_CASES + CLI_CASES + FLOW_CASES + DEPLOY_CASES
 
 
 def test_the_suite_is_big_enough() -> None:
@@ -637,14 +739,17 @@ def test_the_suite_is_big_enough() -> None:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_is_refused_cleanly(workspace: Workspace, case: Case, tmp_path: Path) -> None:
+def test_bad_input_is_refused_cleanly(
+    workspace: Workspace, case: Case, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("not a directory\n")
     inv = tmp_path / "inventory.yaml"
     if case.inventory is not None:
-        inv.write_bytes(
-            case.inventory if isinstance(case.inventory, bytes) else case.inventory.encode()
-        )
+        text = case.inventory if isinstance(case.inventory, bytes) else case.inventory.encode()
+        if b"{docker_host}" in text:  # a real engine, only for the cases that need one
+            text = text.replace(b"{docker_host}", request.getfixturevalue("docker_engine").encode())
+        inv.write_bytes(text)
     places = {
         "{inv}": str(inv),
         "{dir}": str(tmp_path),

@@ -6,7 +6,8 @@ replicas, anything in the template):
 
 * the pod template's hash names the ReplicaSet (``<deployment>-<hash>``): a new template
   gets a new ReplicaSet with revision ``max + 1``; going back to an earlier template (a
-  rollback) reuses that ReplicaSet and gives it the next revision, as Kubernetes does;
+  rollback) reuses that ReplicaSet and gives it the next revision, as Kubernetes does; the
+  Deployment's ``deployment.kubernetes.io/revision`` annotation follows its new ReplicaSet's;
 * the new ReplicaSet gets ``spec.replicas`` pods at once (no surge/unavailable stepping),
   Running and Ready; pods of older ReplicaSets are deleted and those scaled to 0;
 * an image passed to ``fail_image(image)`` never becomes ready: its pods sit in
@@ -268,12 +269,20 @@ class FakeController:
         top = max(revisions, default=0)
         new_name = f"{name}-{pod_hash}"
         new_rs = next((rs for rs in owned if rs["metadata"]["name"] == new_name), None)
+        revision = top
         if new_rs is None:
-            new_rs = self.api.create(rs_base, make_replicaset(dep, pod_hash, top + 1, desired))
+            revision = top + 1
+            new_rs = self.api.create(rs_base, make_replicaset(dep, pod_hash, revision, desired))
             owned.append(new_rs)
         elif int(new_rs["metadata"].get("annotations", {}).get(REVISION, 0)) != top:
+            revision = top + 1
             self.api.patch(
-                f"{rs_base}/{new_name}", {"metadata": {"annotations": {REVISION: str(top + 1)}}}
+                f"{rs_base}/{new_name}", {"metadata": {"annotations": {REVISION: str(revision)}}}
+            )
+        if (dep["metadata"].get("annotations") or {}).get(REVISION) != str(revision):
+            self.api.patch(
+                f"/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+                {"metadata": {"annotations": {REVISION: str(revision)}}},
             )
 
         images = [c["image"] for c in template["spec"]["containers"]]
@@ -450,7 +459,12 @@ def build_seed(api: KubeJson, namespace: str) -> dict[str, Any]:
     dep_body: Obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": "app", "namespace": namespace, "labels": labels},
+        "metadata": {
+            "name": "app",
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {REVISION: "1"},
+        },
         "spec": {
             "replicas": 4,
             "progressDeadlineSeconds": 600,

@@ -10,6 +10,10 @@
   a cluster on first start and runs ``postgres`` in the foreground, listening on 5432 with
   ``POSTGRES_PASSWORD`` (scram) for TCP clients when set, trust otherwise; local socket
   connections (``docker exec … psql -U postgres``) are always trusted.
+* ``deploy_app_image(client, version)`` — the HTTP application the deploy tests and benchmark
+  replace, in versions ``v1`` … ``v4`` (``opsflow-test/deploy-app:<version>``), on a shared
+  base of Debian + ``python3`` (``opsflow-test/deploy-app-base:1``, about a minute the first
+  time; each version is one small layer on it, built in a second). See ``DEPLOY_APP_VERSIONS``.
 
 Each function checks the tag first and builds only when it is missing; a file lock keeps
 two test sessions from building the same image at once.
@@ -32,6 +36,15 @@ import docker.errors
 BUSYBOX_IMAGE = "opsflow-test/busybox:1"
 DEBIAN_IMAGE = "opsflow-test/debian:bookworm"
 POSTGRES_IMAGE = "opsflow-test/postgres:15"
+DEPLOY_APP_BASE_IMAGE = "opsflow-test/deploy-app-base:1"
+DEPLOY_APP_REPOSITORY = "opsflow-test/deploy-app"
+DEPLOY_APP_PORT = 8000
+DEPLOY_APP_VERSIONS = {
+    "v1": "healthy",
+    "v2": "unhealthy",  # /health answers 500: the Docker HEALTHCHECK turns unhealthy
+    "v3": "healthy",
+    "v4": "errors",  # healthy, but every 3rd request to / answers 500 (a 33 % 5xx rate)
+}
 BUSYBOX = Path("/bin/busybox")
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 LOCK_DIR = Path("/tmp/opsflow-docker-test")
@@ -201,3 +214,162 @@ def ensure_postgres_image(client: docker.DockerClient) -> str:
     if not image_exists(client, POSTGRES_IMAGE):
         raise RuntimeError(f"docker build did not create {POSTGRES_IMAGE}")
     return POSTGRES_IMAGE
+
+
+_DEPLOY_APP = r"""
+import json, os, signal, sys, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+VERSION = open("/app/VERSION").read().strip()
+MODE = open("/app/MODE").read().strip()
+PORT = int(os.environ.get("APP_PORT", "8000"))
+BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+lock = threading.Lock()
+counts = {}  # (path, status) -> requests
+hist = [0] * len(BUCKETS)
+total = [0, 0.0]  # count, sum of seconds
+hits = [0]
+
+
+def metrics():
+    lines = [
+        "# HELP app_version_info the version serving", "# TYPE app_version_info gauge",
+        'app_version_info{version="%s"} 1' % VERSION,
+        "# HELP http_requests_total requests served", "# TYPE http_requests_total counter",
+    ]
+    with lock:
+        for (path, status), n in sorted(counts.items()):
+            lines.append('http_requests_total{path="%s",status="%d"} %d' % (path, status, n))
+        lines += ["# HELP http_request_duration_seconds request latency",
+                  "# TYPE http_request_duration_seconds histogram"]
+        for bound, n in zip(BUCKETS, hist):
+            lines.append('http_request_duration_seconds_bucket{le="%s"} %d' % (bound, n))
+        lines.append('http_request_duration_seconds_bucket{le="+Inf"} %d' % total[0])
+        lines.append("http_request_duration_seconds_count %d" % total[0])
+        lines.append("http_request_duration_seconds_sum %f" % total[1])
+    return ("\n".join(lines) + "\n").encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        started = time.perf_counter()
+        path = self.path.split("?")[0]
+        kind = "text/plain; version=0.0.4"
+        if path == "/health":
+            status = 500 if MODE == "unhealthy" else 200
+            body = json.dumps({"status": "failing" if status == 500 else "healthy",
+                               "version": VERSION}).encode()
+            kind = "application/json"
+        elif path == "/metrics":
+            status, body = 200, metrics()
+        elif path == "/":
+            with lock:
+                hits[0] += 1
+                failing = MODE == "errors" and hits[0] % 3 == 0
+            status = 500 if failing else 200
+            body = json.dumps({"version": VERSION, "ok": not failing}).encode()
+            kind = "application/json"
+        else:
+            status, body = 404, b"not found\n"
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+        if path != "/metrics":
+            elapsed = time.perf_counter() - started
+            with lock:
+                counts[(path, status)] = counts.get((path, status), 0) + 1
+                total[0] += 1
+                total[1] += elapsed
+                for i, bound in enumerate(BUCKETS):
+                    if elapsed <= bound:
+                        hist[i] += 1
+
+
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1: no default SIGTERM action
+server = ThreadingHTTPServer(("0.0.0.0", PORT), Handler)
+server.daemon_threads = True
+print("deploy-app %s (%s) listening on %d" % (VERSION, MODE, PORT), flush=True)
+server.serve_forever()
+"""
+
+_DEPLOY_APP_HEALTHCHECK = r"""
+import os, sys, urllib.request
+port = os.environ.get("APP_PORT", "8000")
+try:
+    urllib.request.urlopen("http://127.0.0.1:%s/health" % port, timeout=2)
+except Exception as exc:
+    print("health check failed: %s" % exc)
+    sys.exit(1)
+print("ok")
+"""
+
+_DEPLOY_APP_BASE_DOCKERFILE = f"""FROM {DEBIAN_IMAGE}
+RUN apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \\
+    --no-install-recommends python3 && rm -rf /var/lib/apt/lists/*
+COPY app.py healthcheck.py /app/
+"""
+
+_DEPLOY_APP_DOCKERFILE = f"""FROM {DEPLOY_APP_BASE_IMAGE}
+COPY VERSION MODE /app/
+EXPOSE {DEPLOY_APP_PORT}
+HEALTHCHECK --interval=1s --timeout=3s --retries=2 CMD ["python3", "/app/healthcheck.py"]
+CMD ["python3", "-u", "/app/app.py"]
+"""
+
+
+def _build(client: docker.DockerClient, tag: str, files: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="opsflow-image-") as tmp:
+        for name, text in files.items():
+            (Path(tmp) / name).write_text(text)
+        client.images.build(
+            path=tmp, tag=tag, network_mode="host", rm=True, forcerm=True, timeout=900
+        )
+    if not image_exists(client, tag):
+        raise RuntimeError(f"docker build did not create {tag}")
+
+
+def deploy_app_image(client: docker.DockerClient, version: str) -> str:
+    """Build ``opsflow-test/deploy-app:<version>`` when its tag is missing; return the tag.
+
+    One Python HTTP server on port 8000 (``APP_PORT``) serving ``/`` (JSON with the version),
+    ``/health`` and Prometheus ``/metrics`` (``app_version_info{version=…}``,
+    ``http_requests_total{path,status}``, the ``http_request_duration_seconds`` histogram),
+    with a HEALTHCHECK every second (unhealthy after 2 failures). It exits on SIGTERM.
+    ``DEPLOY_APP_VERSIONS`` says how each version behaves. The version lives in a file of the
+    image, not in its environment, so a container keeps the same ``Config.Env`` across versions.
+    """
+    if version not in DEPLOY_APP_VERSIONS:
+        raise ValueError(f"unknown deploy-app version {version!r}: {sorted(DEPLOY_APP_VERSIONS)}")
+    tag = f"{DEPLOY_APP_REPOSITORY}:{version}"
+    if image_exists(client, tag):
+        return tag
+    if not image_exists(client, DEPLOY_APP_BASE_IMAGE):
+        ensure_debian_image(client)
+        with _build_lock("deploy-app-base"):
+            if not image_exists(client, DEPLOY_APP_BASE_IMAGE):
+                _build(
+                    client,
+                    DEPLOY_APP_BASE_IMAGE,
+                    {
+                        "Dockerfile": _DEPLOY_APP_BASE_DOCKERFILE,
+                        "app.py": _DEPLOY_APP,
+                        "healthcheck.py": _DEPLOY_APP_HEALTHCHECK,
+                    },
+                )
+    with _build_lock(f"deploy-app-{version}"):
+        if not image_exists(client, tag):
+            _build(
+                client,
+                tag,
+                {
+                    "Dockerfile": _DEPLOY_APP_DOCKERFILE,
+                    "VERSION": version + "\n",
+                    "MODE": DEPLOY_APP_VERSIONS[version] + "\n",
+                },
+            )
+    return tag

@@ -50,7 +50,10 @@ def test_bad_run_input_exits_2_before_any_run(
 def test_unknown_runbook_names_the_known_ones(workspace: Path) -> None:
     result = CliRunner().invoke(app, ["plan", "nightly-backup", "--env", "local"])
     assert result.exit_code == 2
-    assert "choose one of: backup, dr-drill, health-check, recover, restore" in result.output
+    assert (
+        "choose one of: backup, deploy, dr-drill, health-check, recover, restore, rollback"
+        in result.output
+    )
 
 
 def test_an_unexpected_error_is_one_line_and_a_redacted_log_file(

@@ -60,6 +60,7 @@ from opsflow.inventory import (
     MetricsSource,
     Notify,
     RedisTarget,
+    SmokeTest,
     Thresholds,
 )
 from tasks.backups import (
@@ -69,11 +70,13 @@ from tasks.backups import (
     confirm_backup,
     verify_backup,
 )
+from tasks.docker import deploy as docker_deploy
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
-from tasks.http import check_endpoint, check_metrics
+from tasks.http import check_endpoint, check_metrics, run_smoke_test
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.kubernetes.config import export_kubernetes_config
+from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
 from tasks.notify import send_notification
 from tasks.postgres.backup import dump_postgres
 from tasks.postgres.checks import check_postgres
@@ -243,6 +246,15 @@ def _files(tmp: Path) -> BackupStore:
     return BackupStore(url=f"file://{tmp / 'store'}")
 
 
+def _deploy_call(
+    task: Task,  # type: ignore[type-arg]
+    *extra: str,
+) -> Callable[[int, float, Path], Callable[[], Any]]:
+    """A Docker deploy task called with a target and service (and ``extra``) on ``port``."""
+    return lambda port, s, tmp: lambda: task.fn(_docker(port), _docker(port).services[0], *extra)
+
+
+DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
 ENDPOINT_TIMEOUT = inventory(
     "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
 )
@@ -278,6 +290,27 @@ PROBES = [
             )
         ),
         ENDPOINT_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "run_smoke_test",
+        run_smoke_test,
+        lambda port, s, tmp: (
+            lambda: run_smoke_test.fn(
+                SmokeTest(
+                    name="web",
+                    url=_url(port),
+                    method="POST",
+                    body="{}",
+                    timeout=timedelta(seconds=s),
+                )
+            )
+        ),
+        inventory(
+            "smoke_tests[].timeout",
+            lambda: SmokeTest.model_fields["timeout"].default.total_seconds(),
+        ),
         0.5,
         1,
     ),
@@ -405,6 +438,30 @@ PROBES = [
         K8S_WAITS,
     ),
     Probe(
+        "read_deployment_image",
+        read_deployment_image,
+        lambda port, s, tmp: lambda: read_deployment_image.fn(_k8s(port), "app", "app"),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "set_deployment_image",
+        set_deployment_image,
+        lambda port, s, tmp: lambda: set_deployment_image.fn(_k8s(port), "app", "app", "a:2", "d"),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(  # the wait polls through a failed read until its deadline (here: the first read's)
+        "wait_for_rollout",
+        wait_for_rollout,
+        lambda port, s, tmp: lambda: wait_for_rollout.fn(_k8s(port), "app", timeout_seconds=s),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
         "scale_down_app[kubernetes]",
         scale_down_app,
         lambda port, s, tmp: lambda: scale_down_app.fn(_k8s(port), None),
@@ -434,6 +491,24 @@ PROBES = [
         "export_docker_config",
         export_docker_config,
         lambda port, s, tmp: lambda: export_docker_config.fn(_docker(port)),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    *(
+        Probe(task.name, task, _deploy_call(task, *extra), knob, 0.5, 1)
+        for task, knob, extra in (
+            (docker_deploy.read_container_image, docker_default(), ()),
+            (docker_deploy.wait_container_healthy, docker_default(), ()),
+            (docker_deploy.remove_previous_container, docker_default(), ()),
+            (docker_deploy.replace_container, DEPLOY_CLIENT, ("app:2", "deploy-1")),
+            (docker_deploy.restore_previous_container, DEPLOY_CLIENT, ()),
+        )
+    ),
+    Probe(
+        "check_image_present",
+        docker_deploy.check_image_present,
+        lambda port, s, tmp: lambda: docker_deploy.check_image_present.fn(_docker(port), "app:1"),
         docker_default(),
         0.5,
         1,
@@ -517,6 +592,8 @@ NOT_PROBED = {
     "restore_postgres": "reads the store object before it connects (the connect is PG's above)",
     "verify_postgres_restore": "connects like drop/swap_postgres_database above",
     "scale_up_app": "needs a ScaleState from scale_down_app; same client and timeout",
+    "sample_health": "turns a peer's timeout into a failed sample, not an error; its waits are "
+    "check_metrics' METRICS_TIMEOUT and check_endpoint's endpoints[].timeout, probed above",
 }
 
 
