@@ -141,7 +141,9 @@ def _first_task_running(api: str, stderr: str) -> float:
 def run(workdir: Path, runs: int = RUNS) -> OncallFigures:
     api = os.environ["PREFECT_API_URL"]
     inventory = write_inventory(workdir)
-    base = {**os.environ, "OPSFLOW_INVENTORY": str(inventory)}
+    # each OPSFLOW_HOME below has its own ledger (and key) inside it, as an operator's would
+    base = {k: v for k, v in os.environ.items() if k != "OPSFLOW_LEDGER_URL"}
+    base["OPSFLOW_INVENTORY"] = str(inventory)
     figures = OncallFigures()
     backup = ("run", "backup", "--env", "bench")
 
@@ -159,7 +161,7 @@ def run(workdir: Path, runs: int = RUNS) -> OncallFigures:
     finally:
         subprocess.run([*OPSFLOW, "down"], cwd=REPO, env=alone, capture_output=True, timeout=120)
 
-    up_env = {**with_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    up_env = with_server  # the runner polls every OPSFLOW_RUNNER_POLL_SECONDS (0.5 s)
     with (workdir / "oncall-up.log").open("wb") as log:
         served = subprocess.Popen(
             [*OPSFLOW, "up"],

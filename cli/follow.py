@@ -37,12 +37,15 @@ from cli.app import (
 )
 from cli.output import RunPrinter, quiet_prefect
 from opsflow.redaction import redact
+from opsflow.reports import is_finished_line
 
 EXIT_DETACHED = 130
 POLLED_SECONDS = 60
 """A deployment whose runner last polled longer ago than this is not served (Prefect marks it
 NOT_READY after the same 60 s)."""
-POLL_SECONDS = 0.5
+POLL_SECONDS = 0.25
+SLOW_POLL_SECONDS = 1.0
+QUICK_SECONDS = 30.0
 LAST_LOGS_SECONDS = 3.0
 FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 _RETRY_STATUS = {502, 503, 504}
@@ -146,11 +149,14 @@ class Follower:
     def follow(self, until_final: bool = True) -> dict[str, Any]:
         """Print the run's log lines as they arrive until it ends; return the final run.
 
-        The run's last log lines reach the API just after its final state (its process sends
-        them as it exits), so after the end this waits up to ``LAST_LOGS_SECONDS`` for the
-        engine's closing line."""
+        A run's log lines reach the API in batches, some after its final state, so after the
+        end this waits (up to ``LAST_LOGS_SECONDS``) for the runbook's closing line
+        (``opsflow.reports.finished_line``, logged after its ledger row) or, for a run that
+        ended without one, the engine's. State and logs are polled every ``POLL_SECONDS``
+        for the first ``QUICK_SECONDS``, then every ``SLOW_POLL_SECONDS``."""
         self._seen: set[str] = set()
         self._after: str | None = None
+        started = time.monotonic()
         while True:
             run = self.api.flow_run(self.run_id)
             state = (run.get("state") or {}).get("type")
@@ -165,7 +171,8 @@ class Follower:
                 return run
             if not until_final:
                 return run
-            time.sleep(POLL_SECONDS)
+            quick = time.monotonic() - started < QUICK_SECONDS
+            time.sleep(POLL_SECONDS if quick else SLOW_POLL_SECONDS)
 
     _closed = False
 
@@ -176,7 +183,9 @@ class Follower:
             self._seen.add(log["id"])
             self._after = log["timestamp"]
             message = str(log["message"])
-            if log.get("task_run_id") is None and message.startswith("Finished in state"):
+            if log.get("task_run_id") is None and (
+                is_finished_line(message) or message.startswith("Finished in state")
+            ):
                 self._closed = True
             self.printer.line(message, int(log.get("level") or 20))
 

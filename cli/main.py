@@ -17,11 +17,15 @@ the (redacted) traceback, and exit 1. No input makes the command print a traceba
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import importlib
 import os
+import sys
 import traceback
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
@@ -38,6 +42,31 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
+    """The console script: run the command, then leave without the interpreter's teardown."""
+    try:
+        run_command()
+    except SystemExit as done:
+        leave(done.code)
+    leave(0)
+
+
+def leave(code: object) -> NoReturn:
+    """Exit with ``code`` once the exit handlers ran (Prefect sends the logs and events it still
+    holds, logging flushes its handlers) and the output is flushed, skipping what the
+    interpreter would do next: freeing every module and object one by one, ~0.4 s after a
+    runbook ran in this process, of which a finished command needs nothing."""
+    if isinstance(code, str):  # sys.exit("message"), as the interpreter would show it
+        print(code, file=sys.stderr)
+    status = code if isinstance(code, int) else (0 if code is None else 1)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+            stream.flush()
+    os._exit(status)
+
+
+def run_command() -> None:
+    """The command line's one error boundary (see the module docstring)."""
     install_log_redaction()  # Prefect's console handler and every other log line, from the start
     try:
         app()

@@ -93,7 +93,6 @@ def run(
     quiet_prefect(verbose)
     params: dict[str, Any] = parse_params(param or [])
     check_env(env)
-    check_ledger()
     from deployments.runbooks import get_runbook
 
     try:
@@ -101,7 +100,6 @@ def run(
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
     requested_by = _requester(env, as_user or get_settings().user)
-    _check_params(book, env, params, requested_by)  # before any server is contacted or started
     api = use_server_if_running()
     printer = RunPrinter(verbose=verbose, approval_hint=lambda: approval_hint(env))
     say = _say(as_json)
@@ -111,6 +109,10 @@ def run(
         client = Api(api)
         dep = served_deployment(client, book.deployment_name)
         if dep is not None:
+            # The terminal does not import the runbook (nor Prefect): the server checks the
+            # parameters against the deployment's schema, and the flow's plan refuses the rest
+            # (an unknown database or backup id…) where it runs, before any side effect or
+            # ledger row; either way the exit code is 2 with the field named.
             schema = dep.get("parameter_openapi_schema") or {}
             _check_names(sorted(schema.get("properties") or {}), runbook, params)
             parameters = {"env": env, "dry_run": dry_run, "requested_by": requested_by}
@@ -123,13 +125,23 @@ def run(
             )
             sys.exit(follow_to_end(client, run_id, printer, as_json))
         say(f"note: nothing serves {book.deployment_name} at {api}; running in this process")
-    if api is None:
-        from deployments.up import ensure_home_server
+    starting = None
+    if api is None:  # this OPSFLOW_HOME's server comes up while the runbook is checked
+        from deployments.up import HomeServerStart
 
-        home = get_settings().home
-        api, started = ensure_home_server(home, Console(stderr=True, quiet=as_json))
-        os.environ["PREFECT_API_URL"] = api
-        if started:
+        starting = HomeServerStart.begin(get_settings().home)
+        os.environ["PREFECT_API_URL"] = starting.api  # before Prefect is imported
+    try:
+        check_ledger()  # this process writes it (a served run checks the runner's where it runs)
+        _check_params(book, env, params, requested_by)  # before a run exists
+    except BaseException:
+        if starting is not None:  # bad input leaves nothing behind
+            starting.abandon()
+        raise
+    if starting is not None:
+        api = starting.ready(Console(stderr=True, quiet=as_json))
+        if starting.launch is not None:
+            home = get_settings().home
             say(
                 f"note: no Prefect server configured: started one for {home} at {api}; it "
                 "stays up for the next commands (`opsflow down` stops it)"

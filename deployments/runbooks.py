@@ -35,6 +35,18 @@ def read_deployment_specs(path: Path = PREFECT_YAML) -> list[dict[str, Any]]:
     return specs
 
 
+def import_flow(entrypoint: str) -> Any:
+    """The flow of a prefect.yaml entrypoint (``flows/<module>.py:<function>``), imported by
+    module name."""
+    path, function = entrypoint.split(":")
+    return flow_by_name(path.removesuffix(".py").replace("/", "."), function)
+
+
+def flow_by_name(module: str, function: str) -> Any:
+    """The flow ``function`` of ``module`` (how a served flow travels to its run's process)."""
+    return getattr(importlib.import_module(module), function)
+
+
 @dataclass(frozen=True)
 class Runbook:
     name: str
@@ -53,7 +65,7 @@ class Runbook:
 
     @property
     def flow(self) -> Any:
-        return getattr(importlib.import_module(self.module), self.function)
+        return import_flow(self.entrypoint)
 
     @property
     def plan(self) -> Callable[..., Plan]:

@@ -8,19 +8,29 @@ The *home server*: when no server is configured, `opsflow run` starts one Prefec
 ``OPSFLOW_HOME`` (SQLite in ``<home>/prefect-home``, a free port) and leaves it running for the
 next commands, instead of Prefect's ephemeral server that every process would start and
 migrate again. ``<home>/prefect-home/server.json`` says where it is; `opsflow down` stops it.
+
+A new server's SQLite database starts as a copy of an empty, migrated one that `make install`
+prepares once per Prefect version (``make_db_template``): migrating a new database costs ~4 s
+of the first start.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +42,34 @@ from opsflow.redaction import redact
 from opsflow.settings import get_settings
 
 STARTUP_SECONDS = 120
+HEALTH_POLL_SECONDS = 0.1
+
+
+def db_template() -> Path:
+    """Where the empty, migrated Prefect database of this environment's Prefect version is."""
+    return Path(sys.prefix) / "share" / "opsflow" / f"prefect-{version('prefect')}.db"
+
+
+def make_db_template() -> Path:
+    """Create ``db_template()`` unless it exists: an empty database a server started once on
+    (Prefect's migrations ran and its block types are registered); `make install` calls this."""
+    template = db_template()
+    if template.exists():
+        return template
+    template.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=template.parent) as tmp:
+        stop_process_group(start_embedded_server(Path(tmp), _free_port(), Console(quiet=True)))
+        database = Path(tmp) / "prefect.db"
+        with contextlib.closing(sqlite3.connect(database)) as db:  # one file: no WAL left
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        database.rename(template)
+    return template
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _healthy(api: str) -> bool:
@@ -47,13 +85,48 @@ def start_embedded_server(
     """Start ``prefect server start`` with SQLite in ``home``; return once /api/health answers.
 
     Used by `opsflow up`, by the test fixtures and by the benchmarks (one way to start it)."""
+    return launch_embedded_server(home, port, console, extra_env).wait(console)
+
+
+@dataclass
+class Launch:
+    """A Prefect server process that is starting."""
+
+    proc: subprocess.Popen[bytes]
+    api: str
+    log_path: Path
+
+    def wait(self, console: Console) -> subprocess.Popen[bytes]:
+        """The process, once /api/health answers (stopped, and RuntimeError, if it does not)."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        with console.status("waiting for the Prefect server to answer..."):
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if _healthy(self.api):
+                    return self.proc
+                time.sleep(HEALTH_POLL_SECONDS)
+        stop_process_group(self.proc)
+        tail = self.log_path.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"the Prefect server did not start; see {self.log_path}:\n{tail}")
+
+
+def launch_embedded_server(
+    home: Path, port: int, console: Console, extra_env: dict[str, str] | None = None
+) -> Launch:
+    """Start ``prefect server start`` with SQLite in ``home`` and return without waiting."""
     home.mkdir(parents=True, exist_ok=True)
+    database = home / "prefect.db"
+    template = db_template()
+    copied = not database.exists() and template.exists()
+    if copied:
+        shutil.copyfile(template, database)
     env = {
         **{k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"},
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home.resolve()}/prefect.db",
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{database.resolve()}",
         "PREFECT_UI_API_URL": f"http://127.0.0.1:{port}/api",
+        # the template's block types are registered already (the next start registers anew)
+        **({"PREFECT_SERVER_REGISTER_BLOCKS_ON_START": "false"} if copied else {}),
         **(extra_env or {}),
     }
     log_path = home / "server.log"
@@ -75,16 +148,7 @@ def start_embedded_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    api = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + STARTUP_SECONDS
-    with console.status("waiting for the Prefect server to answer..."):
-        while time.monotonic() < deadline and proc.poll() is None:
-            if _healthy(api):
-                return proc
-            time.sleep(0.5)
-    stop_process_group(proc)
-    tail = log_path.read_text(errors="replace")[-2000:]
-    raise RuntimeError(f"the Prefect server did not start; see {log_path}:\n{tail}")
+    return Launch(proc, f"http://127.0.0.1:{port}/api", log_path)
 
 
 def drain_prefect_workers(timeout: float = 15) -> None:
@@ -179,26 +243,57 @@ def running_home_server(home: Path) -> str | None:
     return api if _pid_alive(pid) and _healthy(api) else None
 
 
-def ensure_home_server(home: Path, console: Console) -> tuple[str, bool]:
-    """``home``'s server, started if it does not run; (API URL, whether it was started now).
+@dataclass
+class HomeServerStart:
+    """``home``'s server on its way up: ``begin`` starts it if it does not run (without waiting;
+    ``api`` is known at once), ``ready`` waits for it and records it, ``abandon`` stops it again
+    and removes what it made.
 
-    A file lock makes concurrent commands share one server."""
-    directory = home_server_dir(home)
-    directory.mkdir(parents=True, exist_ok=True)
-    with (directory / "server.lock").open("w") as lock:
+    A file lock, held from ``begin`` to ``ready``/``abandon``, makes concurrent commands share
+    one server. `opsflow run` begins before it checks the runbook's parameters, so the server
+    comes up while the runbook is imported, and abandons on bad input."""
+
+    home: Path
+    api: str
+    lock: Any
+    launch: Launch | None
+    created: bool
+
+    @classmethod
+    def begin(cls, home: Path) -> HomeServerStart:
+        directory = home_server_dir(home)
+        created = not directory.exists()
+        directory.mkdir(parents=True, exist_ok=True)
+        lock = (directory / "server.lock").open("w")
         fcntl.flock(lock, fcntl.LOCK_EX)
         api = running_home_server(home)
         if api is not None:
-            return api, False
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        proc = start_embedded_server(directory, port, console)
-        api = f"http://127.0.0.1:{port}/api"
-        tmp = directory / "server.json.tmp"
-        tmp.write_text(json.dumps({"pid": proc.pid, "port": port, "api": api}))
-        tmp.rename(directory / "server.json")
-        return api, True
+            return cls(home, api, lock, None, created)
+        launch = launch_embedded_server(directory, _free_port(), Console(quiet=True))
+        return cls(home, launch.api, lock, launch, created)
+
+    def ready(self, console: Console) -> str:
+        """The API URL, once the server answers (a new one is recorded in ``server.json``)."""
+        try:
+            if self.launch is not None:
+                proc = self.launch.wait(console)
+                directory = home_server_dir(self.home)
+                tmp = directory / "server.json.tmp"
+                tmp.write_text(json.dumps({"pid": proc.pid, "api": self.api}))
+                tmp.rename(directory / "server.json")
+            return self.api
+        finally:
+            self.lock.close()
+
+    def abandon(self) -> None:
+        """Stop a server this start launched and remove its directory if this start made it."""
+        try:
+            if self.launch is not None:
+                stop_process_group(self.launch.proc)
+                if self.created:
+                    shutil.rmtree(home_server_dir(self.home), ignore_errors=True)
+        finally:
+            self.lock.close()
 
 
 def stop_home_server(home: Path) -> str | None:
@@ -230,9 +325,8 @@ def run_up(port: int, console: Console) -> int:
         else:
             proc = start_embedded_server(settings.home / "prefect", port, console)
         os.environ["PREFECT_API_URL"] = api
-    # how soon a served run starts (the runner polls) and how soon its log lines reach
-    # `opsflow run` following it (the run's process sends them in batches)
-    os.environ.setdefault("PREFECT_RUNNER_POLL_FREQUENCY", "1")
+    # how soon the log lines of a served run reach `opsflow run` following it (the run's
+    # process sends them in batches); how soon a run starts is OPSFLOW_RUNNER_POLL_SECONDS
     os.environ.setdefault("PREFECT_LOGGING_TO_API_BATCH_INTERVAL", "0.5")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     ui = api.removesuffix("/api")

@@ -67,7 +67,7 @@ from opsflow.log_filters import QUIET_LOCK, quiet_prefect_noise
 from opsflow.plans import Plan
 from opsflow.redaction import install_log_redaction, redact, redacted_errors
 from opsflow.releases import ReleaseReport, render_release_report
-from opsflow.reports import artifact_key, publish_markdown, render_heads
+from opsflow.reports import artifact_key, finished_line, publish_markdown, render_heads
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
 
@@ -548,7 +548,7 @@ class RunbookRun:
             summary=summary,
             details=details or {},
         )
-        self.logger.info("%s on %s finished: %s (%s)", self.runbook, self.env_name, status, summary)
+        self.logger.info(finished_line(self.runbook, self.env_name, status, summary))
         self.publish_ledger_heads()
 
     def publish_ledger_heads(self) -> None:

@@ -25,20 +25,20 @@ import hmac
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 import pyotp
-from prefect.exceptions import FlowPauseTimeout
-from prefect.flow_runs import pause_flow_run
-from prefect.input import RunInput
-from pydantic import Field, ValidationError
+from pydantic import ValidationError
 
 from opsflow.errors import ApprovalRejected, InputError
 from opsflow.inventory import Approvals, Environment
-from opsflow.ledger import ApprovalRow, Ledger
 from opsflow.plans import Plan
 from opsflow.secrets import resolve
+
+if TYPE_CHECKING:  # the CLI's quick paths import this module without Prefect or SQLAlchemy
+    from opsflow.approval_input import Approval
+    from opsflow.ledger import ApprovalRow, Ledger
 
 POLL_SECONDS = 2
 DECISIONS = ("approved", "rejected", "timed_out")
@@ -51,17 +51,13 @@ NO_ANSWER = "the run was resumed without an answer (no approver, code, reason)"
 NAME_CHARS = 64
 
 
-class Approval(RunInput):
-    """The answer to an approval request (the UI builds its Resume form from these fields)."""
+class Answer(Protocol):
+    """The fields of an answer (``opsflow.approval_input.Approval``, the Resume form)."""
 
-    approved: bool = Field(description="true to go ahead, false to reject")
-    approver: str = Field(description="your name, as listed in the environment's approvers")
-    code: str = Field(
-        repr=False,
-        description="the 6-digit one-time code your authenticator app shows now (each code "
-        "works once)",
-    )
-    reason: str = Field(description="why: a ticket, a change number, a sentence")
+    approved: bool
+    approver: str
+    code: str
+    reason: str
 
 
 def requester(env_name: str, env: Environment, requested_by: str) -> str:
@@ -168,7 +164,7 @@ class Verifier:
 
 
 def judge(
-    answer: Approval,
+    answer: Answer,
     approver: str,
     policy: Approvals,
     requested_by: str,
@@ -208,6 +204,11 @@ def request_approval(
     """Pause until ``policy.required`` valid approvals arrived (returned); raise
     ``ApprovalRejected`` on a valid rejection or the timeout, ``InputError`` before asking when
     the policy cannot be met or an approver's secret cannot be resolved."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    from opsflow.approval_input import Approval
+
     eligible = _eligible(policy, requested_by)
     if len(eligible) < policy.required:
         raise InputError(
@@ -299,7 +300,7 @@ def resume_with_answer(
     run_id: str, *, approved: bool, approver: str, code: str, reason: str
 ) -> None:
     """Answer a paused approval through the Prefect API (what the CLI's approve/reject do)."""
-    from prefect.exceptions import NotPausedError, ObjectNotFound
+    from prefect.exceptions import FlowPauseTimeout, NotPausedError, ObjectNotFound
     from prefect.flow_runs import resume_flow_run
 
     flow_run_id = parse_run_id(run_id)

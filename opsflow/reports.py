@@ -149,3 +149,17 @@ def render_heads(doc: dict[str, Any], problems: Sequence[object]) -> str:
         "```",
     ]
     return "\n".join(lines) + "\n"
+
+
+FINISHED = " finished: "
+"""What a runbook's closing log line holds (``finished_line``): the last line a run logs after
+its ledger row is written, so a follower of the run's logs knows it has seen them all."""
+
+
+def finished_line(runbook: str, env: str, status: str, summary: str) -> str:
+    return f"{runbook} on {env}{FINISHED}{status} ({summary})"
+
+
+def is_finished_line(message: str) -> bool:
+    head, found, _ = message.partition(FINISHED)
+    return bool(found) and " on " in head and "\n" not in head

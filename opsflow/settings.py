@@ -61,6 +61,14 @@ class Settings(BaseSettings):
         "killed run keeps its environment locked (Prefect's minimum is 60 s)",
     )
 
+    runner_poll_seconds: float = Field(
+        0.5,
+        ge=0.1,
+        le=60.0,
+        description="how often `opsflow up` asks the server for runs to start (on average a "
+        "run starts half of this after it was created)",
+    )
+
     @field_validator("home")
     @classmethod
     def _home(cls, value: Path) -> Path:

@@ -13,9 +13,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from connectors.postgres import RESTORE_TIMEOUT_S
 from connectors.stores import open_store
-from connectors.stores.objects import BackupStream, DumpResult, NewBackup
+from connectors.stores.objects import RESTORE_TIMEOUT_S, BackupStream, DumpResult, NewBackup
 from connectors.streams import iter_file
 from opsflow.catalog import Codec, RestoreSource
 from opsflow.errors import PermanentError, TransientError

@@ -12,7 +12,6 @@
 from connectors.postgres.client import (
     ADMIN_TIMEOUT_S,
     MAINTENANCE_DB,
-    RESTORE_TIMEOUT_S,
     VERIFY_TIMEOUT_S,
     Postgres,
     postgres_for,
@@ -35,6 +34,7 @@ from connectors.postgres.sql import (
     quote_table,
     scratch_name,
 )
+from connectors.stores.objects import RESTORE_TIMEOUT_S
 
 __all__ = [
     "ADMIN_TIMEOUT_S",

@@ -26,7 +26,6 @@ from connectors.transports import CommandTimedOut, Transport, transport_for, via
 from opsflow.errors import PermanentError
 from opsflow.inventory import Database, DockerTarget, KubernetesTarget
 
-RESTORE_TIMEOUT_S = 6 * 3600
 ADMIN_TIMEOUT_S = 120.0
 VERIFY_TIMEOUT_S = 3600.0
 MAINTENANCE_DB = "postgres"

@@ -46,6 +46,8 @@ from opsflow.settings import get_settings
 from opsflow.units import format_bytes
 
 MANIFEST_VERSION = 1
+RESTORE_TIMEOUT_S = 6 * 3600
+"""The longest a restore of one backup may stream (any database kind)."""
 UNIQUE_BYTES = 4  # 8 hex digits after the stamp: 1 in 4 billion per pair within one second
 
 

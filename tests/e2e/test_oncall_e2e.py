@@ -219,3 +219,56 @@ def test_no_server_configured_starts_one_home_server_reused_then_stopped_by_down
     assert not record.exists()
     with pytest.raises(httpx.ConnectError):  # nothing listens there any more
         api_get(f"{server['api']}/health", timeout=10)
+
+
+def test_bad_input_to_a_served_runbook_is_exit_2_naming_the_field_and_changes_nothing(
+    served: subprocess.Popen[bytes], e2e_workspace: Workspace, prefect_api: str
+) -> None:
+    """The terminal does not import the runbook for a served run: the deployment's schema
+    refuses a bad value before a run exists, the runbook's plan refuses the rest where it runs,
+    before any ledger row; both are exit 2 with the field named and no traceback."""
+    ledger = e2e_workspace.ledger()
+    runs_before = len(ledger.runs(limit=1000))
+    result = run_cli(e2e_workspace.env, "run", "backup", "--env", "e2e", "-p", "wait_for_lock=-1")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "wait_for_lock" in result.stderr and "Traceback" not in result.stderr
+    assert RUN_ID.search(result.stderr) is None  # no run was created
+
+    result = run_cli(e2e_workspace.env, "run", "restore", "--env", "e2e", "-p", "database=nope")
+    assert result.returncode == 2, result.stdout + result.stderr
+    found = RUN_ID.search(result.stderr)
+    assert found, result.stderr  # it went through the deployment
+    assert "database" in result.stderr and "nope" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert flow_run(prefect_api, found.group(1))["state"]["type"] == "FAILED"
+    assert len(ledger.runs(limit=1000)) == runs_before  # nothing recorded, nothing changed
+    assert ledger.steps(found.group(1)) == []
+
+
+def test_bad_input_with_no_server_configured_leaves_no_home_server_behind(
+    e2e_workspace: Workspace, tmp_path: Path
+) -> None:
+    """The home server is started before the parameters are checked (it comes up while the
+    runbook is imported); bad input stops it again and removes what it made."""
+    env = {k: v for k, v in e2e_workspace.env.items() if k != "PREFECT_API_URL"}
+    env["OPSFLOW_HOME"] = str(tmp_path / "home")
+    env["OPSFLOW_LEDGER_URL"] = f"sqlite:///{tmp_path / 'home' / 'ledger.db'}"
+    result = run_cli(env, "run", "backup", "--env", "local", "--local", "-p", "codec=lz4")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "codec" in result.stderr and "Traceback" not in result.stderr
+    assert "started one" not in result.stderr
+    assert not (tmp_path / "home" / "prefect-home").exists()
+    assert processes_with_env(f"PREFECT_HOME={tmp_path}") == []  # the server was stopped
+
+
+def processes_with_env(entry: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``entry`` (a prefix of NAME=value)."""
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            values = environ.read_bytes().split(b"\0")
+        except OSError:  # gone, or not ours
+            continue
+        if any(v.startswith(entry.encode()) for v in values):
+            found.append(int(environ.parent.name))
+    return found

@@ -62,7 +62,7 @@ def test_cli_killed_during_a_served_restore_the_run_completes_on_the_runner(
     lab.write_inventory(kubernetes_entry(kube_cluster))
     with (lab.root / "inventory.yaml").open("a") as inventory:  # prefect.yaml's default env
         inventory.write(f'  local:\n    disks: ["{lab.root}"]\n')
-    env = {**lab.env, "PREFECT_API_URL": own_server, "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
+    env = {**lab.env, "PREFECT_API_URL": own_server}
     taken = subprocess.run(
         [*OPSFLOW, "run", "backup", "--env", "lab", "--local"],
         cwd=REPO,

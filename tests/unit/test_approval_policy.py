@@ -6,8 +6,8 @@ from __future__ import annotations
 import pyotp
 import pytest
 
+from opsflow.approval_input import Approval
 from opsflow.approvals import (
-    Approval,
     Verifier,
     judge,
     matching_steps,

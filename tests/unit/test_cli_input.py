@@ -3,6 +3,8 @@ run: nothing reaches Prefect or the ledger."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,7 +72,7 @@ def test_an_unexpected_error_is_one_line_and_a_redacted_log_file(
     monkeypatch.setenv("OPSFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.setattr(cli.main, "app", explode)
     with pytest.raises(SystemExit) as done:
-        cli.main.main()
+        cli.main.run_command()
     assert done.value.code == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err
@@ -95,6 +97,26 @@ def test_bad_input_raised_anywhere_is_exit_2(
 
     monkeypatch.setattr(cli.main, "app", refuse)
     with pytest.raises(SystemExit) as done:
-        cli.main.main()
+        cli.main.run_command()
     assert done.value.code == 2
     assert "OPSFLOW_X: is [bad, worse] (fix: set it to [name, ...])" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("code", "status", "said"), [(3, 3, ""), (None, 0, ""), ("no", 1, "no")])
+def test_leave_runs_the_exit_handlers_flushes_and_exits_with_the_code(
+    code: object, status: int, said: str
+) -> None:
+    """The console script skips the interpreter's teardown (os._exit) but not what must happen
+    at exit: the exit handlers (Prefect sends its last logs there) and the buffered output."""
+    program = (
+        "import atexit, sys, cli.main\n"
+        "atexit.register(lambda: print('handler ran', file=sys.stderr))\n"
+        "print('buffered', end='')\n"
+        f"cli.main.leave({code!r})\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == status
+    assert done.stdout == "buffered"
+    assert done.stderr.splitlines() == [line for line in (said, "handler ran") if line]
