@@ -51,6 +51,26 @@ def verdict(ok: bool) -> str:
     return "PASS" if ok else "FAIL"
 
 
+Timed = tuple[str, float, str, str, float | None]
+"""(measure, seconds, baseline, ratio, goal in seconds or None) of a timing table."""
+
+
+def timed_rows(benchmark: str, runs: int, table: tuple[Timed, ...]) -> list[Row]:
+    """The rows of a table of p50 timings, each with its goal and verdict when it has one."""
+    return [
+        Row(
+            benchmark,
+            f"{measure}, p50 of {runs}",
+            f"{value:.2f} s",
+            baseline=baseline,
+            ratio=ratio,
+            goal="" if goal is None else f"<= {goal:g} s",
+            result="" if goal is None else verdict(value <= goal),
+        )
+        for measure, value, baseline, ratio, goal in table
+    ]
+
+
 def wait_task_runs_recorded(flow_run_id: Any, count: int, timeout: float = 120) -> float:
     """Poll the API until ``count`` task runs of the flow run are Completed there; return the
     ``time.perf_counter()`` when they were seen. The server records task-run states from events

@@ -29,10 +29,10 @@ from typing import Any
 import docker
 import docker.errors
 
-from benchmarks.common import Row, free_port, median, verdict
-from tasks.docker.recreate import FAILED_SUFFIX, PREVIOUS_SUFFIX
-from tests.fixtures.docker_engine import SESSION_ID, SESSION_LABEL, running_docker_engine
-from tests.support.images import DEPLOY_APP_PORT, deploy_app_image
+from benchmarks.common import Row, free_port, median, timed_rows
+from benchmarks.docker_deploy import remove_app, start_app
+from tests.fixtures.docker_engine import running_docker_engine
+from tests.support.images import deploy_app_image
 
 RUNS = 3
 SEED_ROLLOUT_WAIT_S = 600.0
@@ -58,18 +58,7 @@ class DeployFlowFigures:
             ("  of which: the roll_back step (rename back + health wait)",
              median(self.roll_back_step_s), "", "", None),
         )  # fmt: skip
-        return [
-            Row(
-                "Deploy runbook, Docker (issue 11)",
-                f"{measure}, p50 of {RUNS}",
-                f"{value:.2f} s",
-                baseline=baseline,
-                ratio=ratio,
-                goal="" if goal is None else f"<= {goal:g} s",
-                result="" if goal is None else verdict(value <= goal),
-            )
-            for measure, value, baseline, ratio, goal in table
-        ]
+        return timed_rows("Deploy runbook, Docker (issue 11)", RUNS, table)
 
 
 def _inventory(root: Path, url: str, name: str, port: int) -> Path:
@@ -100,14 +89,7 @@ def run(runs: int = RUNS) -> DeployFlowFigures:
         saved = {k: os.environ.get(k) for k in ("OPSFLOW_INVENTORY", "OPSFLOW_LEDGER_URL")}
         os.environ["OPSFLOW_INVENTORY"] = str(_inventory(root, url, name, port))
         os.environ["OPSFLOW_LEDGER_URL"] = f"sqlite:///{root / 'ledger.db'}"
-        client.containers.run(
-            images["v1"],
-            name=name,
-            detach=True,
-            ports={f"{DEPLOY_APP_PORT}/tcp": ("127.0.0.1", port)},
-            environment={"APP_PORT": str(DEPLOY_APP_PORT)},
-            labels={SESSION_LABEL: SESSION_ID},
-        )
+        start_app(client, images["v1"], name, port)
         try:
             version = "v1"
             for _ in range(runs):
@@ -134,10 +116,6 @@ def run(runs: int = RUNS) -> DeployFlowFigures:
                     os.environ.pop(key, None)
                 else:
                     os.environ[key] = value
-            for suffix in ("", PREVIOUS_SUFFIX, FAILED_SUFFIX):
-                try:
-                    client.api.remove_container(name + suffix, force=True)
-                except docker.errors.NotFound:
-                    continue
+            remove_app(client, name)
             client.close()
     return figures

@@ -33,7 +33,7 @@ import docker
 import docker.errors
 import httpx
 
-from benchmarks.common import Row, free_port, median, verdict
+from benchmarks.common import Row, free_port, median, timed_rows
 from opsflow.errors import PermanentError
 from opsflow.inventory import DockerService, DockerTarget
 from tasks.docker.deploy import (
@@ -77,18 +77,7 @@ class DockerDeployFigures:
             ("  of which: old stopped -> new started (switch_seconds)",
              median(self.switch_s), "", "", None),
         )  # fmt: skip
-        return [
-            Row(
-                "Docker deploy (issue 11)",
-                f"{measure}, p50 of {RUNS}",
-                f"{value:.2f} s",
-                baseline=baseline,
-                ratio=ratio,
-                goal="" if goal is None else f"<= {goal:g} s",
-                result="" if goal is None else verdict(value <= goal),
-            )
-            for measure, value, baseline, ratio, goal in table
-        ]
+        return timed_rows("Docker deploy (issue 11)", RUNS, table)
 
 
 class _Prober:
@@ -156,6 +145,30 @@ def _unhealthy_at(attrs: dict[str, Any]) -> float:
     return _stamp(failures[retries - 1]["End"])
 
 
+def start_app(
+    client: docker.DockerClient, image: str, name: str, port: int, **options: Any
+) -> None:
+    """The deploy-app container ``name`` of ``image``, publishing 127.0.0.1:``port``."""
+    client.containers.run(
+        image,
+        name=name,
+        detach=True,
+        ports={f"{DEPLOY_APP_PORT}/tcp": ("127.0.0.1", port)},
+        environment={"APP_PORT": str(DEPLOY_APP_PORT)},
+        labels={SESSION_LABEL: SESSION_ID},
+        **options,
+    )
+
+
+def remove_app(client: docker.DockerClient, name: str) -> None:
+    """The container ``name`` and what a deploy kept beside it."""
+    for suffix in ("", PREVIOUS_SUFFIX, FAILED_SUFFIX):
+        try:
+            client.api.remove_container(name + suffix, force=True)
+        except docker.errors.NotFound:
+            continue
+
+
 def run(runs: int = RUNS) -> DockerDeployFigures:
     figures = DockerDeployFigures()
     with running_docker_engine() as url:
@@ -165,15 +178,7 @@ def run(runs: int = RUNS) -> DockerDeployFigures:
         port = free_port()
         target = DockerTarget(host=url, services=[DockerService(name="web", container=name)])
         service = target.services[0]
-        client.containers.run(
-            images["v1"],
-            name=name,
-            detach=True,
-            ports={f"{DEPLOY_APP_PORT}/tcp": ("127.0.0.1", port)},
-            environment={"APP_PORT": str(DEPLOY_APP_PORT)},
-            labels={SESSION_LABEL: SESSION_ID},
-            restart_policy={"Name": "unless-stopped"},
-        )
+        start_app(client, images["v1"], name, port, restart_policy={"Name": "unless-stopped"})
         try:
             wait_container_healthy.fn(target, service, timeout_seconds=60)
             version = "v1"
@@ -204,10 +209,6 @@ def run(runs: int = RUNS) -> DockerDeployFigures:
                 figures.rollback_s.append(_serving(port, version) - reported)
                 figures.detect_s.append(failed_at - reported)
         finally:
-            for suffix in ("", PREVIOUS_SUFFIX, FAILED_SUFFIX):
-                try:
-                    client.api.remove_container(name + suffix, force=True)
-                except docker.errors.NotFound:
-                    continue
+            remove_app(client, name)
             client.close()
     return figures

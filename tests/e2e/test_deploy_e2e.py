@@ -209,3 +209,21 @@ def test_a_change_freeze_refuses_an_api_and_a_cli_deploy_naming_it(
     finally:
         e2e_workspace.inventory.write_text(shop.inventory)
     assert shop.version() == "v1"
+
+    # bad input of a served run is refused where it runs, as bad input (exit 2, field named)
+    missing = "opsflow-test/no-such-image:1"
+    cli = run_cli(
+        e2e_workspace.env,
+        "run",
+        "deploy",
+        "--env",
+        "shop",
+        "--param",
+        f"image={missing}",
+        "--as",
+        "alice",
+    )
+    said = " ".join((cli.stdout + cli.stderr).split())
+    assert cli.returncode == 2, said
+    assert "image" in said and "is not on the Docker engine" in said
+    assert shop.inspect()["Config"]["Image"] == shop.images["v1"]
