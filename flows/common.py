@@ -95,6 +95,8 @@ LOCK_WAIT_SECONDS = 1800
 """How long a run waits for its environment's lock by default (``wait_for_lock``)."""
 LockWait = Annotated[int, Field(ge=0)]
 """The type of every runbook's ``wait_for_lock`` parameter: seconds, 0 to fail at once."""
+ApprovalWait = Annotated[int, Field(gt=0)] | None
+"""``approval_timeout_seconds`` of an approval-gated runbook: None, the inventory's timeout."""
 LOCK_POLL_SECONDS = 2.0
 LOCK_LOG_EVERY_SECONDS = 60.0
 WAIT_FIX = "pass wait_for_lock=<seconds> to wait longer"

@@ -24,17 +24,17 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import tags
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 from prefect.states import Completed, State
-from pydantic import Field
 
 from flows.backup import backup as backup_flow
 from flows.common import (
     LOCK_WAIT_SECONDS,
+    ApprovalWait,
     LockWait,
     RunbookRun,
     finish_release,
@@ -459,7 +459,7 @@ def deploy(
     override_window_reason: str | None = None,
     deploy_id: str | None = None,
     dry_run: bool = False,
-    approval_timeout_seconds: Annotated[int, Field(gt=0)] | None = None,
+    approval_timeout_seconds: ApprovalWait = None,
     wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Deploy a new image to every deploy service of ``env``.

@@ -20,16 +20,16 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from prefect.states import Completed, Failed, State
-from pydantic import Field
 
 from connectors.postgres import check_pg_name, database_name, scratch_name
 from connectors.stores.base import manifest_key
 from flows.common import (
     CATALOG_SCAN,
     LOCK_WAIT_SECONDS,
+    ApprovalWait,
     LockWait,
     RunbookRun,
     app_target,
@@ -416,7 +416,7 @@ def restore(
     target_db: str | None = None,
     mode: Mode = "swap",
     dry_run: bool = False,
-    approval_timeout_seconds: Annotated[int, Field(gt=0)] | None = None,
+    approval_timeout_seconds: ApprovalWait = None,
     wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Restore databases of ``env`` from their backups.

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated, Any
+from typing import Any
 
 from prefect.states import Completed, State
-from pydantic import Field
 
 from flows.common import (
     LOCK_WAIT_SECONDS,
+    ApprovalWait,
     LockWait,
     RunbookRun,
     finish_release,
@@ -217,7 +217,7 @@ def rollback(
     requested_by: str,
     image: str | None = None,
     dry_run: bool = False,
-    approval_timeout_seconds: Annotated[int, Field(gt=0)] | None = None,
+    approval_timeout_seconds: ApprovalWait = None,
     wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Roll every deploy service of ``env`` back.
