@@ -21,7 +21,7 @@ up: install
 
 ## make test: install what the tests need, lint, and run the whole suite
 test: install system-deps lint
-	$(BIN)/pytest tests
+	$(BIN)/pytest --durations=25 tests
 
 system-deps:
 	bash scripts/install-system-deps.sh
