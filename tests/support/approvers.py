@@ -16,6 +16,7 @@ import pyotp
 from sqlalchemy import create_engine, select
 
 from opsflow.ledger import UsedCode
+from tests.support.prefect_api import api_get
 
 NAMES = ("alice", "bob", "carol")
 SECRETS = {name: pyotp.random_base32() for name in NAMES}
@@ -111,4 +112,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 60) -> Non
 
 
 def run_state(api: str, run_id: str) -> str:
-    return str(httpx.get(f"{api}/flow_runs/{run_id}", timeout=10).json()["state"]["type"])
+    response = api_get(f"{api}/flow_runs/{run_id}", timeout=10)
+    response.raise_for_status()
+    return str(response.json()["state"]["type"])
