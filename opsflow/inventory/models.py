@@ -31,6 +31,7 @@ from opsflow.inventory.fields import (
     check_url,
     positive_duration,
 )
+from opsflow.inventory.maintenance import Maintenance, MaintenanceMode, check_cleanup_targets
 from opsflow.secrets import is_reference
 
 
@@ -442,16 +443,6 @@ class DockerTarget(Model):
         return check_url(value, ("unix", "tcp", "ssh", "http", "https", "npipe"))
 
 
-class MaintenanceMode(Model):
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        check_no_credentials(value, "the URL", references=False)
-        return check_url(value, ("http", "https"))
-
-
 class Notify(Model):
     block: str | None = Field(None, description="name of a Prefect notification block")
     webhook: str | None = Field(None, description="webhook URL reference (env:/secret:) or URL")
@@ -513,6 +504,7 @@ class Environment(Model):
     maintenance_window: MaintenanceWindow | None = None
     change_freezes: list[ChangeFreeze] = []
     maintenance_mode: MaintenanceMode | None = None
+    maintenance: Maintenance = Field(default_factory=Maintenance)
     recovery: Recovery = Field(default_factory=Recovery)
     notify: list[Notify] = []
     deploy: Deploy | None = None
@@ -551,6 +543,7 @@ class Environment(Model):
                 raise ValueError(
                     f"duplicate {label} name(s) {dupes} (fix: give each a unique name)"
                 )
+        check_cleanup_targets(self.maintenance, [r.name for r in self.redis])
         places = [(f"databases[{i}] ({db.kind})", db.name) for i, db in enumerate(self.databases)]
         clashes = name_clashes(places + [(f"redis[{i}]", r.name) for i, r in enumerate(self.redis)])
         if clashes:

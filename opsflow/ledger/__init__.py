@@ -279,6 +279,30 @@ class Ledger:
         with self._session() as session:
             return list(session.scalars(query))
 
+    def step_history(
+        self,
+        env: str,
+        step: str,
+        *,
+        runbook: str | None = None,
+        since: datetime | None = None,
+        limit: int = 1000,
+    ) -> list[StepRow]:
+        """One step's rows of an environment, newest first (``since``: recorded at or after
+        it, naive UTC like every ledger time): trends and step durations read these."""
+        query = (
+            select(StepRow)
+            .where(StepRow.env == env, StepRow.step == step)
+            .order_by(StepRow.seq.desc())
+            .limit(limit)
+        )
+        if runbook:
+            query = query.where(StepRow.runbook == runbook)
+        if since is not None:
+            query = query.where(StepRow.recorded_at >= since)
+        with self._session() as session:
+            return list(session.scalars(query))
+
     def approval_events(self, flow_run_id: str) -> list[ApprovalRow]:
         query = (
             select(ApprovalRow)
