@@ -38,6 +38,7 @@ class BackupKind(StrEnum):
     sqlite = "sqlite"
     redis = "redis"
     config = "config"
+    log = "log"  # archived log files (listed; never restored)
 
 
 @app.command()

@@ -1,7 +1,7 @@
 """What a backed-up thing may be called: backups are identified by (environment, kind, name)
 and stored under ``<env>/<name>/…``, so within an environment every database and Redis target
-needs its own name, and the series opsflow writes itself (the configuration export) are
-reserved. ``opsflow.inventory`` refuses an environment that breaks this."""
+needs its own name, and the series opsflow writes itself (the configuration export, the
+archived log files) are reserved. ``opsflow.inventory`` refuses an environment that breaks this."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ from collections.abc import Iterable
 
 CONFIG_BACKUP_NAME = "config"
 """The name of the configuration export's backup series (``<env>/config/…``)."""
-RESERVED: dict[str, str] = {CONFIG_BACKUP_NAME: "the configuration export's backups"}
+LOG_ARCHIVE_NAME = "logs"
+"""The name of the series of archived log files (``<env>/logs/…``, kind ``log``)."""
+RESERVED: dict[str, str] = {
+    CONFIG_BACKUP_NAME: "the configuration export's backups",
+    LOG_ARCHIVE_NAME: "the archived log files",
+}
 """Names no database or Redis target may take, and what they are reserved for."""
 
 

@@ -15,6 +15,11 @@ that share a name (or a database named like the configuration export) never mix.
 Deletion is a state too: retention appends a ``deleting`` row before it deletes an object and a
 ``deleted`` row after. Both take the backup out for good (a later row does not bring it back),
 so nothing deleted, or about to be, is ever offered.
+
+Archives: rows of kind ``log`` (``LOG_KIND``: log files the maintenance runbook archived,
+``tasks/log_archive.py``) are catalogued like backups, so retention applies to them, but they
+are never restorable: ``restorable`` (and so ``newest_by_series`` and ``choose``, what restore
+and the DR drill pick from) leaves every kind in ``ARCHIVE_KINDS`` out.
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ GOOD_STATUSES: frozenset[str] = frozenset({COMPLETE, VERIFIED})
 DELETING, DELETED = "deleting", "deleted"
 GONE_STATUSES: frozenset[str] = frozenset({DELETING, DELETED})
 """States of a backup that retention removed (or is removing): final, whatever comes after."""
+
+LOG_KIND = "log"
+"""The kind of a log file archived by the maintenance runbook (series ``(env, "log", "logs")``)."""
+ARCHIVE_KINDS: frozenset[str] = frozenset({LOG_KIND})
+"""Kinds catalogued for retention only: never offered to a restore or a DR drill."""
 
 Codec = Literal["zstd", "gzip", "none"]
 """The compression of a stored backup (``connectors.streams`` uses this one definition)."""
@@ -221,8 +231,9 @@ def by_series(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, list[CatalogEn
 
 
 def restorable(entries: Iterable[CatalogEntry]) -> dict[SeriesKey, list[CatalogEntry]]:
-    """What a restore or drill may choose from: the good entries of each series, newest first."""
-    return by_series(good(entries))
+    """What a restore or drill may choose from: the good entries of each series, newest first;
+    archives (``ARCHIVE_KINDS``: log files) are never restorable."""
+    return by_series(entry for entry in good(entries) if entry.kind not in ARCHIVE_KINDS)
 
 
 def newest(entries: Iterable[CatalogEntry]) -> CatalogEntry | None:
@@ -261,7 +272,7 @@ def retention(
         raise ValueError("retention needs a timezone-aware `now`")
     in_store = [entry for entry in entries if entry.store_url == store_url]
     kept: dict[str, CatalogEntry] = {}
-    for members in restorable(in_store).values():
+    for members in by_series(good(in_store)).values():  # archives (logs) too
         kept[members[0].backup_id] = members[0]
         verified = next((entry for entry in members if entry.verified), None)
         if verified is not None:
