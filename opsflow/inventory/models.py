@@ -17,7 +17,7 @@ from pydantic import (
     model_validator,
 )
 
-from opsflow.backup_names import name_clashes
+from opsflow.backup_names import RESERVED, name_clashes
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
 from opsflow.inventory.changes import ChangeFreeze, MaintenanceWindow
@@ -547,9 +547,10 @@ class Environment(Model):
         places = [(f"databases[{i}] ({db.kind})", db.name) for i, db in enumerate(self.databases)]
         clashes = name_clashes(places + [(f"redis[{i}]", r.name) for i, r in enumerate(self.redis)])
         if clashes:
+            reserved = " or ".join(f"`{name}`" for name in RESERVED)
             raise ValueError(
                 "; ".join(clashes) + " (fix: give every database and Redis target of the "
-                "environment a unique name other than `config`: backups are stored, catalogued "
+                f"environment a unique name other than {reserved}: backups are stored, catalogued "
                 "and restored by environment, kind and name)"
             )
         return self
