@@ -126,6 +126,27 @@ def summarize_errors(
     return summary
 
 
+class LogTail(BaseModel):
+    """The last lines of one container or pod, summarized (``summarize_tail``); ``error`` says
+    why they could not be read."""
+
+    source: str = Field(description="container or pod")
+    name: str
+    lines: int = 0
+    errors: int = 0
+    top: list[tuple[str, int]] = Field(default_factory=list)
+    error: str | None = None
+
+
+def summarize_tail(source: str, name: str, lines: Iterable[str], pattern: str) -> LogTail:
+    """Error lines (``pattern``) among ``lines`` (a tail, every line counts), top messages
+    redacted and normalised."""
+    summary = summarize_errors(lines, pattern, None)
+    return LogTail(
+        source=source, name=name, lines=summary.lines, errors=summary.count, top=summary.top
+    )
+
+
 def grade_errors(summary: ErrorSummary, thresholds: Thresholds) -> Status:
     """Healthy with no errors, degraded with some, critical at ``thresholds.log_errors``."""
     if summary.count == 0:

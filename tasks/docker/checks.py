@@ -17,7 +17,7 @@ from opsflow.errors import PermanentError
 from opsflow.inventory import DockerService, DockerTarget, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, note_restarts, worst
-from tasks.logs import grade_errors, summarize_errors
+from tasks.logs import LogTail, grade_errors, summarize_errors, summarize_tail
 from tasks.policy import probe_task
 
 STATS_TIMEOUT = 15.0
@@ -210,3 +210,25 @@ def scan_container_logs(
     finally:
         client.close()
     return results
+
+
+def tail_container_logs(target: DockerTarget, lines: int, pattern: str) -> list[LogTail]:
+    """The last ``lines`` lines (stdout and stderr) of each service's container, summarized
+    (``summarize_tail``); a container that cannot be read gets its (redacted) ``error``. An
+    unreachable daemon raises ``TransientError``."""
+    client = docker_client(target)
+    tails: list[LogTail] = []
+    try:
+        for service in target.services:
+            name = service.container
+            try:
+                with docker_errors(f"logs of container {name}"):
+                    chunks = client.api.logs(
+                        name, stream=True, follow=False, tail=lines, timestamps=True
+                    )
+                    tails.append(summarize_tail("container", name, _log_lines(chunks), pattern))
+            except PermanentError as exc:
+                tails.append(LogTail(source="container", name=name, error=redact(str(exc))))
+    finally:
+        client.close()
+    return tails

@@ -21,7 +21,7 @@ from opsflow.errors import (
 from opsflow.inventory import KubernetesTarget, Thresholds
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status, grade, note_restarts, worst
-from tasks.logs import grade_errors, summarize_errors
+from tasks.logs import LogTail, grade_errors, summarize_errors, summarize_tail
 from tasks.policy import probe_task
 
 BAD_WAITING = {
@@ -322,3 +322,36 @@ def scan_pod_logs(
                 )
             )
     return results
+
+
+def tail_pod_logs(target: KubernetesTarget, lines: int, pattern: str) -> list[LogTail]:
+    """The last ``lines`` lines of each started pod of the target (its ``container`` if set),
+    summarized (``summarize_tail``); a pod whose log cannot be read gets its (redacted)
+    ``error``; Pending pods have no log and are left out."""
+    tails: list[LogTail] = []
+    with kube_api(target) as api:
+        selector, _ = pod_selector(api, target)
+        core = kubernetes.client.CoreV1Api(api)
+        for pod in list_pods(api, target, selector):
+            if pod.status.phase == "Pending":
+                continue
+            name = f"{target.namespace}/{pod.metadata.name}"
+            kwargs: dict[str, Any] = {"container": target.container} if target.container else {}
+            try:
+                with kube_errors(api, f"logs of pod {name}"):
+                    response: Any = core.read_namespaced_pod_log(
+                        pod.metadata.name,
+                        target.namespace,
+                        tail_lines=lines,
+                        timestamps=True,
+                        _preload_content=False,
+                        _request_timeout=REQUEST_TIMEOUT,
+                        **kwargs,
+                    )
+                    try:
+                        tails.append(summarize_tail("pod", name, _lines(response), pattern))
+                    finally:
+                        response.release_conn()
+            except PermanentError as exc:
+                tails.append(LogTail(source="pod", name=name, error=redact(str(exc))))
+    return tails
