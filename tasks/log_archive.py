@@ -3,9 +3,10 @@ store, with the rules of every backup, and only then are truncated or removed.
 
 Which files: those matching the policy's glob (``maintenance.log_archive[].path``) that are
 regular files, not empty, and over ``max_size`` (bytes on disk) or older than ``max_age``
-(modification time). A symbolic link is never followed, archived, truncated or removed: it is
-listed in the step's ``details.skipped`` and left as it is (so a link cannot make opsflow read
-or empty a file outside the glob). Directories, sockets and other non-regular files are
+(modification time). A matched name that is a symbolic link is never followed, archived,
+truncated or removed: it is listed in the step's ``details.skipped`` and left as it is (so a
+link cannot make opsflow read or empty a file outside the glob; directories named in the glob
+itself are resolved as usual). Directories, sockets and other non-regular files are
 ignored.
 
 How one file is archived (``archive_log_files``), in this order, each step only after the one
@@ -24,7 +25,10 @@ before succeeded:
 5. truncated or removed (``then``).
 
 Anything failing in 1-4 (a store that refuses the write, a checksum that does not match, the
-ledger) leaves the file exactly as it was; the step fails and names the file.
+ledger) leaves the file exactly as it was; the step fails and names the file (an object stored
+but not catalogued stays in the store as an uncatalogued object, which retention reports and
+never counts as a backup). A file archived and catalogued that cannot be emptied (an
+append-only file, say) is listed in ``details.left`` and degrades the step.
 
 ``then: truncate`` is copy-truncate (logrotate's ``copytruncate``): the writer keeps its file
 open and goes on writing at the start of the emptied file. The file is read to its end, so the
@@ -165,7 +169,7 @@ class _Archiver:
     def archive(self, found: LogFileFound) -> dict[str, Any]:
         """Archive one file (steps 1-4 of the module docstring), then truncate or remove it."""
         started = time.monotonic()
-        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as handle:
             opened = os.fstat(handle.fileno())
             if (opened.st_dev, opened.st_ino) != (found.device, found.inode):
@@ -194,6 +198,9 @@ class _Archiver:
             done, unarchived, why = *self._then(found, raw.size), ""
         except _LeftAlone as exc:
             done, unarchived, why = "left", 0, str(exc)
+        except OSError as exc:  # e.g. an append-only file: archived and catalogued, not emptied
+            verb = "removed" if self.policy.then == "remove" else "truncated"
+            done, unarchived, why = "left", 0, f"archived but could not be {verb}: {exc.strerror}"
         return {
             "path": found.path,
             "why": found.why,
@@ -248,7 +255,7 @@ class _Archiver:
                 )
             os.unlink(found.path)
             return "removed", 0
-        fd = os.open(found.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(found.path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         try:
             now = os.fstat(fd)
             if (now.st_dev, now.st_ino) != (found.device, found.inode):
