@@ -98,6 +98,11 @@ def format_value(value: float | None, unit: Unit) -> str:
     return format_bytes(value) if unit == "bytes" else f"{value:.1f}%"
 
 
+def _tidy(value: float, unit: Unit) -> float:
+    """A computed figure without float noise (1073741823.9999 bytes is 1 GiB)."""
+    return float(round(value)) if unit == "bytes" else round(value, 3)
+
+
 def capacity_rows(series: Iterable[Series], now: datetime) -> list[dict[str, Any]]:
     """The capacity table: one row per series with points, soonest full first, then by name."""
     rows: list[tuple[float, str, dict[str, Any]]] = []
@@ -113,7 +118,7 @@ def capacity_rows(series: Iterable[Series], now: datetime) -> list[dict[str, Any
             if s.capacity and s.unit == "bytes"
             else None
         )
-        weekly_text = "-" if weekly is None else format_value(weekly, s.unit)
+        weekly_text = "-" if weekly is None else format_value(_tidy(weekly, s.unit), s.unit)
         if weekly is not None and weekly > 0:
             weekly_text = "+" + weekly_text
         row = {
