@@ -243,7 +243,6 @@ def render_chart(series: list[Series]) -> str:
                 axes[0][0].text(0.5, 0.5, "no capacity figures", ha="center", va="center")
             for index, (ax, s) in enumerate(zip(axes.flat, drawn, strict=False)):
                 _panel(ax, s, index)
-            figure.autofmt_xdate()
             figure.tight_layout()
             out = io.StringIO()
             figure.savefig(out, format="svg", metadata={"Date": None})
@@ -259,6 +258,8 @@ def _chart_order(series: list[Series]) -> list[Series]:
 
 
 def _panel(ax: Any, s: Series, index: int) -> None:
+    from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
+
     scale, unit = (1024**3, "GiB") if s.unit == "bytes" else (1.0, "%")
     ordered = s.ordered()
     xs = [p.at for p in ordered]
@@ -275,6 +276,9 @@ def _panel(ax: Any, s: Series, index: int) -> None:
         ax.plot(ends, trend, linestyle=":", linewidth=1.0, color="grey")
     if s.capacity is not None:
         ax.axhline(s.capacity / scale, linestyle="--", linewidth=1.0, color="red")
+    locator = AutoDateLocator(maxticks=6)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))
     ax.set_title(s.label, fontsize=8)
     ax.set_ylabel(unit)
     ax.grid(True, linewidth=0.3)
@@ -374,6 +378,8 @@ def judge_benchmark(
             f"{bench.errors} of {bench.sent} requests to {probe.name} failed ({problems}): "
             "no latency figures (fix: check that the benchmark URL answers 2xx)"
         )
+        if bench.stopped:
+            step.summary += f"; {bench.stopped}"
         return step
     measured = {
         "p50_ms": round(percentile(bench.latencies_ms, 50), 1),

@@ -254,3 +254,97 @@ def test_chart_without_series_and_bad_days(open_ledger: Open) -> None:
     for days in (0, -5, True, 10_000):
         with pytest.raises(InputError, match="days"):
             build_capacity_report(ENV, ledger, days=days, now=NOW)
+
+
+def test_memory_series_of_containers_pods_redis_and_metrics(
+    open_ledger: Open, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each memory figure as its check records it; pods of one container under new names
+    (a rollout) stay one series; the limit is the capacity."""
+    ledger = open_ledger()
+    seeder = Seeder(
+        ledger, monkeypatch, CheckResult(check="-", target="-", status="healthy", summary="")
+    )
+    mib = 2**20
+    for i in range(8):
+        seeder.at(NOW - timedelta(days=7 - i))
+        seeder.check(
+            CheckResult(
+                check="container",
+                target="api",
+                status="healthy",
+                summary="ok",
+                details={
+                    "memory_pct": 10.0,
+                    "memory_bytes": (100 + 10 * i) * mib,
+                    "memory_limit_bytes": 200 * mib,
+                },
+            )
+        )
+        pod = "web-5d9f-abcde" if i < 4 else "web-7c41-fghij"
+        seeder.check(
+            CheckResult(
+                check="pod_resources",
+                target=f"shop/{pod}",
+                status="healthy",
+                summary="ok",
+                details={
+                    "containers": {
+                        "app": {
+                            "cpu_cores": 0.1,
+                            "memory_bytes": 64 * mib,
+                            "memory_pct": 25.0,
+                            "memory_limit_bytes": 256 * mib,
+                        }
+                    }
+                },
+            )
+        )
+        seeder.check(
+            CheckResult(
+                check="redis",
+                target="cache",
+                status="healthy",
+                summary="ok",
+                details={"used_memory": (10 + i) * mib, "maxmemory": 0},
+            )
+        )
+        seeder.check(
+            CheckResult(
+                check="metrics",
+                target="app-metrics",
+                status="healthy",
+                summary="ok",
+                details={
+                    "memory": {
+                        "metric": "memory_usage_percent",
+                        "pct": 40.0 + i,
+                        "status": "healthy",
+                        "threshold": 90.0,
+                    }
+                },
+            )
+        )
+    monkeypatch.setattr(opsflow.ledger, "utcnow", REAL_UTCNOW)
+    step, rows, series = build_capacity_report(ENV, ledger, days=30, now=NOW)
+    by = {(s.name, s.target): s for s in series}
+    assert set(by) == {
+        ("memory", "api"),
+        ("memory", "shop/app"),
+        ("redis_memory", "cache"),
+        ("memory", "app-metrics"),
+    }
+    assert by[("memory", "api")].capacity == 200 * mib
+    assert len(by[("memory", "shop/app")].points) == 8
+    assert by[("memory", "shop/app")].capacity == 256 * mib
+    assert by[("redis_memory", "cache")].capacity is None  # maxmemory 0: no limit
+    metrics = by[("memory", "app-metrics")]
+    assert (metrics.unit, metrics.capacity) == ("pct", 100.0)
+    # the container: 10 MiB a day, 30 MiB left at the last check (now): 3 days
+    api = row_of(rows, "memory", "api")
+    assert api["days_until_full"] == pytest.approx(3.0, abs=0.01)
+    # 1 % a day from 47 % at the last check: 53 days
+    assert row_of(rows, "memory", "app-metrics")["days_until_full"] == pytest.approx(53.0)
+    assert row_of(rows, "memory", "app-metrics")["latest"] == "47.0%"
+    assert step.status == "degraded"
+    assert step.details["full_soon"] == ["memory api"]
