@@ -257,10 +257,20 @@ def _chart_order(series: list[Series]) -> list[Series]:
     return sorted(series, key=lambda s: (soon.get(s.label, float("inf")), s.label))
 
 
+def _axis_unit(s: Series) -> tuple[float, str]:
+    if s.unit == "pct":
+        return 1.0, "%"
+    top = max([p.value for p in s.points] + [s.capacity or 0.0])
+    for power, unit in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if top >= 1024**power:
+            return float(1024**power), unit
+    return 1.0, "B"
+
+
 def _panel(ax: Any, s: Series, index: int) -> None:
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
-    scale, unit = (1024**3, "GiB") if s.unit == "bytes" else (1.0, "%")
+    scale, unit = _axis_unit(s)
     ordered = s.ordered()
     xs = [p.at for p in ordered]
     ys = [p.value / scale for p in ordered]

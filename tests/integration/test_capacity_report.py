@@ -2,10 +2,13 @@
 rows written at their past times (``opsflow.ledger.utcnow`` moved back; the chain stays
 valid), a disk growing 2 GiB a week, then 1 GiB a week for the last 30 days, a small disk
 close to full, a database and its backups. The days until full come out as computed from the
-rows, each window reads only its own rows, and the chart is an SVG holding every series."""
+rows, each window reads only its own rows, and the chart is an SVG holding every series,
+published on a real Prefect server as a markdown artifact that embeds it."""
 
 from __future__ import annotations
 
+import base64
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
 from dataclasses import asdict
@@ -14,12 +17,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+from prefect.context import get_run_context
 
 import opsflow.ledger
+from opsflow.capacity import Point, Series
 from opsflow.errors import InputError
 from opsflow.inventory import Thresholds
 from opsflow.ledger import Ledger
 from opsflow.maintenance import RUNBOOK, MaintenanceStep
+from opsflow.reports import publish_chart
 from opsflow.results import CheckResult
 from tasks.capacity import build_capacity_report, capacity_report, chart_id, render_chart
 from tasks.postgres.checks import PostgresStats
@@ -348,3 +357,34 @@ def test_memory_series_of_containers_pods_redis_and_metrics(
     assert row_of(rows, "memory", "app-metrics")["latest"] == "47.0%"
     assert step.status == "degraded"
     assert step.details["full_soon"] == ["memory api"]
+
+
+@flow(name="publish-capacity-chart")
+def _publish_chart_flow(svg: str) -> str:
+    publish_chart("capacity-lab-30d", svg, "Capacity of lab, last 30 days")
+    context = get_run_context()
+    return str(context.flow_run.id)  # type: ignore[union-attr]
+
+
+def test_the_chart_is_published_as_a_markdown_artifact_embedding_it(prefect_api: str) -> None:
+    svg = render_chart(
+        [
+            Series(
+                name="disk",
+                target="/data",
+                points=[Point(at(i), data_used(i)) for i in range(DAYS)],
+                capacity=DATA_SIZE,
+            )
+        ]
+    )
+    run_id = _publish_chart_flow(svg)
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    [artifact] = [a for a in artifacts if a.key == "capacity-lab-30d"]
+    assert artifact.type == "markdown"
+    assert artifact.description == "Capacity of lab, last 30 days"
+    match = re.search(r"\(data:image/svg\+xml;base64,([A-Za-z0-9+/=]+)\)", str(artifact.data))
+    assert match is not None
+    assert base64.b64decode(match.group(1)).decode() == svg
