@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Sequence
@@ -93,6 +94,23 @@ def publish_table(key: str, rows: list[dict[str, Any]], description: str) -> Non
     from prefect.artifacts import create_table_artifact
 
     create_table_artifact(table=redact_data(rows), key=key, description=redact(description))
+
+
+def chart_markdown(svg: str, description: str) -> str:
+    """A markdown document showing ``svg`` as an embedded image (a base64 ``data:`` URL)."""
+    encoded = base64.b64encode(redact(svg).encode()).decode()
+    alt = _cell(redact(description)).replace("[", "(").replace("]", ")")
+    return f"![{alt}](data:image/svg+xml;base64,{encoded})\n\n{_cell(redact(description))}\n"
+
+
+def publish_chart(key: str, svg: str, description: str) -> None:
+    """Publish an SVG chart as a markdown artifact that embeds it (no-op outside a run).
+
+    Not ``create_image_artifact``: that one is meant for an image at a public URL, and the UI
+    prints the URL (here the whole base64 document) under the image. The UI's markdown
+    renderer draws a markdown image as a plain ``<img>`` whatever its URL, a ``data:`` URL
+    included; an SVG shown through ``<img>`` runs no script. The SVG is redacted first."""
+    publish_markdown(key, chart_markdown(svg, description), description)
 
 
 def render_restore_report(report: RestoreReport, started: datetime) -> str:

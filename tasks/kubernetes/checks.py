@@ -233,6 +233,8 @@ def check_pod_resources(target: KubernetesTarget, thresholds: Thresholds) -> lis
                     continue
                 pct = float(used * 100 / limit)
                 info[f"{kind}_pct"] = round(pct, 1)
+                if kind == "memory":  # the capacity report's limit (tasks/capacity.py)
+                    info["memory_limit_bytes"] = int(limit)
                 level = grade(pct, threshold)
                 statuses.append(level)
                 label = "memory" if kind == "memory" else "CPU"

@@ -75,6 +75,7 @@ def test_check_pod_resources_grades_usage_against_limits(kube_cluster: KubeClust
     calm = by[pods["ready-1"]]
     assert calm.status is Status.HEALTHY
     assert calm.details["containers"]["app"]["memory_pct"] == pytest.approx(39.1, abs=0.1)
+    assert calm.details["containers"]["app"]["memory_limit_bytes"] == 256 * 2**20
     assert calm.details["containers"]["app"]["cpu_pct"] == pytest.approx(20.0)
     hot = by[pods["ready-2"]]
     assert hot.status is Status.DEGRADED
