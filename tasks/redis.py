@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from redis.exceptions import NoPermissionError
 
 from connectors.redis import (
     RDB_TIMEOUT_S,
@@ -247,10 +248,6 @@ def redis_figures(client: redis.Redis, own: _Lookups | None = None) -> dict[str,
     }
 
 
-class RuleFailed(Exception):
-    """A rule that cannot run on this server (its message says why and the fix)."""
-
-
 def _idle_keys(
     client: redis.Redis, keys: list[bytes], idle_over: float, own: _Lookups, counts: dict[str, Any]
 ) -> list[bytes]:
@@ -294,6 +291,22 @@ def _lfu_fix(text: str, rule: RedisCleanup) -> str:
     )
 
 
+def rule_counts(rule: RedisCleanup, status: str) -> dict[str, Any]:
+    """What one rule reports: its pattern and action, status and counts (all 0 to begin)."""
+    return {
+        "redis": rule.redis,
+        "pattern": rule.pattern,
+        "action": "flush" if rule.flush else f"idle_over {rule.idle_over}",
+        "status": status,
+        "scanned": 0,
+        "deleted": 0,
+        "kept_ttl": 0,
+        "kept_fresh": 0,
+        "not_matching": 0,
+        "batches": 0,
+    }
+
+
 def clean_rule(
     client: redis.Redis, rule: RedisCleanup, stop: Callable[[], bool], own: _Lookups
 ) -> dict[str, Any]:
@@ -304,19 +317,7 @@ def clean_rule(
     rehashed); ``deleted`` counts what UNLINK removed. Stops before the next batch once
     ``stop()`` says so (status ``stopped``)."""
     started = time.monotonic()
-    action = "flush" if rule.flush else f"idle_over {rule.idle_over}"
-    counts: dict[str, Any] = {
-        "redis": rule.redis,
-        "pattern": rule.pattern,
-        "action": action,
-        "status": "complete",
-        "scanned": 0,
-        "deleted": 0,
-        "kept_ttl": 0,
-        "kept_fresh": 0,
-        "not_matching": 0,
-        "batches": 0,
-    }
+    counts = rule_counts(rule, "complete")
     matcher = redis_glob(rule.pattern)
     idle_over = rule.idle_over.total_seconds() if rule.idle_over is not None else None
     cursor = 0
@@ -339,11 +340,18 @@ def clean_rule(
             if int(cursor) == 0:
                 break
     except redis.ResponseError as exc:
-        text = redact(str(exc))
+        # a pipeline's error repeats the whole command, every key of the batch: keep the reason
+        text = redact(str(exc).split(" of pipeline caused error: ", 1)[-1])
         counts["status"] = "failed"
-        counts["error"] = (
-            _lfu_fix(text, rule) if "LFU" in text else f"Redis refused the cleanup: {text}"
-        )
+        if "LFU" in text:
+            counts["error"] = _lfu_fix(text, rule)
+        elif isinstance(exc, NoPermissionError):
+            counts["error"] = (
+                f"Redis refused the cleanup: {text} (fix: allow the URL's user SCAN, TTL, OBJECT "
+                "and UNLINK on these keys, e.g. ACL SETUSER <user> +scan +ttl +object +unlink)"
+            )
+        else:
+            counts["error"] = f"Redis refused the cleanup: {text}"
     counts["seconds"] = round(time.monotonic() - started, 3)
     return counts
 
@@ -402,13 +410,12 @@ def clean_redis_keys(
         with client:
             step.before = redis_figures(client)
             for rule in mine:
-                if results and results[-1]["status"] == "stopped":
-                    results.append(
-                        {"pattern": rule.pattern, "status": "not started", "scanned": 0}
-                        | {"deleted": 0}
-                    )
-                    continue
-                results.append(clean_rule(client, rule, stop, own))
+                halted = any(r["status"] == "stopped" for r in results)
+                results.append(
+                    rule_counts(rule, "not started")
+                    if halted
+                    else clean_rule(client, rule, stop, own)
+                )
             step.after = redis_figures(client, own)
     except redis.RedisError as exc:
         raise _classify(exc, where, field) from None

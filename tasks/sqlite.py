@@ -386,6 +386,11 @@ def _maintenance_problem(exc: sqlite3.Error, path: Path, field: str, busy_s: flo
             f"{field}.path: cannot open {path} for writing: {text} (fix: give the worker's user "
             "write access to the file and its directory)"
         ) from None
+    if any(marker in lowered for marker in _CORRUPTION_MARKERS):
+        raise PermanentError(
+            f"{field}: {path} is corrupted: {text} (fix: restore it from the newest verified "
+            "backup)"
+        ) from None
     raise PermanentError(f"{field}: cannot maintain {path}: {text}") from None
 
 
@@ -472,6 +477,7 @@ def maintain_sqlite_file(
                     problem = checkpoint
             except sqlite3.Error as exc:
                 problem = _maintenance_problem(exc, path, field, busy_timeout_s)
+        conn.set_progress_handler(None, 0)  # the figures after are read even past the deadline
         try:
             step.after = sqlite_figures(path, conn)
         except sqlite3.Error:

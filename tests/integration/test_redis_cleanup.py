@@ -203,20 +203,22 @@ def test_the_deadline_reached_mid_way_stops_and_reports_the_partial_work(
     for i in range(500):
         client.set(f"bulk:{i}", "v")
     client.set("other:1", "v")
+    client.set("more:1", "v")
     deadline = datetime.now(UTC) + timedelta(hours=1)
-    rules = [_flush_rule("bulk:*", scan_count=10), _flush_rule("other:*")]
+    rules = [_flush_rule("bulk:*", scan_count=10), _flush_rule("other:*"), _flush_rule("more:*")]
     # one reading before starting, then one before each SCAN batch: two batches run
     step = clean_redis_keys(
         _target(monkeypatch, server.url), rules, FIELD, deadline=deadline, now=_clock(deadline, 3)
     )
     assert step.status == "degraded"
-    bulk, other = step.details["rules"]
+    bulk, other, more = step.details["rules"]
     assert bulk["status"] == "stopped" and bulk["batches"] == 2
     assert 0 < bulk["deleted"] < 500
-    assert other["status"] == "not started" and other["deleted"] == 0
+    assert other["status"] == more["status"] == "not started"
+    assert other["batches"] == more["batches"] == 0
     assert "stopped at the deadline, partial" in step.summary
-    assert client.dbsize() == 501 - bulk["deleted"] == step.after["keys"]
-    assert client.get("other:1") == b"v"
+    assert client.dbsize() == 502 - bulk["deleted"] == step.after["keys"]
+    assert client.get("other:1") == b"v" and client.get("more:1") == b"v"
 
 
 def test_a_passed_deadline_starts_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -357,3 +359,34 @@ def test_the_local_glob_agrees_with_redis_scan_match(
         regex = redis_glob(pattern)
         local = {key for key in GLOB_KEYS if glob_matches(regex, key)}
         assert local == by_redis, pattern
+
+
+def test_a_user_without_unlink_fails_the_rule_with_a_fix_and_deletes_nothing(
+    monkeypatch: pytest.MonkeyPatch, own_redis: tuple[RedisServer, redis.Redis]
+) -> None:
+    server, client = own_redis
+    password = "cm-" + "p4ss" * 4
+    client.acl_setuser(
+        "cleaner",
+        enabled=True,
+        passwords=[f"+{password}"],
+        keys=["*"],
+        commands=["+@all", "-unlink"],
+    )
+    try:
+        for i in range(5):
+            client.set(f"tmp:{i}", "v")
+        url = f"redis://cleaner:{password}@{server.host}:{server.port}/0"
+        step = clean_redis.fn(_target(monkeypatch, url), [_flush_rule("tmp:*")], FIELD)
+    finally:
+        client.acl_deluser("cleaner")
+    assert step.status == "failed"
+    (rule,) = step.details["rules"]
+    assert rule["status"] == "failed" and rule["scanned"] == 5 and rule["deleted"] == 0
+    assert rule["error"] == (
+        "Redis refused the cleanup: this user has no permissions to run the 'unlink' command "
+        "(fix: allow the URL's user SCAN, TTL, OBJECT and UNLINK on these keys, e.g. ACL SETUSER "
+        "<user> +scan +ttl +object +unlink)"
+    )
+    assert client.dbsize() == 5
+    assert password not in step.model_dump_json()

@@ -173,3 +173,34 @@ def test_a_naive_deadline_is_refused(tmp_path: Path) -> None:
         maintain_sqlite_file(
             _database(path), FIELD, SqliteMaintenance(), deadline=datetime(2030, 1, 1, 2, 0)
         )
+
+
+def test_a_file_that_is_not_a_database_is_permanent_and_left_as_it_was(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.db"
+    path.write_bytes(b"not a database, just text " * 200)
+    before = path.read_bytes()
+    with pytest.raises(PermanentError) as caught:
+        maintain_sqlite.fn(_database(path), FIELD, SqliteMaintenance())
+    assert str(caught.value).startswith(f"{FIELD}: {path} is corrupted: file is not a database")
+    assert "restore it from the newest verified backup" in str(caught.value)
+    assert path.read_bytes() == before
+
+
+def test_the_deadline_reached_during_vacuum_rolls_it_back_and_degrades(tmp_path: Path) -> None:
+    path = tmp_path / "big.db"
+    _make_db(path, rows=60_000, delete_pct=50)  # ~20 MiB: its VACUUM takes far more than 1 ms
+    rows = _count(path)
+    deadline = datetime.now(UTC) + timedelta(hours=1)
+    step = maintain_sqlite_file(
+        _database(path),
+        FIELD,
+        SqliteMaintenance(vacuum_free_pct=20),
+        deadline=deadline,
+        now=lambda: deadline - timedelta(milliseconds=1),  # 1 ms left when it starts
+    )
+    assert step.status == "degraded"
+    assert "stopped at the deadline: interrupted" in step.summary
+    assert "VACUUM" not in step.details["done"]
+    assert step.after["free_pages"] == step.before["free_pages"]
+    assert step.after["file_bytes"] == step.before["file_bytes"] == path.stat().st_size
+    assert _count(path) == rows
