@@ -168,6 +168,9 @@ def dump_redis(
 # touching them (Redis's LOOKUP_NOTOUCH), so checking a key does not refresh its LRU idle time;
 # TTL, TYPE and OBJECT do count as keyspace hits/misses, which the "after" hit rate leaves out.
 # UNLINK counts nothing. Verified on Redis 7.0 (tests/integration/test_redis_cleanup.py).
+# The idle check (one pipeline) and the UNLINK (the next) are two round trips apart: a key read
+# or given a TTL in between can still go, which a cache survives; nothing outside the pattern
+# can (SCAN MATCH chose it, and the local Redis-glob match checked it again).
 
 CLEANUP_TIMEOUT_S = 3600
 UNLINK_BATCH = 500
