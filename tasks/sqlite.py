@@ -1,7 +1,9 @@
 """SQLite, every concern in one place: the health check (open read-only, ``PRAGMA quick_check``,
 size and journal mode), backup (``dump_sqlite``: online backup API into a temp copy, streamed
 compressed to a store), restore (``restore_sqlite``: a checked temp file renamed over the
-target, the old file kept aside) and the DR drill's scratch copy (``drill_sqlite``)."""
+target, the old file kept aside), the DR drill's scratch copy (``drill_sqlite``) and maintenance
+(``maintain_sqlite``: ``PRAGMA optimize``, ``VACUUM`` when enough pages are free, a truncating
+WAL checkpoint)."""
 
 from __future__ import annotations
 
@@ -9,7 +11,8 @@ import os
 import sqlite3
 import tempfile
 import time
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +20,12 @@ from connectors.stores import open_store
 from connectors.stores.objects import RESTORE_TIMEOUT_S, BackupStream, DumpResult, NewBackup
 from connectors.streams import iter_file
 from opsflow.catalog import Codec, RestoreSource
+from opsflow.deadlines import aware_deadline, deadline_passed, seconds_left, skipped_reason
 from opsflow.errors import PermanentError, TransientError
-from opsflow.inventory import BackupStore, Database, Thresholds
+from opsflow.inventory import BackupStore, Database, SqliteMaintenance, Thresholds
+from opsflow.maintenance import Figure, MaintenanceStep
 from opsflow.results import CheckResult, RestoreResult, Status, VerifyResult, compare_counts
-from tasks.policy import probe_task, transfer_task
+from tasks.policy import api_task, probe_task, transfer_task
 
 BUSY_TIMEOUT_S = 5.0
 CHECK_DEADLINE_S = 45.0
@@ -314,3 +319,185 @@ def drill_sqlite(store: BackupStore, source: RestoreSource) -> tuple[RestoreResu
         size, raw = write_sqlite_copy(store, source, temp)
         restored = RestoreResult.of(source, str(temp), size, raw, started)
         return restored, check_sqlite_file(temp, source, "quick_check")
+
+
+# --- maintenance ------------------------------------------------------------------------------
+
+MAINTENANCE_TIMEOUT_S = 3600
+_LOCK_MARKERS = ("locked", "busy")
+
+
+def sqlite_figures(path: Path, conn: sqlite3.Connection | None) -> dict[str, Figure]:
+    """file_bytes, wal_bytes (0 without a WAL file), page_count and free_pages of a database;
+    the page figures are None when ``conn`` is None (they could not be read)."""
+    wal = Path(f"{path}-wal")
+    figures: dict[str, Figure] = {
+        "file_bytes": path.stat().st_size,
+        "wal_bytes": wal.stat().st_size if wal.exists() else 0,
+        "page_count": None,
+        "free_pages": None,
+    }
+    if conn is not None:
+        figures["page_count"] = int(conn.execute("PRAGMA page_count").fetchone()[0])
+        figures["free_pages"] = int(conn.execute("PRAGMA freelist_count").fetchone()[0])
+    return figures
+
+
+def vacuum_decision(page_count: int, free_pages: int, threshold_pct: float) -> tuple[bool, str]:
+    """Whether to VACUUM (free pages at least ``threshold_pct`` of the file) and why."""
+    pct = 100.0 * free_pages / page_count if page_count else 0.0
+    share = f"{free_pages} of {page_count} page(s) free ({pct:.1f}%)"
+    if page_count and pct >= threshold_pct:
+        return True, f"VACUUM: {share}, at or above vacuum_free_pct {threshold_pct:g}%"
+    return False, f"no VACUUM: {share}, below vacuum_free_pct {threshold_pct:g}%"
+
+
+def _open_for_maintenance(path: Path, busy_timeout_s: float, stop_at: float) -> sqlite3.Connection:
+    # mode=rw: never create a database that is not there
+    conn = sqlite3.connect(
+        f"{path.as_uri()}?mode=rw",
+        uri=True,
+        timeout=busy_timeout_s,
+        isolation_level=None,  # VACUUM cannot run inside a transaction
+        check_same_thread=False,
+    )
+    conn.set_progress_handler(lambda: int(time.monotonic() > stop_at), _PROGRESS_EVERY)
+    return conn
+
+
+def _maintenance_problem(exc: sqlite3.Error, path: Path, field: str, busy_s: float) -> str:
+    """The operator's message for a failure that leaves the database as it was (locked, the
+    deadline); anything else is raised as a PermanentError."""
+    text = str(exc)
+    lowered = text.lower()
+    if any(marker in lowered for marker in _LOCK_MARKERS):
+        return (
+            f"{path} is locked by another connection holding a write transaction for more than "
+            f"the {busy_s:g}s busy timeout: {text}; the rest of the maintenance was not run "
+            "(fix: run it while the application is stopped or in maintenance mode)"
+        )
+    if "interrupted" in lowered:
+        return (
+            f"stopped at the deadline: {text}; an unfinished VACUUM is rolled back, so {path} is "
+            "as it was (fix: give the maintenance window more time)"
+        )
+    if "unable to open" in lowered or "readonly" in lowered or "permission" in lowered:
+        raise PermanentError(
+            f"{field}.path: cannot open {path} for writing: {text} (fix: give the worker's user "
+            "write access to the file and its directory)"
+        ) from None
+    if any(marker in lowered for marker in _CORRUPTION_MARKERS):
+        raise PermanentError(
+            f"{field}: {path} is corrupted: {text} (fix: restore it from the newest verified "
+            "backup)"
+        ) from None
+    raise PermanentError(f"{field}: cannot maintain {path}: {text}") from None
+
+
+def _checkpoint(conn: sqlite3.Connection) -> tuple[str, bool]:
+    """``PRAGMA wal_checkpoint(TRUNCATE)``: (what happened, whether it completed)."""
+    busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    if frames == -1:
+        return "no WAL checkpoint: the database is not in WAL mode", True
+    if busy:
+        return (
+            f"WAL checkpoint incomplete: {done} of {frames} frame(s) copied, a reader or writer "
+            "was active (fix: rerun when the application is idle)",
+            False,
+        )
+    return "WAL checkpointed and truncated", True
+
+
+def maintain_sqlite_file(
+    db: Database,
+    field: str,
+    settings: SqliteMaintenance,
+    *,
+    deadline: datetime | None = None,
+    busy_timeout_s: float = BUSY_TIMEOUT_S,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> MaintenanceStep:
+    """``PRAGMA optimize``, ``VACUUM`` when free pages reach ``settings.vacuum_free_pct``, then
+    ``PRAGMA wal_checkpoint(TRUNCATE)`` (after the VACUUM, so a WAL database shrinks too).
+
+    A lock held past ``busy_timeout_s`` or the deadline stops the step as *degraded* (the file
+    unchanged by the step that stopped, nothing else tried); a missing file is a PermanentError
+    (the file is never created).
+    """
+    started = time.monotonic()
+    deadline = aware_deadline(deadline)
+    assert db.path is not None  # the inventory model requires it for sqlite
+    path = Path(db.path).expanduser().resolve()
+    step = MaintenanceStep(step="maintain_sqlite", target=db.name, details={"path": str(path)})
+    if deadline is not None and deadline_passed(deadline, now()):
+        step.status, step.summary = "skipped", skipped_reason(deadline, now())
+        return step
+    if not path.is_file():
+        what = "is not a regular file" if path.exists() else "does not exist"
+        raise PermanentError(
+            f"{field}.path: SQLite database {path} {what} (fix: correct the path in the "
+            "inventory, relative paths are taken from the worker's working directory, or "
+            "restore the file from a backup)"
+        )
+    left = seconds_left(deadline, now())
+    budget = MAINTENANCE_TIMEOUT_S if left is None else min(left, MAINTENANCE_TIMEOUT_S)
+    done: list[str] = []
+    problem: str | None = None
+    try:
+        conn = _open_for_maintenance(path, busy_timeout_s, started + budget)
+    except sqlite3.Error as exc:
+        problem = _maintenance_problem(exc, path, field, busy_timeout_s)
+        step.before = step.after = sqlite_figures(path, None)
+        step.status, step.summary = "degraded", problem
+        step.seconds = round(time.monotonic() - started, 3)
+        return step
+    try:
+        try:
+            step.before = sqlite_figures(path, conn)
+        except sqlite3.Error as exc:
+            step.before = sqlite_figures(path, None)
+            problem = _maintenance_problem(exc, path, field, busy_timeout_s)
+        if problem is None:
+            try:
+                conn.execute("PRAGMA optimize")
+                done.append("PRAGMA optimize")
+                vacuum, reason = vacuum_decision(
+                    int(step.before["page_count"] or 0),
+                    int(step.before["free_pages"] or 0),
+                    settings.vacuum_free_pct,
+                )
+                step.details["vacuum"] = reason
+                if vacuum:
+                    conn.execute("VACUUM")
+                    done.append("VACUUM")
+                checkpoint, complete = _checkpoint(conn)
+                step.details["checkpoint"] = checkpoint
+                done.append(checkpoint)
+                if not complete:
+                    problem = checkpoint
+            except sqlite3.Error as exc:
+                problem = _maintenance_problem(exc, path, field, busy_timeout_s)
+        conn.set_progress_handler(None, 0)  # the figures after are read even past the deadline
+        try:
+            step.after = sqlite_figures(path, conn)
+        except sqlite3.Error:
+            step.after = sqlite_figures(path, None)
+    finally:
+        conn.close()
+    step.details["done"] = done
+    if problem is not None:
+        step.status = "degraded"
+        step.summary = f"{problem}; done: {', '.join(done) or 'nothing'}"
+    else:
+        step.summary = f"{step.details['vacuum']}; {step.details['checkpoint']}"
+    step.seconds = round(time.monotonic() - started, 3)
+    return step
+
+
+@api_task("maintain_sqlite", timeout_seconds=MAINTENANCE_TIMEOUT_S + 60)
+def maintain_sqlite(
+    db: Database, field: str, settings: SqliteMaintenance, *, deadline: datetime | None = None
+) -> MaintenanceStep:
+    """Optimize, VACUUM when enough pages are free, and truncate the WAL of a SQLite file;
+    see ``maintain_sqlite_file``."""
+    return maintain_sqlite_file(db, field, settings, deadline=deadline)
