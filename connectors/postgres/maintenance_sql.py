@@ -4,10 +4,10 @@ Sizes and tuple counts come from ``pg_stat_user_tables``, ``pg_table_size`` and
 ``pg_relation_size``. Bloat is an **estimate**: the well-known pgexperts/ioguix "table bloat"
 and "btree bloat" queries (github.com/ioguix/pgsql-bloat-estimation), which compare the pages a
 relation has with the pages its rows would need according to the planner statistics
-(``pg_stats`` average widths and null fractions, ``reltuples``). They need statistics: a table
-or index never analyzed, or with columns without statistics, is reported with no bloat. One
-change to the published queries: the current page count is ``pg_relation_size`` rather than
-``relpages`` (which is only as fresh as the last VACUUM/ANALYZE).
+(``pg_stats`` average widths and null fractions, ``reltuples``, ``relpages``). They need
+statistics and are as fresh as the last VACUUM/ANALYZE: a table or index never analyzed, or
+with columns without statistics, is reported with no bloat. They read only the catalogs, so
+they never wait for a lock.
 
 Every query answers with text-convertible columns, so the same parsing reads psycopg rows and
 ``psql -tA`` rows. A table scope is either every user table (``ALL_TABLES``) or a list of OIDs
@@ -33,13 +33,21 @@ ALL_TABLES = (
 """Every user table and materialized view (not partitioned parents: their partitions are
 listed themselves; not other sessions' temporary tables)."""
 
+LOCKED = (
+    "(select l.relation from pg_locks l where l.locktype = 'relation' "
+    "and l.mode = 'AccessExclusiveLock' "
+    "and l.database = (select oid from pg_database where datname = current_database()))"
+)
+"""Relations some session holds or waits for ACCESS EXCLUSIVE on: reading their size would
+wait (``pg_relation_size`` takes ACCESS SHARE), so their figures come from ``pg_class``."""
+
 MAINTAINABLE_KINDS = ("r", "m")
 SERVER_VERSION_SQL = "select current_setting('server_version_num')::int"
 DATABASE_SIZE_SQL = "select pg_database_size(current_database())"
 
 LOCK_TIMEOUT = "55P03"  # lock_not_available: lock_timeout passed
 QUERY_CANCELED = "57014"  # statement_timeout passed (or a cancel)
-_SQLSTATE = re.compile(r"^(?:ERROR|FATAL):\s+([0-9A-Z]{5}):\s*(.*)$", re.MULTILINE)
+_SQLSTATE = re.compile(r"\b(?:ERROR|FATAL):\s+([0-9A-Z]{5}):\s*(.*)$", re.MULTILINE)
 
 
 def oid_scope(oids: Sequence[int]) -> str:
@@ -60,14 +68,25 @@ def resolve_tables_sql(names: Sequence[str]) -> str:
 
 
 def table_stats_sql(scope: str) -> str:
-    """``(oid, schema.table, quoted name, live, dead, table bytes, index bytes)``."""
+    """``(oid, schema.table, quoted name, live, dead, table bytes, index bytes)``; the sizes of
+    a relation some session holds (or waits for) ACCESS EXCLUSIVE on come from ``relpages``."""
     return f"""\
 select c.oid, n.nspname || '.' || c.relname,
        quote_ident(n.nspname) || '.' || quote_ident(c.relname),
        coalesce(s.n_live_tup, 0), coalesce(s.n_dead_tup, 0),
-       pg_table_size(c.oid), pg_indexes_size(c.oid)
+       case when c.oid in {LOCKED}
+            then ((c.relpages + coalesce(t.relpages, 0)) * {BS})::bigint
+            else pg_table_size(c.oid) end,
+       case when c.oid in {LOCKED} or exists (select 1 from pg_index xi
+                                              where xi.indrelid = c.oid
+                                                and xi.indexrelid in {LOCKED})
+            then (coalesce((select sum(ic.relpages) from pg_index xi
+                            join pg_class ic on ic.oid = xi.indexrelid
+                            where xi.indrelid = c.oid), 0) * {BS})::bigint
+            else pg_indexes_size(c.oid) end
 from pg_class c
 join pg_namespace n on n.oid = c.relnamespace
+left join pg_class t on t.oid = c.reltoastrelid
 left join pg_stat_user_tables s on s.relid = c.oid
 where c.oid in {scope}
 order by 2"""
@@ -90,8 +109,7 @@ from (
                     else ceil(tpl_data_size)::int % ma end) as tpl_size
     from (
       select tbl.oid as tblid, tbl.reltuples,
-             ceil(pg_relation_size(tbl.oid) / {BS}) as heappages,
-             coalesce(ceil(pg_relation_size(toast.oid) / {BS}), 0) as toastpages,
+             tbl.relpages as heappages, coalesce(toast.relpages, 0) as toastpages,
              greatest(coalesce(toast.reltuples, 0), 0) as toasttuples,
              coalesce(substring(array_to_string(tbl.reloptions, ' ')
                                 from 'fillfactor=([0-9]+)')::smallint, 100) as fillfactor,
@@ -122,7 +140,8 @@ def index_sizes_sql(scope: str) -> str:
     return f"""\
 select x.indexrelid, x.indrelid, n.nspname || '.' || ci.relname, tn.nspname || '.' || ct.relname,
        quote_ident(n.nspname) || '.' || quote_ident(ci.relname),
-       pg_relation_size(x.indexrelid)
+       case when x.indexrelid in {LOCKED} then (ci.relpages * {BS})::bigint
+            else pg_relation_size(x.indexrelid) end
 from pg_index x
 join pg_class ci on ci.oid = x.indexrelid
 join pg_namespace n on n.oid = ci.relnamespace
@@ -173,7 +192,7 @@ from (
                  generate_series(1, indnatts) as attpos
           from (
             select ci.relname as idxname, ci.reltuples,
-                   ceil(pg_relation_size(ci.oid) / {BS}) as relpages,
+                   ci.relpages,
                    x.indrelid as tbloid, x.indexrelid as idxoid,
                    coalesce(substring(array_to_string(ci.reloptions, ' ')
                                       from 'fillfactor=([0-9]+)')::smallint, 90) as fillfactor,
@@ -182,7 +201,7 @@ from (
             from pg_index x
             join pg_class ci on ci.oid = x.indexrelid
             where ci.relam = (select oid from pg_am where amname = 'btree')
-              and x.indisvalid and ci.reltuples >= 0 and pg_relation_size(ci.oid) > 0
+              and x.indisvalid and ci.reltuples >= 0 and ci.relpages > 0
               and x.indrelid in {scope}
           ) idx_data
         ) ic
