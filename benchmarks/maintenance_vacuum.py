@@ -29,7 +29,7 @@ from tests.support.postgres_cluster import postgres_bin_dir, run_checked
 
 NAME = "maintenance"
 RATIO_GOAL = 0.95
-ROUNDS = 3
+ROUNDS = 5
 UPDATE_PCT = 10
 DSN_VAR = "OPSFLOW_BENCH_MAINT_DSN"
 TABLES = ("pgbench_accounts", "pgbench_branches", "pgbench_history", "pgbench_tellers")

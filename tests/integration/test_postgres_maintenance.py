@@ -138,6 +138,28 @@ def test_vacuum_clears_the_dead_tuples_autovacuum_left(
     assert analyzed == (True,)
 
 
+def test_vacuum_full_gives_the_space_back_and_a_statement_timeout_is_reported(
+    db: Database, conn: psycopg.Connection[Any]
+) -> None:
+    make_bloat(conn, "orders")
+    wait_dead(conn, "orders", ROWS // 2)
+    hasty = QUICK.model_copy(update={"statement_timeout": timedelta(milliseconds=1)})
+
+    step = vacuum_postgres.fn(db, FIELD, None, None, hasty, full=True)
+
+    assert step.status == "degraded"
+    assert "not vacuumed: public.orders (ran past statement_timeout" in step.summary
+    assert step.details["tables"][0]["result"] == "statement_timeout"
+
+    step = vacuum_postgres.fn(db, FIELD, None, None, QUICK, full=True)
+
+    assert step.status == "complete", step.summary
+    assert step.step == "vacuum_full"
+    assert step.summary.startswith("VACUUM (FULL, ANALYZE) of 1/1 table(s)")
+    assert step.after["table_bytes"] < step.before["table_bytes"] * 0.3
+    assert step.after["database_bytes"] < step.before["database_bytes"]
+
+
 def test_reindex_rebuilds_the_indexes_its_thresholds_choose_and_leaves_the_rest(
     db: Database, conn: psycopg.Connection[Any]
 ) -> None:
