@@ -5,10 +5,12 @@ restore and DR drill of a >= 1 GB pgbench database), print the table and write
 ``benchmarks/results/latest.json``. Everything started here is stopped here, also on
 Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
-The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too.
+The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too, and
+the maintenance VACUUM step against ``vacuumdb --analyze`` (issue 12,
+``benchmarks/maintenance_vacuum.py``, its own pgbench database of ``--scale``).
 
 Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,docker_deploy,deploy_flow,
-rollout,backup,restore,drill] [--scale 70] [--small-scale 10] [--keep-db]``
+rollout,backup,restore,drill,maintenance] [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ ALL = (
     "backup",
     "restore",
     "drill",
+    "maintenance",
 )
 BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
@@ -93,7 +96,7 @@ def isolate(workdir: Path) -> None:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="opsflow benchmarks (issues 3, 4, 10 and 11)", show_lines=False)
+    out = Table(title="opsflow benchmarks (issues 3, 4, 10, 11 and 12)", show_lines=False)
     for column in ("benchmark", "measure", "value", "baseline", "ratio", "goal", "result"):
         out.add_column(column, no_wrap=column in ("measure", "value", "baseline", "ratio"))
     previous = ""
@@ -222,6 +225,16 @@ def main(argv: list[str] | None = None) -> int:
                     args.small_scale,
                     args.keep_db,
                 )
+            if "maintenance" in selected:
+                from benchmarks import maintenance_vacuum
+
+                console.print(
+                    f"[bold]issue 12[/] VACUUM step vs vacuumdb --analyze, "
+                    f"pgbench -s {args.scale}..."
+                )
+                vacuum = maintenance_vacuum.run(args.scale, args.keep_db)
+                report["maintenance_vacuum"] = vacuum.as_dict()
+                rows += vacuum.rows()
             console.print("stopping the processes started for the benchmark...")
         ok = True
     finally:
