@@ -46,6 +46,7 @@ def _schedules(spec: dict[str, Any]) -> list[Schedule]:
             Cron(
                 item["cron"],
                 timezone=item.get("timezone", "UTC"),
+                day_or=item.get("day_or", True),  # False: day-of-month AND day-of-week
                 active=item.get("active", True),
                 parameters=item.get("parameters") or {},  # requested_by: scheduler
             )

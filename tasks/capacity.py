@@ -267,6 +267,10 @@ def _axis_unit(s: Series) -> tuple[float, str]:
     return 1.0, "B"
 
 
+MIN_CHART_SPAN = timedelta(hours=2)
+"""Narrower time axes are widened to this (the date locator has no ticks for seconds)."""
+
+
 def _panel(ax: Any, s: Series, index: int) -> None:
     from matplotlib.dates import AutoDateLocator, ConciseDateFormatter
 
@@ -286,6 +290,8 @@ def _panel(ax: Any, s: Series, index: int) -> None:
         ax.plot(ends, trend, linestyle=":", linewidth=1.0, color="grey")
     if s.capacity is not None:
         ax.axhline(s.capacity / scale, linestyle="--", linewidth=1.0, color="red")
+    if xs[-1] - xs[0] < MIN_CHART_SPAN:  # a first run: points seconds apart
+        ax.set_xlim(xs[0] - MIN_CHART_SPAN / 2, xs[-1] + MIN_CHART_SPAN / 2)
     locator = AutoDateLocator(maxticks=6)
     ax.xaxis.set_major_locator(locator)
     ax.xaxis.set_major_formatter(ConciseDateFormatter(locator))

@@ -8,12 +8,11 @@ import functools
 import json
 import ssl
 from datetime import timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from opsflow.errors import PermanentError, TransientError
-from opsflow.inventory import HttpTarget
 from opsflow.redaction import redact, redact_data
 from opsflow.secrets import resolve
 
@@ -40,7 +39,19 @@ def _ssl_context(ca_file: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=ca_file)
 
 
-def resolved(target: HttpTarget) -> tuple[str, dict[str, str]]:
+class Requested(Protocol):
+    """What a request is made of in the inventory: a name, a URL and headers, any of them
+    possibly ``env:`` / ``secret:`` references (an ``HttpTarget``, the maintenance-mode call)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def url(self) -> str: ...
+    @property
+    def headers(self) -> dict[str, str]: ...
+
+
+def resolved(target: Requested) -> tuple[str, dict[str, str]]:
     """The URL and headers of ``target`` with their ``env:`` / ``secret:`` references resolved
     (each value registered for redaction)."""
     field = f"{type(target).__name__.lower()} {target.name}"

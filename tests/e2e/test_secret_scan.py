@@ -39,7 +39,7 @@ import pytest
 from psycopg import sql
 
 from tests.fixtures.databases import PostgresDatabase, PostgresServer
-from tests.fixtures.http_targets import WebhookReceiver, start_canned_app
+from tests.fixtures.http_targets import ModeSwitch, WebhookReceiver, start_canned_app
 from tests.fixtures.kube_api import KubeCluster
 from tests.support.cli import OPSFLOW
 
@@ -75,6 +75,7 @@ class Secrets:
     body_access_token: str = field(default_factory=lambda: _token("ba"))
     body_bearer: str = field(default_factory=lambda: _token("bb"))
     url_access_token: str = field(default_factory=lambda: _token("ua"))
+    mode_token: str = field(default_factory=lambda: _token("mt"))  # maintenance mode's header
 
     def values(self) -> dict[str, str]:
         return dict(vars(self))
@@ -211,6 +212,7 @@ environments:
     logs: {{files: [{{path: "{lab_root / "quiet.log"}"}}]}}
     disks: []
     notify: {notify}
+    maintenance_mode: {{url: "{urls["mode"]}", headers: {{Authorization: "env:SCAN_MODE_AUTH"}}}}
   scan-broken:
     endpoints: [{{name: app, url: "{urls["app"]}/health/echo"}}]
     databases: [{{name: main, kind: postgres, dsn: "env:SCAN_BAD_DSN"}}]
@@ -240,6 +242,7 @@ def scan_lab(
     moto_s3_client: Any,
     webhook_receiver: WebhookReceiver,
     kube_cluster: KubeCluster,
+    mode_switch: ModeSwitch,
 ) -> Iterator[ScanLab]:
     known = Secrets()
     database = postgres_database_factory(prefix="opsflow_scan")
@@ -261,7 +264,10 @@ def scan_lab(
         "/hook", f"/hook/services/TSCAN/BSCAN/{known.webhook_token}"
     )
     inventory = write_inventory(
-        tmp_path, {"app": app_url, "s3": moto_s3_endpoint}, moto_s3_bucket, kube_cluster
+        tmp_path,
+        {"app": app_url, "s3": moto_s3_endpoint, "mode": mode_switch.url},
+        moto_s3_bucket,
+        kube_cluster,
     )
     superuser = postgres_server.superuser
     env = {
@@ -275,6 +281,7 @@ def scan_lab(
         "SCAN_BACKUP_KEY": known.backup_key,
         "SCAN_WEBHOOK": webhook,
         "SCAN_KUBE_TOKEN": known.kube_token,
+        "SCAN_MODE_AUTH": f"Bearer {known.mode_token}",
         # an endpoint whose URL carries its token (a reference: the inventory refuses it inline)
         "SCAN_API_URL": f"{app_url}/health?access_token={known.url_access_token}",
         "AWS_SECRET_ACCESS_KEY": known.aws_secret,  # found by boto3's chain, not by opsflow
@@ -408,7 +415,7 @@ def read_files(root: Path, kind: str, outputs: Outputs) -> None:
 
 
 def test_no_secret_in_any_output_of_any_runbook(
-    scan_lab: ScanLab, kube_cluster: KubeCluster
+    scan_lab: ScanLab, kube_cluster: KubeCluster, mode_switch: ModeSwitch
 ) -> None:
     lab = scan_lab
     # Succeeding runs (the backup first: the others restore it or check its age).
@@ -419,6 +426,7 @@ def test_no_secret_in_any_output_of_any_runbook(
     lab.cli(*restore, f"target_db={copy}", expect=0)
     lab.cli("run", "dr-drill", "--env", "scan", expect=0)
     lab.cli("run", "recover", "--env", "scan-app", expect=0)
+    lab.cli("run", "maintenance", "--env", "scan", expect=0)  # backup, VACUUM, mode on/off
     # Failing runs: an application whose log and error body hold secrets, a missing database
     # and bucket, a backup object gone from the store, a deployment that does not exist.
     lab.cli("run", "health-check", "--env", "scan-broken", expect=1)
@@ -431,6 +439,7 @@ def test_no_secret_in_any_output_of_any_runbook(
     lab.cli(*restore, f"target_db={copy}2", expect=1)
     lab.cli("run", "dr-drill", "--env", "scan", expect=1)
     lab.cli("run", "recover", "--env", "scan-app-broken", expect=1)
+    lab.cli("run", "maintenance", "--env", "scan-broken", "-p", "skip_backup=true", expect=1)
     # Deploy and rollback through the Kubernetes API with its bearer token: a rollout that
     # succeeds, one past its progress deadline (rolled back), a rollback to the previous
     # image and one to an image that never gets ready.
@@ -479,3 +488,7 @@ def test_no_secret_in_any_output_of_any_runbook(
     assert {"cli stdout", "cli stderr"} & set(outputs.find(MISSING_DB))
 
     assert leaks(outputs, lab.known) == []
+    # the maintenance mode's credential was sent, and only there
+    assert [h["Authorization"] for h in mode_switch.headers] == [
+        f"Bearer {lab.known.mode_token}"
+    ] * 2

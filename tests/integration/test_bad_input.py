@@ -730,7 +730,90 @@ DEPLOY_CASES = [
     ),
 ]
 
-CASES = INVENTORY_CASES + SETTINGS_CASES + CLI_CASES + FLOW_CASES + DEPLOY_CASES
+MAINTENANCE = ["run", "maintenance", "--env", "local"]
+REDIS_C = "redis: [{name: c, url: 'redis://127.0.0.1:9/0'}]\n"
+MAINTENANCE_CASES = [
+    inv_check(
+        "maintenance-window-cron-bad",
+        env_of("maintenance_window: {cron: '0 2 * *', duration: 2h}"),
+        "maintenance_window.cron",
+        "5 fields",
+    ),
+    inv_check(
+        "maintenance-window-duration-zero",
+        env_of("maintenance_window: {cron: '0 2 * * SUN', duration: 0s}"),
+        "maintenance_window.duration",
+        "longer than zero",
+    ),
+    inv_check(
+        "maintenance-window-duration-over-a-day",
+        env_of("maintenance_window: {cron: '0 2 * * SUN', duration: 25h}"),
+        "maintenance_window.duration",
+        "at most 24h",
+    ),
+    inv_check(
+        "maintenance-redis-flush-all-unconfirmed",
+        env_of(REDIS_C + "maintenance: {redis_cleanup: [{redis: c, pattern: '*', flush: true}]}"),
+        "maintenance.redis_cleanup[0]",
+        "confirm_flush_all: true",
+    ),
+    inv_check(
+        "maintenance-redis-rule-without-action",
+        env_of(REDIS_C + "maintenance: {redis_cleanup: [{redis: c, pattern: 'cache:*'}]}"),
+        "maintenance.redis_cleanup[0]",
+        "exactly one of `idle_over`",
+    ),
+    inv_check(
+        "maintenance-redis-unknown-target",
+        env_of(REDIS_C + "maintenance: {redis_cleanup: [{redis: d, pattern: 'x:*', flush: true}]}"),
+        "maintenance.redis_cleanup[0].redis",
+        "use one of: c",
+    ),
+    inv_check(
+        "maintenance-mode-url-password",
+        env_of("maintenance_mode: {url: 'https://ops:hunter2@h/admin/maintenance'}"),
+        "maintenance_mode.url",
+    ),
+    inv_check(
+        "maintenance-mode-literal-bearer",
+        env_of("maintenance_mode: {url: 'https://h/m', headers: {Authorization: Bearer hunter2}}"),
+        "maintenance_mode.headers",
+        "literal credential",
+    ),
+    inv_check(
+        "maintenance-log-archive-relative",
+        env_of("maintenance: {log_archive: [{path: 'logs/*.log', max_size: 1MiB}]}"),
+        "maintenance.log_archive[0].path",
+        "absolute",
+    ),
+    inv_check(
+        "maintenance-log-archive-size",
+        env_of("maintenance: {log_archive: [{path: '/l/*.log', max_size: lots}]}"),
+        "maintenance.log_archive[0].max_size",
+        "100MiB",
+    ),
+    Case(
+        "maintenance-vacuum-full-without-approvers",
+        [*MAINTENANCE, "--param", "vacuum_full=true"],
+        "vacuum_full",
+        also=("no approvers", "VACUUM FULL locks"),
+    ),
+    Case(
+        "maintenance-emergency-without-reason",
+        [*MAINTENANCE, "--param", "variant=emergency"],
+        "reason",
+        also=("needs a reason",),
+    ),
+    Case("maintenance-variant-unknown", [*MAINTENANCE, "--param", "variant=daily"], "variant"),
+    Case(
+        "maintenance-override-without-approvers",
+        [*MAINTENANCE, "--param", "override_window_reason=now"],
+        "override_window_reason",
+        also=("no approvers",),
+    ),
+]
+
+CASES = INVENTORY_CASES + SETTINGS_CASES + CLI_CASES + FLOW_CASES + DEPLOY_CASES + MAINTENANCE_CASES
 
 
 def test_the_suite_is_big_enough() -> None:

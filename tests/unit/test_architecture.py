@@ -70,6 +70,9 @@ SUBFLOWS = {
     ("flows.deploy", "flows.backup"),
     ("flows.deploy", "flows.health_check"),
     ("flows.rollback", "flows.health_check"),
+    ("flows.maintenance", "flows.backup"),
+    ("flows.maintenance", "flows.dr_drill"),
+    ("flows.maintenance", "flows.health_check"),
 }
 """A runbook that runs another runbook as a subflow imports that runbook's flow (and only
 it): composition, not shared code. Each such edge is listed here, so a new one is a

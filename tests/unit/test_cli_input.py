@@ -51,8 +51,8 @@ def test_unknown_runbook_names_the_known_ones(workspace: Path) -> None:
     result = CliRunner().invoke(app, ["plan", "nightly-backup", "--env", "local"])
     assert result.exit_code == 2
     assert (
-        "choose one of: backup, deploy, dr-drill, health-check, recover, restore, rollback"
-        in result.output
+        "choose one of: backup, deploy, dr-drill, health-check, maintenance, recover, restore, "
+        "rollback" in result.output
     )
 
 

@@ -274,13 +274,14 @@ def test_helpers() -> None:
 def test_registry_and_prefect_yaml() -> None:
     assert get_runbook("restore").deployment_name == "restore/manual"
     assert get_runbook("dr-drill").deployment_name == "dr-drill/monthly"
-    specs = {
-        d["name"]: d for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    specs = {  # a deployment's name is unique per flow (maintenance has a `monthly` too)
+        (d["entrypoint"], d["name"]): d
+        for d in yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
     }
-    assert specs["manual"]["entrypoint"] == "flows/restore.py:restore"
-    assert not specs["manual"].get("schedules")
-    assert specs["monthly"]["entrypoint"] == "flows/dr_drill.py:dr_drill"
-    assert [s["cron"] for s in specs["monthly"]["schedules"]] == ["0 3 1 * *"]
+    restore = specs["flows/restore.py:restore", "manual"]
+    assert not restore.get("schedules")
+    drill = specs["flows/dr_drill.py:dr_drill", "monthly"]
+    assert [s["cron"] for s in drill["schedules"]] == ["0 3 1 * *"]
 
 
 def test_drill_rows_and_verified_backups_keep_the_chain(tmp_path: Path) -> None:
