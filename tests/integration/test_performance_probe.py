@@ -7,6 +7,7 @@ with what went wrong."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ import opsflow.ledger
 from opsflow.inventory import BenchmarkProbe
 from opsflow.ledger import Ledger
 from opsflow.maintenance import RUNBOOK, MaintenanceStep
-from tasks.capacity import compare_performance
+from tasks.capacity import compare_performance, run_benchmark
 from tests.support.metered_app import MeteredApp, metered_app
 from tests.support.net import BlackHole, free_port
 
@@ -152,6 +153,22 @@ def test_refused_and_hung_connections_fail_the_step(ledger: Ledger) -> None:
         )
     assert hung.status == "failed"
     assert "3 x timeout" in hung.summary
+
+
+def test_no_request_waits_past_the_deadline() -> None:
+    """A request's timeout is cut to the time left: a peer that never answers holds the
+    benchmark ``deadline_s``, not ``deadline_s`` plus a (long) request timeout."""
+    with BlackHole() as hole:
+        started = time.monotonic()
+        bench = run_benchmark(
+            probe(f"http://127.0.0.1:{hole.port}/api", timeout=timedelta(seconds=60)),
+            deadline_s=0.5,
+        )
+        took = time.monotonic() - started
+        assert hole.connections == 1
+    assert 0.5 <= took < 2.0
+    assert (bench.sent, bench.errors, bench.problems) == (1, 1, {"timeout": 1})
+    assert bench.stopped == "stopped after 1 of 20 requests (0.5s)"
 
 
 def test_the_credential_header_is_resolved_and_kept_out(

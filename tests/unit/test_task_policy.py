@@ -8,10 +8,11 @@ against its own black hole, a local port that accepts TCP connections and never 
 
 * ``test_network_task_gives_up_at_its_inner_timeout``: with the inner timeout made small (in
   the inventory where the task takes it from there, else the module constant the task reads at
-  call time), the call fails with a TransientError after exactly ``waits`` such timeouts: the
-  black hole counts ``waits`` connections, and time.monotonic measures at least ``waits`` x the
-  timeout and at most that plus the client's back-off and a small slack. That timeout is what
-  ends the call, nothing else.
+  call time), the call fails with a TransientError (a maintenance step that reports instead:
+  returns a ``failed`` MaintenanceStep whose summary says so, ``Probe.reports``) after exactly
+  ``waits`` such timeouts: the black hole counts ``waits`` connections, and time.monotonic
+  measures at least ``waits`` x the timeout and at most that plus the client's back-off and a
+  small slack. That timeout is what ends the call, nothing else.
 * ``test_inner_timeout_as_shipped_fits_the_declared_timeout``: at the shipped settings the same
   ``waits`` x the inner timeout (+ back-off) fits in the task's declared ``timeout_seconds``.
 * ``test_every_task_is_probed_or_says_why_not``: a new task joins the table or says why not.
@@ -22,7 +23,9 @@ All probes run at once (one thread each) so the module takes seconds, not minute
 from __future__ import annotations
 
 import functools
+import glob
 import importlib
+import math
 import pkgutil
 import re
 import sys
@@ -51,18 +54,26 @@ from opsflow.errors import (
 )
 from opsflow.inventory import (
     BackupStore,
+    BenchmarkProbe,
     Database,
     DockerService,
     DockerTarget,
     Endpoint,
     Environment,
     KubernetesTarget,
+    LogArchive,
+    MaintenanceMode,
     MetricsSource,
     Notify,
+    PostgresMaintenance,
+    RedisCleanup,
     RedisTarget,
     SmokeTest,
     Thresholds,
 )
+from opsflow.ledger import Ledger
+from opsflow.maintenance import MaintenanceStep
+from tasks.app_logs import summarize_app_logs
 from tasks.backups import (
     apply_retention,
     check_backup_freshness,
@@ -70,20 +81,25 @@ from tasks.backups import (
     confirm_backup,
     verify_backup,
 )
+from tasks.capacity import ERRORS_FAILED_PCT, compare_performance
 from tasks.docker import deploy as docker_deploy
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
 from tasks.http import check_endpoint, check_metrics, run_smoke_test
+from tasks.http.maintenance_mode import switch_maintenance_mode
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.kubernetes.config import export_kubernetes_config
 from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
+from tasks.log_archive import archive_logs
 from tasks.notify import send_notification
 from tasks.postgres.backup import dump_postgres
 from tasks.postgres.checks import check_postgres
+from tasks.postgres.maintenance import measure_postgres, reindex_postgres, vacuum_postgres
 from tasks.postgres.restore import drop_postgres_database, swap_postgres_database
-from tasks.redis import check_redis, dump_redis
+from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.scaling import scale_down_app
 from tasks.system import check_tls_certificate
+from tests.fixtures.ledgers import LEDGER_VARS
 from tests.support.net import BlackHole, free_port
 
 ALL_TASKS: list[Task] = sorted(  # type: ignore[type-arg]
@@ -218,6 +234,10 @@ class Probe:
     small: float  # the inner timeout during the probe, seconds
     waits: int  # how many times one call waits that timeout on a peer that never answers
     pause: float = 0.0  # the most the client sleeps between its own tries, seconds
+    reports: str | None = None
+    """None: the call raises a TransientError. A pattern: the task reports an unreachable peer
+    as a returned ``failed`` MaintenanceStep (a step of a runbook that goes on) whose summary
+    says the peer did not answer in time (this pattern)."""
 
 
 def _url(port: int, path: str = "/health", scheme: str = "http") -> str:
@@ -254,6 +274,41 @@ def _deploy_call(
     return lambda port, s, tmp: lambda: task.fn(_docker(port), _docker(port).services[0], *extra)
 
 
+def _pg_maintenance_call(
+    task: Task,  # type: ignore[type-arg]
+) -> Callable[[int, float, Path], Callable[[], Any]]:
+    """A PostgreSQL maintenance task on a ``direct`` database at ``port``."""
+    return lambda port, s, tmp: (
+        lambda: task.fn(_pg(port), "databases[0]", None, None, PostgresMaintenance())
+    )
+
+
+def _benchmark_call(port: int, s: float, tmp: Path) -> Callable[[], Any]:
+    """``compare_performance`` with the default number of requests and a ledger of its own."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
+    bench = BenchmarkProbe(url=_url(port, "/api"), timeout=timedelta(seconds=s))
+
+    def call() -> MaintenanceStep:
+        try:
+            return compare_performance.fn("e2e", bench, ledger, now=WHEN)
+        finally:
+            ledger.close()
+
+    return call
+
+
+def _archive_call(port: int, s: float, tmp: Path) -> Callable[[], Any]:
+    """``archive_logs`` of one log file over its limit into an S3 store at ``port`` (the task
+    opens the ledger of the settings: OPSFLOW_HOME is the probes' own)."""
+    logs = tmp / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    (logs / "app.log").write_text("a line\n" * 10)
+    policy = LogArchive(path=f"{glob.escape(str(logs))}/*.log", max_size=1)  # [s3] in the id
+    env = Environment(backup_store=_s3(port))
+    return lambda: archive_logs.fn("e2e", env, policy, flow_run_id="probe")
+
+
 DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
 ENDPOINT_TIMEOUT = inventory(
     "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
@@ -266,6 +321,9 @@ S3_BACKOFF_S = sum(0.05 * 2**i for i in range(S3_WAITS - 1))  # botocore standar
 PG = constant(connector("connectors.postgres"), "CONNECT_TIMEOUT_S")
 PG_SMALL = 2.0  # libpq does not wait less than 2 s, whatever connect_timeout says
 PG_DSN_SMALL = 3.0  # differs from PG_SMALL, so the probe shows the DSN's value is the one used
+BENCHMARK_WAITS = math.ceil(  # every request times out: it stops once half of them failed
+    BenchmarkProbe.model_fields["requests"].default * ERRORS_FAILED_PCT / 100
+)
 
 PROBES = [
     Probe(
@@ -578,6 +636,84 @@ PROBES = [
         S3_WAITS,
         S3_BACKOFF_S,
     ),
+    # --- the maintenance runbook ---
+    Probe(
+        "switch_maintenance_mode",
+        switch_maintenance_mode,
+        lambda port, s, tmp: (
+            lambda: switch_maintenance_mode.fn(
+                MaintenanceMode(url=_url(port, "/admin/maintenance"), timeout=timedelta(seconds=s)),
+                True,
+            )
+        ),
+        inventory(
+            "maintenance_mode.timeout",
+            lambda: MaintenanceMode.model_fields["timeout"].default.total_seconds(),
+        ),
+        0.5,
+        1,
+    ),
+    Probe(  # every request waits its timeout; the benchmark stops once half of them failed.
+        # Whatever the timeout, no request waits past BENCHMARK_DEADLINE_S (under timeout_seconds):
+        # tests/integration/test_performance_probe.py::test_no_request_waits_past_the_deadline
+        "compare_performance",
+        compare_performance,
+        _benchmark_call,
+        inventory(
+            "maintenance.benchmark.timeout",
+            lambda: BenchmarkProbe.model_fields["timeout"].default.total_seconds(),
+        ),
+        0.2,
+        BENCHMARK_WAITS,
+        reports=rf"{BENCHMARK_WAITS} of {BENCHMARK_WAITS} requests .* failed "
+        rf"\({BENCHMARK_WAITS} x timeout\)",
+    ),
+    Probe(
+        "clean_redis",
+        clean_redis,
+        lambda port, s, tmp: (
+            lambda: clean_redis.fn(
+                RedisTarget(name="cache", url=f"redis://127.0.0.1:{port}/0"),
+                [RedisCleanup(redis="cache", pattern="cache:*", flush=True)],
+                "redis[0]",
+            )
+        ),
+        constant(connector("connectors.redis"), "SOCKET_TIMEOUT_S"),
+        0.5,
+        1,
+    ),
+    *(
+        Probe(task.name, task, _pg_maintenance_call(task), PG, PG_SMALL, 1)
+        for task in (measure_postgres, vacuum_postgres, reindex_postgres)
+    ),
+    Probe(
+        "summarize_app_logs[docker]",
+        summarize_app_logs,
+        lambda port, s, tmp: lambda: summarize_app_logs.fn(Environment(docker=_docker(port)), 100),
+        docker_default(),
+        0.5,
+        1,
+        reports="could not be read: docker: .*timed out",
+    ),
+    Probe(
+        "summarize_app_logs[kubernetes]",
+        summarize_app_logs,
+        lambda port, s, tmp: lambda: summarize_app_logs.fn(Environment(kubernetes=_k8s(port)), 100),
+        K8S,
+        0.5,
+        K8S_WAITS,
+        reports="could not be read: kubernetes: .*unreachable",
+    ),
+    Probe(
+        "archive_logs[s3]",
+        archive_logs,
+        _archive_call,
+        S3,
+        0.5,
+        S3_WAITS,
+        S3_BACKOFF_S,
+        reports="FAILED 1, left untouched: .*app.log: .*timeout",
+    ),
 ]
 
 # Tasks that reach no network peer, or whose network part is not probed here (and why).
@@ -594,6 +730,8 @@ NOT_PROBED = {
     "scale_up_app": "needs a ScaleState from scale_down_app; same client and timeout",
     "sample_health": "turns a peer's timeout into a failed sample, not an error; its waits are "
     "check_metrics' METRICS_TIMEOUT and check_endpoint's endpoints[].timeout, probed above",
+    "capacity_report": "local: reads the ledger (its own ledger_timeout) and draws a chart",
+    "maintain_sqlite": "local: a SQLite file (sqlite busy timeout)",
 }
 
 
@@ -644,6 +782,9 @@ def black_hole_outcomes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.delenv("DOCKER_HOST", raising=False)
         mp.delenv("KUBECONFIG", raising=False)
+        mp.setenv("OPSFLOW_HOME", str(tmp / "home"))  # the ledger archive_logs opens
+        for name in LEDGER_VARS:
+            mp.delenv(name, raising=False)
         for probe in PROBES:
             if probe.knob.shrink is not None:
                 probe.knob.shrink(mp, probe.small)
@@ -671,7 +812,13 @@ def test_network_task_gives_up_at_its_inner_timeout(
         f"{probe.id} still waited on a peer that never answers after {limit + 9 * SLACK_S:.1f}s "
         f"({knob}, x{probe.waits})"
     )
-    assert isinstance(outcome.error, TransientError), (outcome.error, outcome.value)
+    if probe.reports is None:
+        assert isinstance(outcome.error, TransientError), (outcome.error, outcome.value)
+    else:
+        assert outcome.error is None, outcome.error
+        assert isinstance(outcome.value, MaintenanceStep), outcome.value
+        assert outcome.value.status == "failed", outcome.value
+        assert re.search(probe.reports, outcome.value.summary), outcome.value.summary
     assert outcome.connections == probe.waits, (
         f"{probe.id} tried the peer {outcome.connections} time(s), expected {probe.waits}"
     )
