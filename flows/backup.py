@@ -41,7 +41,7 @@ from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown, report_header
 from opsflow.units import format_bytes, format_rate
-from tasks.backups import RetentionResult, apply_retention, confirm_backup
+from tasks.backups import RetentionResult, apply_retention, catalogue_dump, confirm_backup
 from tasks.config_export import export_inventory, store_config_export
 from tasks.sqlite import dump_sqlite
 
@@ -245,23 +245,17 @@ def _catalog(
         failed.error = _failure(check)
         failed.key = dump.key
         return failed
-    row = run.ledger.record_backup(
+    row = catalogue_dump(
+        run.ledger,
         env=run.env_name,
-        database=name,
+        name=name,
         kind=kind,
         store_url=store.url,
-        key=dump.key,
-        bytes=dump.bytes,
-        sha256=dump.sha256,
-        status=catalog.COMPLETE,
-        created_at=dump.created_at.astimezone(UTC).replace(tzinfo=None),
-        duration_ms=int(dump.seconds * 1000),
+        dump=dump,
         flow_run_id=run.flow_run_id,
         details={
             "via": via,
-            "codec": dump.codec,
             "raw_bytes": dump.raw_bytes,
-            "manifest_key": dump.manifest_key,
             "row_counts": dump.row_counts,
             "table_checksums": dump.table_checksums,
         },

@@ -7,6 +7,7 @@ from __future__ import annotations
 import builtins
 import time
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pydantic import BaseModel, Field
 from sqlalchemy.engine import make_url
@@ -14,12 +15,13 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from connectors.stores import open_store
 from connectors.stores.base import MANIFEST_SUFFIX, StoredObject, backup_time, manifest_key
+from connectors.stores.objects import DumpResult
 from opsflow import catalog
 from opsflow.catalog import CatalogEntry
 from opsflow.durations import format_duration
 from opsflow.errors import PermanentError, TransientError
 from opsflow.inventory import BackupStore, Environment
-from opsflow.ledger import Ledger
+from opsflow.ledger import BackupRow, Ledger
 from opsflow.redaction import redact
 from opsflow.results import CheckResult, Status
 from tasks.policy import api_task, probe_task, transfer_task
@@ -263,3 +265,32 @@ def check_backup_freshness(
     finally:
         ledger.close()
     return results
+
+
+def catalogue_dump(
+    ledger: Ledger,
+    *,
+    env: str,
+    name: str,
+    kind: str,
+    store_url: str,
+    dump: DumpResult,
+    flow_run_id: str,
+    details: dict[str, Any],
+) -> BackupRow:
+    """A stored and confirmed dump as a complete backup row of the catalog (its key, size,
+    sha256, codec, manifest and time), with the caller's ``details`` (via, row counts, …)."""
+    return ledger.record_backup(
+        env=env,
+        database=name,
+        kind=kind,
+        store_url=store_url,
+        key=dump.key,
+        bytes=dump.bytes,
+        sha256=dump.sha256,
+        status=catalog.COMPLETE,
+        created_at=dump.created_at.astimezone(UTC).replace(tzinfo=None),
+        duration_ms=int(dump.seconds * 1000),
+        flow_run_id=flow_run_id,
+        details={"codec": dump.codec, "manifest_key": dump.manifest_key, **details},
+    )

@@ -43,8 +43,7 @@ from opsflow.inventory.maintenance import BenchmarkProbe
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.maintenance import RUNBOOK, MaintenanceStep
 from opsflow.redaction import redact
-from opsflow.secrets import resolve
-from tasks.http.client import TLSVerificationError, http_request, tls_verify
+from tasks.http.client import TLSVerificationError, http_request, resolved, tls_verify
 from tasks.policy import api_task, probe_task
 
 MAX_DAYS = 3660
@@ -328,9 +327,7 @@ def run_benchmark(probe: BenchmarkProbe, *, deadline_s: float = BENCHMARK_DEADLI
     network errors count as errors. Stops early once half of the requests failed, or at the
     deadline: no request waits past it (its timeout is cut to the time left), so a call takes
     at most ``deadline_s`` whatever ``probe.timeout`` is."""
-    field = f"maintenance.benchmark {probe.name}"
-    url = resolve(probe.url, field=f"{field}: url")
-    headers = {k: resolve(v, field=f"{field}: headers.{k}") for k, v in probe.headers.items()}
+    url, headers = resolved(probe)
     verify = tls_verify(probe.verify_tls, probe.ca_file)
     latencies: list[float] = []
     problems: dict[str, int] = {}

@@ -71,7 +71,6 @@ from connectors.stores import open_store
 from connectors.stores.base import Store
 from connectors.stores.objects import DumpResult, choose_key, store_dump
 from connectors.streams import EXTENSIONS, Hashed, iter_file
-from opsflow import catalog
 from opsflow.backup_names import LOG_ARCHIVE_NAME
 from opsflow.catalog import LOG_KIND, Codec
 from opsflow.errors import InputError, OpsflowError
@@ -81,7 +80,7 @@ from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
 from opsflow.redaction import redact
 from opsflow.units import format_bytes
-from tasks.backups import confirm_backup
+from tasks.backups import catalogue_dump, confirm_backup
 from tasks.policy import transfer_task
 
 STEP = "archive_logs"
@@ -217,24 +216,18 @@ class _Archiver:
         }
 
     def _record(self, found: LogFileFound, dump: DumpResult, raw: Hashed) -> Any:
-        return self.ledger.record_backup(
+        return catalogue_dump(
+            self.ledger,
             env=self.env_name,
-            database=LOG_ARCHIVE_NAME,
+            name=LOG_ARCHIVE_NAME,
             kind=LOG_KIND,
             store_url=self.store.url,
-            key=dump.key,
-            bytes=dump.bytes,
-            sha256=dump.sha256,
-            status=catalog.COMPLETE,
-            created_at=dump.created_at.astimezone(UTC).replace(tzinfo=None),
-            duration_ms=int(dump.seconds * 1000),
+            dump=dump,
             flow_run_id=self.flow_run_id,
             details={
                 "via": "file",
-                "codec": dump.codec,
                 "raw_bytes": raw.size,
                 "raw_sha256": raw.sha256,
-                "manifest_key": dump.manifest_key,
                 "path": found.path,
                 "modified_at": datetime.fromtimestamp(found.mtime, UTC).isoformat(),
                 "policy": self.policy.path,

@@ -15,6 +15,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, field_validator, mo
 
 from opsflow.inventory.fields import Model, check_headers, check_no_credentials, check_url
 from opsflow.inventory.fields import positive_duration as _positive
+from opsflow.inventory.http import HttpTarget
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)?\s*$", re.IGNORECASE)
@@ -168,14 +169,12 @@ class LogArchive(Model):
         return self
 
 
-class BenchmarkProbe(Model):
+class BenchmarkProbe(HttpTarget):
     """The monthly performance comparison: ``url`` requested ``requests`` times; p50/p95
     compared with earlier months' figures in the ledger."""
 
     name: str = "benchmark"
-    url: str
     method: HttpMethod = "GET"
-    headers: dict[str, str] = Field(default_factory=dict)
     requests: int = Field(50, ge=5, le=10_000)
     timeout: PositiveDuration = Field(default=timedelta(seconds=10))
     regression_pct: Percent = Field(
@@ -183,17 +182,6 @@ class BenchmarkProbe(Model):
     )
     verify_tls: bool = True
     ca_file: str | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        check_no_credentials(value, "the URL")
-        return check_url(value, ("http", "https"), references=True)
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_headers(value)
 
 
 class Maintenance(Model):

@@ -25,12 +25,12 @@ from opsflow.inventory.deploy import Deploy, check_services
 from opsflow.inventory.fields import (
     ENV_NAME,
     Model,
-    check_headers,
     check_no_credentials,
     check_secret_field,
     check_url,
     positive_duration,
 )
+from opsflow.inventory.http import HttpTarget
 from opsflow.inventory.maintenance import Maintenance, MaintenanceMode, check_cleanup_targets
 from opsflow.secrets import is_reference
 
@@ -67,29 +67,6 @@ class Thresholds(Model):
     @classmethod
     def _duration(cls, value: Any) -> timedelta:
         return positive_duration(value)
-
-
-class HttpTarget(Model):
-    """What is fetched over HTTP(S): a URL (or a reference to one, when the URL is a secret)
-    and request headers (a credential among them as a reference)."""
-
-    name: str
-    url: str
-    headers: dict[str, str] = Field(
-        default_factory=dict,
-        description="request headers; a credential (Authorization, X-Api-Key…) as env:/secret:",
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        check_no_credentials(value, "the URL")
-        return check_url(value, ("http", "https"), references=True)
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_headers(value)
 
 
 class Endpoint(HttpTarget):

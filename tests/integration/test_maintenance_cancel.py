@@ -31,8 +31,8 @@ from opsflow.ledger import Ledger
 from tests.fixtures.databases import PostgresDatabase
 from tests.fixtures.http_targets import ModeSwitch
 from tests.integration.test_restore_served_killed import REPO, own_server, wait_for
-from tests.support.cli import OPSFLOW
-from tests.support.prefect_api import api_get, api_post
+from tests.support.cli import start_up
+from tests.support.prefect_api import api_get, api_post, wait_until_served
 
 pytestmark = pytest.mark.integration
 __all__ = ["own_server"]  # the fixture
@@ -106,25 +106,9 @@ environments:
     # size and statistics reads of the measuring step (ACCESS SHARE) do not.
     holder = psycopg.connect(dsn)
     holder.execute("LOCK TABLE items IN SHARE MODE")
-    with (tmp_path / "up.log").open("wb") as log:
-        runner = subprocess.Popen(
-            [*OPSFLOW, "up"],
-            cwd=REPO,
-            env=dict(os.environ),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    runner = start_up(REPO, dict(os.environ), tmp_path / "up.log")
     try:
-        wait_for(
-            lambda: (
-                api_get(f"{own_server}/deployments/name/maintenance/weekly", timeout=10)
-                .json()
-                .get("status")
-                == "READY"
-            ),
-            "opsflow up to serve maintenance/weekly",
-        )
+        wait_until_served(own_server, "maintenance/weekly")
         yield Served(own_server, runner, mode_switch)
     finally:
         holder.close()

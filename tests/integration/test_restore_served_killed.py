@@ -22,9 +22,9 @@ from rich.console import Console
 from deployments.up import start_embedded_server, stop_process_group
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.restores import RestoreLab, kubernetes_entry
-from tests.support.cli import OPSFLOW
+from tests.support.cli import OPSFLOW, start_up
 from tests.support.net import free_port
-from tests.support.prefect_api import api_get
+from tests.support.prefect_api import api_get, wait_until_served
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -76,25 +76,9 @@ def test_cli_killed_during_a_served_restore_the_run_completes_on_the_runner(
     lab.change_data()
     assert lab.checksums() != backed_up
 
-    with (lab.root / "up.log").open("wb") as log:
-        runner = subprocess.Popen(
-            [*OPSFLOW, "up"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    runner = start_up(REPO, env, lab.root / "up.log")
     try:
-        wait_for(
-            lambda: (
-                api_get(f"{own_server}/deployments/name/restore/manual", timeout=10)
-                .json()
-                .get("status")
-                == "READY"
-            ),
-            "opsflow up to serve restore/manual",
-        )
+        wait_until_served(own_server, "restore/manual")
         with kube_cluster.controller:
             assert replicas(kube_cluster) == 4
             kube_cluster.controller.terminate_slowly(3)  # the scale-down takes a moment

@@ -29,3 +29,15 @@ def api_get(url: str, **kwargs: Any) -> httpx.Response:
 
 def api_post(url: str, **kwargs: Any) -> httpx.Response:
     return api_request("POST", url, **kwargs)
+
+
+def wait_until_served(api: str, deployment: str, timeout: float = 180) -> dict[str, Any]:
+    """The deployment ``flow/name`` once a runner serves it (status READY)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = api_get(f"{api}/deployments/name/{deployment}", timeout=10)
+        if found.status_code == 200 and found.json().get("status") == "READY":
+            return dict(found.json())
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {deployment} to be served")
+        time.sleep(0.1)
