@@ -13,6 +13,17 @@ the verification window); ``load`` reading and error explanation.
 from opsflow.inventory.changes import ChangeFreeze, MaintenanceWindow, Verification
 from opsflow.inventory.deploy import Deploy, DeployService
 from opsflow.inventory.fields import ENV_NAME, InventoryError
+from opsflow.inventory.incident import (
+    RESPONSE_TARGETS,
+    Alerting,
+    AlertRule,
+    Incident,
+    Prometheus,
+    Remediation,
+    ScaleBounds,
+    Severity,
+    StatusPage,
+)
 from opsflow.inventory.load import (
     DEFAULT_INVENTORY,
     inventory_path,
@@ -58,7 +69,10 @@ from opsflow.inventory.models import (
 __all__ = [
     "DEFAULT_INVENTORY",
     "ENV_NAME",
+    "RESPONSE_TARGETS",
     "Access",
+    "AlertRule",
+    "Alerting",
     "Approvals",
     "Approver",
     "BackupStore",
@@ -74,6 +88,7 @@ __all__ = [
     "Endpoint",
     "Environment",
     "HttpTarget",
+    "Incident",
     "Inventory",
     "InventoryError",
     "KubectlExecAccess",
@@ -87,11 +102,16 @@ __all__ = [
     "MetricsSource",
     "Notify",
     "PostgresMaintenance",
+    "Prometheus",
     "Recovery",
     "RedisCleanup",
     "RedisTarget",
+    "Remediation",
+    "ScaleBounds",
+    "Severity",
     "SmokeTest",
     "SqliteMaintenance",
+    "StatusPage",
     "Thresholds",
     "Verification",
     "inventory_path",

@@ -30,7 +30,8 @@ from opsflow.inventory.fields import (
     check_url,
     positive_duration,
 )
-from opsflow.inventory.http import HttpTarget
+from opsflow.inventory.http import HttpTarget, Notify
+from opsflow.inventory.incident import Alerting, AlertRule, Incident, ScaleBounds, check_alerting
 from opsflow.inventory.maintenance import Maintenance, MaintenanceMode, check_cleanup_targets
 from opsflow.secrets import is_reference
 
@@ -420,27 +421,6 @@ class DockerTarget(Model):
         return check_url(value, ("unix", "tcp", "ssh", "http", "https", "npipe"))
 
 
-class Notify(Model):
-    block: str | None = Field(None, description="name of a Prefect notification block")
-    webhook: str | None = Field(None, description="webhook URL reference (env:/secret:) or URL")
-
-    @field_validator("webhook")
-    @classmethod
-    def _webhook(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        check_no_credentials(value, "the webhook URL", userinfo="any")
-        return check_url(value, ("http", "https"), references=True)
-
-    @model_validator(mode="after")
-    def _one(self) -> Notify:
-        if (self.block is None) == (self.webhook is None):
-            raise ValueError(
-                "a notify target needs exactly one of `block` or `webhook` (fix: keep one of them)"
-            )
-        return self
-
-
 class Recovery(Model):
     """Recovery targets the DR drill measures against (seed 000: RTO 4 h, RPO 4 h; critical
     systems RTO 1 h, RPO 15 min)."""
@@ -485,6 +465,12 @@ class Environment(Model):
     recovery: Recovery = Field(default_factory=Recovery)
     notify: list[Notify] = []
     deploy: Deploy | None = None
+    incident: Incident = Field(default_factory=Incident)
+    alerting: Alerting = Field(default_factory=Alerting)
+    alert_rules: list[AlertRule] = []
+    scaling: dict[str, ScaleBounds] = Field(
+        default_factory=dict, description="replica bounds per service / deployment name"
+    )
 
     @model_validator(mode="after")
     def _deploy_targets(self) -> Environment:
@@ -521,6 +507,7 @@ class Environment(Model):
                     f"duplicate {label} name(s) {dupes} (fix: give each a unique name)"
                 )
         check_cleanup_targets(self.maintenance, [r.name for r in self.redis])
+        check_alerting(self.alert_rules)
         places = [(f"databases[{i}] ({db.kind})", db.name) for i, db in enumerate(self.databases)]
         clashes = name_clashes(places + [(f"redis[{i}]", r.name) for i, r in enumerate(self.redis)])
         if clashes:
@@ -535,6 +522,10 @@ class Environment(Model):
 
 class Inventory(Model):
     environments: dict[str, Environment] = Field(min_length=1)
+    alert_rules: list[AlertRule] = Field(
+        default_factory=list,
+        description="rules shared by every environment: the alert's `env` label names it",
+    )
 
     @field_validator("environments")
     @classmethod
