@@ -354,6 +354,7 @@ def high_error_rate(
     requested_by: str,
     alert: dict[str, Any] | None = None,
     rollback: bool = False,
+    auto_remediate: bool = False,  # the receiver's uniform contract: nothing to skip
     dry_run: bool = False,
     approval_timeout_seconds: ApprovalWait = None,
 ) -> State[Any]:
@@ -431,6 +432,7 @@ def high_latency(
     requested_by: str,
     alert: dict[str, Any] | None = None,
     database: str | None = None,
+    auto_remediate: bool = False,  # the receiver's uniform contract: nothing to skip
     dry_run: bool = False,
     approval_timeout_seconds: ApprovalWait = None,
 ) -> State[Any]:
@@ -513,6 +515,7 @@ def db_connections(
     requested_by: str,
     alert: dict[str, Any] | None = None,
     database: str | None = None,
+    auto_remediate: bool = False,  # the receiver's uniform contract: nothing to skip
     dry_run: bool = False,
     approval_timeout_seconds: ApprovalWait = None,
 ) -> State[Any]:
