@@ -67,6 +67,7 @@ def test_cycle_finder_finds_a_planted_cycle(graph: grimp.ImportGraph) -> None:
 
 
 SUBFLOWS = {
+    ("flows.alerts", "flows.rollback"),
     ("flows.deploy", "flows.backup"),
     ("flows.deploy", "flows.health_check"),
     ("flows.rollback", "flows.health_check"),
