@@ -386,28 +386,35 @@ def remediate(
 # --- response times and the end ----------------------------------------------------------------
 
 
-def resolved_at(run: RunbookRun, alert: Alert | None) -> tuple[datetime | None, str]:
+def resolved_at(
+    run: RunbookRun, report: IncidentReport, alert: Alert | None
+) -> tuple[datetime | None, str]:
     """When the incident was resolved: the alert's endsAt when it came in resolved, else the
-    first ``resolved`` row the receiver recorded in the ledger for its fingerprint or run."""
+    first ``resolved`` row the receiver recorded in the ledger for this run or the alert's
+    fingerprint (its endsAt, or when it was received). The receiver's rows for this incident
+    go into the timeline."""
+    rows = {r.seq: r for r in run.ledger.alerts(env=run.env_name, flow_run_id=run.flow_run_id)}
+    if alert is not None and alert.fingerprint:
+        for row in run.ledger.alerts(env=run.env_name, fingerprint=alert.fingerprint):
+            rows[row.seq] = row
+    ends: list[datetime] = []
+    for row in sorted(rows.values(), key=lambda r: r.seq):
+        received = aware(row.recorded_at) or now()
+        what = f"Receiver: alert `{row.alertname}` {row.status}, {row.outcome}"
+        report.events.append(
+            TimelineEvent(at=received, what=what + (f" ({row.reason})" if row.reason else ""))
+        )
+        if row.status == "resolved":
+            ended = aware(row.ends_at)
+            ends.append(ended if ended is not None and ended.year > 1 else received)
     if alert is not None and alert.status == "resolved" and alert.ends_at is not None:
         return alert.ends_at, "the alert's endsAt"
-    reader = getattr(run.ledger, "alerts", None)
-    if reader is None:
-        return None, ""
-    rows = list(reader(env=run.env_name, flow_run_id=run.flow_run_id))
-    if alert is not None and alert.fingerprint:
-        rows += list(reader(env=run.env_name, fingerprint=alert.fingerprint))
-    ends: list[datetime] = []
-    for row in rows:
-        moment = aware(getattr(row, "ends_at", None) or getattr(row, "received_at", None))
-        if getattr(row, "status", "") == "resolved" and moment is not None:
-            ends.append(moment)
     return (min(ends), "resolved alert received") if ends else (None, "")
 
 
 def response_step(run: RunbookRun, report: IncidentReport, times: ResponseTimes) -> None:
     def call(step: IncidentStep) -> None:
-        times.resolved_at, times.resolved_from = resolved_at(run, report.alert)
+        times.resolved_at, times.resolved_from = resolved_at(run, report, report.alert)
         if times.resolved_at is not None:
             report.events.append(
                 TimelineEvent(at=times.resolved_at, what=f"Resolved ({times.resolved_from})")
