@@ -438,13 +438,14 @@ def finish(run: RunbookRun, report: IncidentReport) -> State[Any]:
     report.seconds = round(run.elapsed, 3)
     written = now()
     report.outcome = report.grade()
-    post_mortem = render_post_mortem(report, written)
     step = IncidentStep(step="post_mortem", target="artifact", started_at=written)
+    step.summary = f"draft published as {run.key}-post-mortem"
+    step.ended_at = written
+    recorded(run, report, step)  # before rendering: the draft lists itself too
+    post_mortem = render_post_mortem(report, written)
     publish_markdown(
         f"{run.key}-post-mortem", post_mortem, f"Post-mortem draft of {report.incident_id}"
     )
-    step.summary = f"draft published as {run.key}-post-mortem"
-    recorded(run, report, step)
     report.snapshot["post_mortem"] = post_mortem
     markdown = render_incident_report(report)
     publish_markdown(run.key, markdown, f"Incident {report.incident_id}: {report.outcome}")
