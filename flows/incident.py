@@ -44,13 +44,12 @@ from opsflow.incidents import (
     aware,
     parse_alert,
     plan_incident,
-    render_incident_report,
-    render_post_mortem,
     report_details,
     response_breaches,
 )
 from opsflow.inventory.incident import RESPONSE_TARGETS, Severity
 from opsflow.plans import Plan
+from opsflow.post_mortem import render_incident_report, render_post_mortem
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown
 from tasks.diagnostics import recent_changes, rollout_history, snapshot_containers, snapshot_pods
@@ -387,7 +386,7 @@ def remediate(
 
 
 def resolved_at(
-    run: RunbookRun, report: IncidentReport, alert: Alert | None
+    run: RunbookRun, report: IncidentReport, alert: Alert | None, started: datetime
 ) -> tuple[datetime | None, str]:
     """When the incident was resolved: the alert's endsAt when it came in resolved, else the
     first ``resolved`` row the receiver recorded in the ledger for this run or the alert's
@@ -400,13 +399,16 @@ def resolved_at(
     ends: list[datetime] = []
     for row in sorted(rows.values(), key=lambda r: r.seq):
         received = aware(row.recorded_at) or now()
+        if received < started and row.flow_run_id != run.flow_run_id:
+            continue  # an earlier incident of the same alert
         what = f"Receiver: alert `{row.alertname}` {row.status}, {row.outcome}"
         report.events.append(
             TimelineEvent(at=received, what=what + (f" ({row.reason})" if row.reason else ""))
         )
-        if row.status == "resolved":
-            ended = aware(row.ends_at)
-            ends.append(ended if ended is not None and ended.year > 1 else received)
+        ended = aware(row.ends_at)
+        ended = ended if ended is not None and ended.year > 1 else received
+        if row.status == "resolved" and ended >= started:  # not an earlier incident's all-clear
+            ends.append(ended)
     if alert is not None and alert.status == "resolved" and alert.ends_at is not None:
         return alert.ends_at, "the alert's endsAt"
     return (min(ends), "resolved alert received") if ends else (None, "")
@@ -414,7 +416,9 @@ def resolved_at(
 
 def response_step(run: RunbookRun, report: IncidentReport, times: ResponseTimes) -> None:
     def call(step: IncidentStep) -> None:
-        times.resolved_at, times.resolved_from = resolved_at(run, report, report.alert)
+        times.resolved_at, times.resolved_from = resolved_at(
+            run, report, report.alert, times.started_at
+        )
         if times.resolved_at is not None:
             report.events.append(
                 TimelineEvent(at=times.resolved_at, what=f"Resolved ({times.resolved_from})")
@@ -514,6 +518,13 @@ def incident(
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     plan = plan_incident(env, run.env, severity, summary, remediation, service, replicas, alert)
     opened = parse_alert(alert)
+    if remediation in ("restart", "scale"):
+        from tasks.remediation import check_scale, resolve_service
+
+        assert service is not None
+        resolve_service(run.env, service)  # an unknown service: InputError before any change
+        if remediation == "scale" and replicas is not None:
+            check_scale(run.env, service, replicas)
     run.publish_plan(plan)
     run_start = aware(run.started_at) or now()
     started = opened.starts_at if opened is not None and opened.starts_at else run_start

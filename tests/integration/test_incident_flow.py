@@ -272,3 +272,60 @@ def test_prometheus_figures_come_from_a_real_prometheus(
     assert [r["path"] for r in webhook_receiver.received].count("/chat") == 2  # P3 → chat
     step = next(s for s in steps if s.step == "prometheus_figures")
     assert step.status == "complete" and "errors: 1 series, last 100" in step.summary
+
+
+def test_restart_mitigates_and_the_receivers_resolved_alert_closes_the_timeline(
+    lab: Callable[[str], None],
+    docker_engine: str,
+    docker_busybox_image: str,
+    docker_test_containers: Callable[..., Container],
+    webhook_receiver: WebhookReceiver,
+) -> None:
+    box = docker_test_containers(docker_busybox_image, ["sleep", "600"])
+    box.reload()
+    first_start = box.attrs["State"]["StartedAt"]
+    lab(
+        f'    docker: {{host: "{docker_engine}", services: [{{name: api, container: '
+        f"{box.name}}}]}}\n"
+        + hooks(webhook_receiver, status_page=False)
+        + "      remediations: [restart]\n"
+    )
+    opened = alert(3, fingerprint="beefbeefbeef0001")
+    ledger, now = Ledger(), datetime.now(UTC).replace(tzinfo=None)
+    common = {
+        "env": "prod",
+        "alertname": "ServiceDown",
+        "fingerprint": opened["fingerprint"],
+        "group_key": '{}:{alertname="ServiceDown"}',
+        "labels": opened["labels"],
+        "annotations": opened["annotations"],
+        "starts_at": now - timedelta(minutes=3),
+        "runbook": "incident",
+    }
+    earlier = now - timedelta(days=2)  # an earlier incident of the same alert ended then
+    ledger.record_alert(**common, status="resolved", ends_at=earlier, outcome="resolved")
+    ledger.record_alert(**common, status="resolved", ends_at=now, outcome="resolved")
+
+    with pytest.raises(InputError) as unknown:
+        incident(
+            env="prod", requested_by="oncall", summary="x", remediation="restart", service="web"
+        )
+    assert unknown.value.field == "service"
+
+    state, report, steps = run(
+        severity="P2", summary="api hung", alert=opened, remediation="restart", service="api"
+    )
+    assert state.name == "Completed"
+    box.reload()
+    assert box.attrs["State"]["StartedAt"] != first_start  # it was restarted
+    remediate = next(s for s in steps if s.step == "remediate")
+    assert remediate.status == "complete" and box.name in remediate.summary
+    times = report.response
+    assert times is not None and times.mitigated_at is not None
+    assert times.resolved_at is not None
+    assert times.resolved_at.replace(tzinfo=None) == now  # the resolved row's endsAt
+    assert times.resolved_from == "resolved alert received"
+    text = check_post_mortem(report, steps)
+    assert text.count("Receiver: alert `ServiceDown` resolved, resolved") == 2  # both received
+    assert "Resolved (resolved alert received)" in text
+    assert "- **Duration**: 3m" in text

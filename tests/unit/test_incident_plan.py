@@ -16,11 +16,10 @@ from opsflow.incidents import (
     ResponseTimes,
     TimelineEvent,
     parse_alert,
-    render_post_mortem,
     response_breaches,
-    timeline,
 )
 from opsflow.inventory import Environment
+from opsflow.post_mortem import render_post_mortem, timeline
 from tasks.prometheus import MAX_POINTS, range_step
 
 T0 = datetime(2026, 12, 1, 9, 0, tzinfo=UTC)
