@@ -30,7 +30,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.common import ApprovalWait, RunbookRun, runbook_flow
 from flows.health_check import health_check as health_flow
 from flows.rollback import rollback as rollback_flow
-from opsflow.errors import OpsflowError
+from opsflow.errors import ApprovalRejected, OpsflowError
 from opsflow.incidents import (
     PAGE_SEVERITIES,
     RUNBOOK,
@@ -340,9 +340,15 @@ def remediate(
     """The chosen remediation, after the approval of a protected environment (a rollback asks
     for it itself, as the rollback runbook does)."""
     if run.env.protected and choice != "rollback":
-        report.approved_by = run.approve(
-            plan, approval_timeout_seconds, report_details(report) | {"stage": "remediation"}
-        )
+        try:
+            report.approved_by = run.approve(
+                plan, approval_timeout_seconds, report_details(report) | {"stage": "remediation"}
+            )
+        except ApprovalRejected as exc:  # recorded `rejected`; the drafts still get written
+            report.outcome, report.error = "rejected", f"remediation not approved: {exc}"
+            run.record("remediate", choice, "skipped", report.error)
+            publish_drafts(run, report)
+            raise
 
     def call(step: IncidentStep) -> None:
         if choice == "rollback":
@@ -438,10 +444,11 @@ def response_step(run: RunbookRun, report: IncidentReport, times: ResponseTimes)
     do_step(run, report, "response_times", report.severity, call)
 
 
-def finish(run: RunbookRun, report: IncidentReport) -> State[Any]:
+def publish_drafts(run: RunbookRun, report: IncidentReport) -> str:
+    """The post-mortem draft (a step of its own, listed in it) and the report, as artifacts;
+    returns the draft."""
     report.seconds = round(run.elapsed, 3)
     written = now()
-    report.outcome = report.grade()
     step = IncidentStep(step="post_mortem", target="artifact", started_at=written)
     step.summary = f"draft published as {run.key}-post-mortem"
     step.ended_at = written
@@ -453,6 +460,12 @@ def finish(run: RunbookRun, report: IncidentReport) -> State[Any]:
     report.snapshot["post_mortem"] = post_mortem
     markdown = render_incident_report(report)
     publish_markdown(run.key, markdown, f"Incident {report.incident_id}: {report.outcome}")
+    return post_mortem
+
+
+def finish(run: RunbookRun, report: IncidentReport) -> State[Any]:
+    report.outcome = report.grade()
+    post_mortem = publish_drafts(run, report)
     line = report.line()
     run.finish(report.outcome, line, report_details(report))
     targets = told(run, report.severity)

@@ -28,6 +28,8 @@ from opsflow.ledger import Ledger
 from tests.fixtures.http_targets import ModeSwitch, WebhookReceiver
 from tests.fixtures.kube_api import KubeCluster
 from tests.fixtures.prometheus_server import PrometheusServer
+from tests.support.approvers import approver_env, approvers_yaml
+from tests.support.prefect_api import api_post
 
 pytestmark = pytest.mark.integration
 SECRET = "hunter2secret"
@@ -329,3 +331,46 @@ def test_restart_mitigates_and_the_receivers_resolved_alert_closes_the_timeline(
     assert text.count("Receiver: alert `ServiceDown` resolved, resolved") == 2  # both received
     assert "Resolved (resolved alert received)" in text
     assert "- **Duration**: 3m" in text
+
+
+def test_a_remediation_not_approved_changes_nothing_and_still_drafts_the_post_mortem(
+    lab: Callable[[str], None],
+    prefect_api: str,
+    webhook_receiver: WebhookReceiver,
+    mode_switch: ModeSwitch,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in approver_env().items():
+        monkeypatch.setenv(name, value)
+    lab(
+        f"    protected: true\n    approvals: {{approvers: {approvers_yaml('alice')}}}\n"
+        f'    disks: []\n    maintenance_mode: {{url: "{mode_switch.url}"}}\n'
+        + hooks(webhook_receiver, status_page=False)
+        + "      remediations: [maintenance_mode]\n"
+    )
+    state = incident(
+        env="prod",
+        requested_by="oncall",
+        summary="api down",
+        severity="P1",
+        remediation="maintenance_mode",
+        approval_timeout_seconds=2,
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert mode_switch.methods == []  # nothing was changed
+    flow_run_id = str(state.state_details.flow_run_id)
+    ledger = Ledger()
+    assert [e.event for e in ledger.approval_events(flow_run_id)] == ["requested", "timed_out"]
+    assert ledger.runs(env="prod", runbook="incident")[0].status == "rejected"
+    steps = [(s.step, s.status) for s in ledger.steps(flow_run_id)]
+    assert ("remediate", "skipped") in steps and steps[-1] == ("post_mortem", "complete")
+    response = api_post(
+        f"{prefect_api}/artifacts/filter",
+        json={"artifacts": {"key": {"any_": ["incident-prod-post-mortem"]}}},
+        timeout=10,
+    )
+    drafts = [a for a in response.json() if a["flow_run_id"] == flow_run_id]
+    assert len(drafts) == 1
+    assert "remediation not approved" in drafts[0]["data"]
+    assert "## Lessons Learned" in drafts[0]["data"]
