@@ -1,4 +1,5 @@
-"""The ledger: an append-only, HMAC-chained record of runs, steps, approvals, backups and drills.
+"""The ledger: an append-only, HMAC-chained record of runs, steps, approvals, backups, drills
+and alerts.
 
 SQLAlchemy 2; SQLite under ``OPSFLOW_HOME`` by default, PostgreSQL (or anything SQLAlchemy
 speaks) through ``OPSFLOW_LEDGER_URL``; the schema is kept by Alembic migrations
@@ -46,6 +47,7 @@ from opsflow.ledger.models import (
     CHAINED,
     GENESIS,
     VERIFIED,
+    AlertRow,
     ApprovalRow,
     BackupRow,
     Base,
@@ -75,6 +77,7 @@ __all__ = [
     "CHAINED",
     "GENESIS",
     "VERIFIED",
+    "AlertRow",
     "ApprovalRow",
     "BackupRow",
     "Base",
@@ -245,6 +248,10 @@ class Ledger:
     def record_drill(self, **values: Any) -> DrillRow:
         return self.append(DrillRow(**values))
 
+    def record_alert(self, **values: Any) -> AlertRow:
+        """One alert the receiver took (``AlertRow``: labels and annotations redacted)."""
+        return self.append(AlertRow(**values))
+
     def mark_verified(
         self, backup: BackupRow, *, verified_at: datetime, flow_run_id: str, how: str
     ) -> BackupRow:
@@ -335,6 +342,31 @@ class Ledger:
     ) -> list[DrillRow]:
         return self._latest(DrillRow, DrillRow.seq, limit, env=env, database=database)
 
+    def alerts(
+        self,
+        env: str | None = None,
+        fingerprint: str | None = None,
+        group_key: str | None = None,
+        flow_run_id: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 100,
+    ) -> list[AlertRow]:
+        """Alert rows, latest written first (``since``: recorded at or after it, naive UTC):
+        the receiver's dedup and rate limit and an incident's timeline read these."""
+        query = select(AlertRow).order_by(AlertRow.seq.desc()).limit(limit)
+        for column, value in (
+            (AlertRow.env, env),
+            (AlertRow.fingerprint, fingerprint),
+            (AlertRow.group_key, group_key),
+            (AlertRow.flow_run_id, flow_run_id),
+        ):
+            if value:
+                query = query.where(column == value)
+        if since is not None:
+            query = query.where(AlertRow.recorded_at >= _naive(since))
+        with self._session() as session:
+            return list(session.scalars(query))
+
     def _latest(
         self, model: type[Row], newest: Any, limit: int | None, **equal: str | None
     ) -> list[Row]:
@@ -402,6 +434,10 @@ class Ledger:
             for doc in published:
                 problems += check_published(session, key, doc)
         return VerifyReport(rows, problems, [p.source for p in published])
+
+
+def _naive(when: datetime) -> datetime:
+    return when.astimezone(UTC).replace(tzinfo=None) if when.tzinfo is not None else when
 
 
 def _has_rows(session: Session) -> bool:

@@ -15,8 +15,10 @@ that the payload still says what the row's columns say.
 The **heads** are ``{table: {"seq": n, "row_hash": h}}`` in a small document signed with the
 same key (``sign_heads``), published outside the database after each run.
 
-Version 1 is frozen: change a payload's shape only by adding version 2 (with its columns in
-``PAYLOAD_COLUMNS``) and keep version 1 readable, or every stored row stops verifying.
+Version 1 is frozen (a table added later, like ``alerts``, adds its columns to version 1: no
+row of it was ever written with another shape): change a payload's shape only by adding
+version 2 (with its columns in ``PAYLOAD_COLUMNS``) and keep version 1 readable, or every
+stored row stops verifying.
 """
 
 from __future__ import annotations
@@ -95,6 +97,23 @@ PAYLOAD_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
             "rpo_seconds",
             "targets",
             "outcome",
+            "details",
+        ),
+        "alerts": (
+            "recorded_at",
+            "env",
+            "alertname",
+            "status",
+            "fingerprint",
+            "group_key",
+            "labels",
+            "annotations",
+            "starts_at",
+            "ends_at",
+            "runbook",
+            "flow_run_id",
+            "outcome",
+            "reason",
             "details",
         ),
     }

@@ -8,7 +8,8 @@ written, see ``opsflow.ledger.chain``), ``payload_version`` and ``row_hash`` (th
 ``prev_hash`` and ``payload``). ``chain_heads`` holds each table's last seq and hash (the lock
 that serialises appends); ``ledger_meta`` holds the id of the key the ledger is signed with;
 ``used_codes`` holds the one-time approval codes already accepted (approver and TOTP time step,
-never the code), whose primary key is what makes each code work once.
+never the code), whose primary key is what makes each code work once; ``alerts`` (revision
+0004) holds the alerts the receiver took and what it did with each.
 """
 
 from __future__ import annotations
@@ -156,8 +157,41 @@ class DrillRow(_Chained, Base):
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
 
 
+class AlertRow(_Chained, Base):
+    """One Alertmanager alert as the receiver took it (``opsflow.alerts``): its labels and
+    annotations, the rule's runbook, and what became of it — ``outcome`` is ``started`` (a run
+    was created: ``flow_run_id``), ``deduplicated`` or ``rate_limited`` (no run, ``reason``
+    says why), ``unmatched`` (no rule), ``failed_to_start`` (the run could not be created),
+    or ``resolved`` (Alertmanager's all-clear; ``flow_run_id`` is the run its firing started,
+    which closes that incident's timeline). ``ends_at`` is Alertmanager's zero time
+    (0001-01-01) while an alert fires."""
+
+    __tablename__ = "alerts"
+    env: Mapped[str] = mapped_column(String(64), index=True)
+    alertname: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    group_key: Mapped[str] = mapped_column(Text)
+    labels: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    annotations: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    starts_at: Mapped[datetime] = mapped_column(DateTime)
+    ends_at: Mapped[datetime] = mapped_column(DateTime)
+    runbook: Mapped[str] = mapped_column(String(64), default="")
+    flow_run_id: Mapped[str] = mapped_column(String(64), index=True, default="")
+    outcome: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
 Chained = _Chained
-CHAINED: tuple[type[_Chained], ...] = (RunRow, StepRow, ApprovalRow, BackupRow, DrillRow)
+CHAINED: tuple[type[_Chained], ...] = (
+    RunRow,
+    StepRow,
+    ApprovalRow,
+    BackupRow,
+    DrillRow,
+    AlertRow,
+)
 BY_TABLE: dict[str, type[_Chained]] = {m.__tablename__: m for m in CHAINED}
 CHAIN_COLUMNS = frozenset({"id", "seq", "prev_hash", "row_hash", "payload", "payload_version"})
 """Columns of the chain itself; every other column of a chained table is in its payload."""

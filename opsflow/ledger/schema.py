@@ -26,9 +26,9 @@ from opsflow.redaction import redact
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD = "0003"
+HEAD = "0004"
 """The newest revision in ``migrations/versions`` (a test checks they agree)."""
-KNOWN = (None, "0001", "0002", HEAD)
+KNOWN = (None, "0001", "0002", "0003", HEAD)
 MIGRATIONS = Path(__file__).with_name("migrations")
 _PG_LOCK = 0x6F70_7366_6C77  # pg_advisory_xact_lock key of ledger upgrades ("opsflw")
 _REASON_CHARS = 200

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.integration
 Tamper = Callable[..., None]
 Open = Callable[..., Ledger]
 INT4_MAX = 2**31 - 1
-TABLES = ("runs", "steps", "approvals", "backups", "drills")
+TABLES = ("runs", "steps", "approvals", "backups", "drills")  # the old code's tables
 
 
 def old_ledger(url: str) -> legacy_ledger.Ledger:
@@ -286,7 +286,7 @@ def test_a_ledger_at_0002_gains_used_codes_and_keeps_its_rows(
     with ledger.engine.connect() as conn:
         assert conn.execute(text("select version_num from alembic_version")).scalar() == HEAD
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
-    assert HEAD == "0003"
+    assert HEAD == "0004"
     assert schema_of(ledger_url)["used_codes"] == ["approver", "flow_run_id", "step", "used_at"]
     assert rows_of(ledger_url) == before
     assert ledger.verify().ok
@@ -298,3 +298,62 @@ def test_a_ledger_at_0002_gains_used_codes_and_keeps_its_rows(
     assert ledger.use_code("bob", 63_333_334, "run-b") is True
     assert ledger.use_code("alice", 63_333_333, "run-b") is True
     assert ledger.verify().ok  # not a chained table: verify is unaffected
+
+
+def test_a_ledger_at_0003_gains_the_alerts_chain_and_keeps_its_rows(
+    open_ledger: Open, ledger_url: str, tamper: Tamper
+) -> None:
+    """Revision 0004 adds the chained ``alerts`` table (with its chain head) to a ledger at
+    0003 and changes nothing else; its rows are signed and verified like every chain's."""
+    old_ledger(ledger_url).close()
+    key = load_key(get_settings(), create=True).secret
+    engine = create_engine(ledger_url)
+    try:
+        with engine.connect() as conn:
+            command.upgrade(alembic_config(conn, lambda: key), "0003")
+            conn.commit()
+    finally:
+        engine.dispose()
+    before = rows_of(ledger_url)
+    assert "alerts" not in schema_of(ledger_url)
+
+    ledger = open_ledger()
+    with ledger.engine.connect() as conn:
+        assert conn.execute(text("select version_num from alembic_version")).scalar() == "0004"
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+    assert rows_of(ledger_url) == before
+    assert ledger.heads()["heads"]["alerts"] == {"seq": 0, "row_hash": "0" * 64}
+    common: dict[str, Any] = {
+        "env": "prod",
+        "alertname": "HighMemory",
+        "group_key": '{}:{alertname="HighMemory"}',
+        "labels": {"alertname": "HighMemory", "pod": "web-1"},
+        "annotations": {"summary": "web-1 at 95%", "url": "https://u:hunter2pass@h/x"},
+        "starts_at": utcnow(),
+        "ends_at": utcnow(),
+    }
+    ledger.record_alert(
+        status="firing",
+        fingerprint="f1",
+        runbook="health-check",
+        flow_run_id="r1",
+        outcome="started",
+        **common,
+    )
+    ledger.record_alert(status="firing", fingerprint="f2", outcome="unmatched", **common)
+    ledger.record_alert(
+        status="resolved", fingerprint="f1", flow_run_id="r1", outcome="resolved", **common
+    )
+    report = ledger.verify([PublishedHeads("now", ledger.heads())])
+    assert report.ok, report.problems
+    assert report.rows == 9 + 3
+    assert [a.outcome for a in ledger.alerts(fingerprint="f1")] == ["resolved", "started"]
+    assert [a.fingerprint for a in ledger.alerts(flow_run_id="r1")] == ["f1", "f1"]
+    assert [a.outcome for a in ledger.alerts(env="prod", limit=1)] == ["resolved"]
+    assert ledger.alerts(env="other") == []
+    assert "hunter2pass" not in json.dumps([a.annotations for a in ledger.alerts()])
+
+    tamper(ledger_url, "update alerts set outcome = 'deduplicated' where seq = 1")
+    [problem] = ledger.verify().problems
+    assert (problem.table, problem.seq) == ("alerts", 1)
+    assert "column outcome" in problem.problem

@@ -74,6 +74,8 @@ SUBFLOWS = {
     ("flows.maintenance", "flows.backup"),
     ("flows.maintenance", "flows.dr_drill"),
     ("flows.maintenance", "flows.health_check"),
+    ("flows.incident", "flows.health_check"),
+    ("flows.incident", "flows.rollback"),
 }
 """A runbook that runs another runbook as a subflow imports that runbook's flow (and only
 it): composition, not shared code. Each such edge is listed here, so a new one is a
