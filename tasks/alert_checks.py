@@ -362,19 +362,30 @@ def error_analysis(env: Environment, lines: int) -> Finding:
             messages[message] = messages.get(message, 0) + count
     top = sorted(messages.items(), key=lambda kv: -kv[1])[:5]
     failing = [r for r in metrics.details["table"] if r["error"]]
-    parts = [f"{sum(t.errors for t in tails)} error line(s) in {len(tails)} log tail(s)"]
+    unread = [t for t in tails if t.error is not None]
+    problems = metrics.details["problems"]
+    read = len(tails) - len(unread)
+    parts = [f"{sum(t.errors for t in tails)} error line(s) in {read} log tail(s)"]
     if top:
         parts.append(f"most {top[0][1]}x {top[0][0]!r}")
     if failing:
         worst = max(failing, key=lambda r: r["requests"])
         parts.append(f"{len(failing)} 5xx series, most {worst['requests']} at {worst['series']}")
-    elif env.metrics:
+    elif env.metrics and not problems:
         parts.append("no 5xx series in the metrics")
+    if unread:  # an unreachable system is said, not taken for "no errors"
+        parts.append(
+            f"{len(unread)} log source(s) could not be read: "
+            + "; ".join(f"{t.name}: {t.error}" for t in unread[:3])
+        )
+    if problems:
+        parts.append("metrics not read: " + "; ".join(problems))
     return _timed(
         started,
         Finding(
             step="error_analysis",
             target=metrics.target,
+            status="degraded" if unread or problems else "complete",
             summary=redact("; ".join(parts)),
             details={
                 "top_errors": top,

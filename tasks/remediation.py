@@ -32,6 +32,11 @@ from tasks.policy import api_task
 
 WAIT_S = 300.0
 STABLE_S = 3.0
+# The declared task timeout: the wait, plus the calls around it on a peer that slows down
+# (each bounded by its client timeout): Docker restart = ping + inspect 2 x 60 s, the restart
+# 60 + 30 s, the last inspect past the wait's deadline 60 s (270 s); Kubernetes scale = GET
+# 2 x 30 s, PATCH 30 s, the last watch past the deadline 60 s (+ its pauses).
+TASK_TIMEOUT_S = WAIT_S + 300
 _DNS_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
@@ -175,13 +180,13 @@ def scale(
     )
 
 
-@api_task("restart_service", timeout_seconds=WAIT_S + 120)
+@api_task("restart_service", timeout_seconds=TASK_TIMEOUT_S)
 def restart_service(env: Environment, service: str) -> str:
     """Restart ``service`` and wait until it is up again; one line saying what was done."""
     return restart(env, service)
 
 
-@api_task("scale_service", timeout_seconds=WAIT_S + 120)
+@api_task("scale_service", timeout_seconds=TASK_TIMEOUT_S)
 def scale_service(env: Environment, service: str, replicas: int) -> ScaleChange:
     """Scale ``service`` to ``replicas`` (within ``scaling[service]``) and wait until they run."""
     return scale(env, service, replicas)

@@ -245,12 +245,13 @@ def scale_compose(
                 with docker_errors(f"start container {name}"):
                     client.api.start(new_id)
                 to_start.append(name)
+            deadline = time.monotonic() + timeout_seconds  # one wait for them all, not each
             for name in to_start:
                 wait_up(
                     client,
                     name,
                     started_not=None,
-                    timeout_seconds=timeout_seconds,
+                    timeout_seconds=max(deadline - time.monotonic(), 0.0),
                     stable_seconds=stable_seconds,
                 )
             changed = to_start

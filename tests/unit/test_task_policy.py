@@ -52,6 +52,7 @@ from opsflow.errors import (
     TransientError,
     retry_on_transient,
 )
+from opsflow.alert_runbooks import Finding
 from opsflow.inventory import (
     BackupStore,
     BenchmarkProbe,
@@ -68,12 +69,20 @@ from opsflow.inventory import (
     PostgresMaintenance,
     RedisCleanup,
     RedisTarget,
+    ScaleBounds,
     SmokeTest,
     Thresholds,
 )
 from opsflow.inventory.incident import Prometheus, StatusPage
 from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
+from tasks.alert_checks import (
+    error_analysis,
+    find_memory_hog,
+    memory_snapshot,
+    service_diagnostics,
+    slowest_endpoints,
+)
 from tasks.app_logs import summarize_app_logs
 from tasks.backups import (
     apply_retention,
@@ -94,11 +103,13 @@ from tasks.kubernetes.config import export_kubernetes_config
 from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
 from tasks.log_archive import archive_logs
 from tasks.notify import send_notification
+from tasks.postgres.activity import connection_breakdown, slow_queries
 from tasks.postgres.backup import dump_postgres
 from tasks.postgres.checks import check_postgres
 from tasks.postgres.maintenance import measure_postgres, reindex_postgres, vacuum_postgres
 from tasks.postgres.restore import drop_postgres_database, swap_postgres_database
 from tasks.prometheus import prometheus_figures
+from tasks.remediation import restart_service, scale_service
 from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.scaling import scale_down_app
 from tasks.status_page import post_status_page
@@ -240,8 +251,9 @@ class Probe:
     pause: float = 0.0  # the most the client sleeps between its own tries, seconds
     reports: str | None = None
     """None: the call raises a TransientError. A pattern: the task reports an unreachable peer
-    as a returned ``failed`` MaintenanceStep (a step of a runbook that goes on) whose summary
-    says the peer did not answer in time (this pattern)."""
+    as a returned ``failed`` MaintenanceStep or alert-runbook Finding (a step of a runbook that
+    goes on) whose summary says the peer did not answer in time (this pattern)."""
+    status: str = "failed"  # the reported step's status (``degraded``: other parts were read)
 
 
 def _url(port: int, path: str = "/health", scheme: str = "http") -> str:
@@ -313,11 +325,27 @@ def _archive_call(port: int, s: float, tmp: Path) -> Callable[[], Any]:
     return lambda: archive_logs.fn("e2e", env, policy, flow_run_id="probe")
 
 
+def _docker_env(port: int, **scaling: ScaleBounds) -> Environment:
+    return Environment(docker=_docker(port), scaling=scaling)
+
+
+def _k8s_env(port: int) -> Environment:
+    return Environment(kubernetes=_k8s(port), scaling={"app": ScaleBounds(min=1, max=4)})
+
+
+def _metrics_env(port: int) -> Environment:
+    return Environment(metrics=[MetricsSource(name="app", url=_url(port, "/metrics"))])
+
+
 DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
 ENDPOINT_TIMEOUT = inventory(
     "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
 )
 K8S = constant(connector("connectors.kubernetes"), "REQUEST_TIMEOUT")
+K8S_PATCH_WAITS = 1  # urllib3 does not retry a PATCH (not idempotent) that timed out
+REPLICAS_CLIENT = constant(connector("tasks.docker.replicas"), "CLIENT_TIMEOUT")
+STATS = constant(lambda: module_of(check_containers), "STATS_TIMEOUT")
+METRICS = constant(lambda: module_of(check_metrics), "METRICS_TIMEOUT")
 K8S_WAITS = 2  # kube_api sets the client's retries to 1: urllib3 tries each request twice
 S3 = constant(s3_module, "READ_TIMEOUT_S")
 S3_WAITS = s3.MAX_ATTEMPTS  # botocore's total_max_attempts: every try, the first included
@@ -777,6 +805,137 @@ PROBES = [
     ),
 ]
 
+# the alert runbooks' diagnostics and remediations
+PROBES += [
+    Probe(
+        "restart_service[docker]",
+        restart_service,
+        lambda port, s, tmp: lambda: restart_service.fn(_docker_env(port), "web"),
+        REPLICAS_CLIENT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "restart_service[kubernetes]",
+        restart_service,
+        lambda port, s, tmp: lambda: restart_service.fn(_k8s_env(port), "app"),
+        K8S,
+        0.5,
+        K8S_PATCH_WAITS,
+    ),
+    Probe(
+        "scale_service[docker]",
+        scale_service,
+        lambda port, s, tmp: (
+            lambda: scale_service.fn(_docker_env(port, web=ScaleBounds(min=1, max=4)), "web", 2)
+        ),
+        REPLICAS_CLIENT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "scale_service[kubernetes]",
+        scale_service,
+        lambda port, s, tmp: lambda: scale_service.fn(_k8s_env(port), "app", 2),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "find_memory_hog[docker]",
+        find_memory_hog,
+        lambda port, s, tmp: lambda: find_memory_hog.fn(_docker_env(port), None),
+        STATS,
+        0.5,
+        1,
+    ),
+    Probe(
+        "find_memory_hog[kubernetes]",
+        find_memory_hog,
+        lambda port, s, tmp: lambda: find_memory_hog.fn(_k8s_env(port), None),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "memory_snapshot[docker]",
+        memory_snapshot,
+        lambda port, s, tmp: lambda: memory_snapshot.fn(_docker_env(port), "web", {"name": "web"}),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    # no memory_snapshot[kubernetes]: its ``ps aux`` exec (connectors/transports/pod_exec.py)
+    # opens the websocket through kubernetes.stream, whose handshake has no timeout: on a peer
+    # that never answers it waits forever (reported to the lead, not fixed here)
+    Probe(
+        "service_diagnostics[docker]",
+        service_diagnostics,
+        lambda port, s, tmp: lambda: service_diagnostics.fn(_docker_env(port), "web", 20),
+        STATS,
+        0.5,
+        1,
+    ),
+    Probe(
+        "service_diagnostics[kubernetes]",
+        service_diagnostics,
+        lambda port, s, tmp: lambda: service_diagnostics.fn(_k8s_env(port), "app", 20),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "error_analysis[docker]",
+        error_analysis,
+        lambda port, s, tmp: lambda: error_analysis.fn(_docker_env(port), 20),
+        docker_default(),
+        0.5,
+        1,
+        reports="could not be read: docker: .*(timed out|did not answer)",
+        status="degraded",
+    ),
+    Probe(
+        "error_analysis[kubernetes]",
+        error_analysis,
+        lambda port, s, tmp: lambda: error_analysis.fn(_k8s_env(port), 20),
+        K8S,
+        0.5,
+        K8S_WAITS,
+        reports="could not be read: kubernetes: .*unreachable",
+        status="degraded",
+    ),
+    Probe(
+        "error_analysis[metrics]",
+        error_analysis,
+        lambda port, s, tmp: lambda: error_analysis.fn(_metrics_env(port), 20),
+        METRICS,
+        0.5,
+        1,
+        reports="metrics not read: app: .*did not answer within",
+        status="degraded",
+    ),
+    Probe(
+        "slowest_endpoints",
+        slowest_endpoints,
+        lambda port, s, tmp: lambda: slowest_endpoints.fn(_metrics_env(port)),
+        METRICS,
+        0.5,
+        1,
+        reports="app: .*did not answer within",
+        status="degraded",
+    ),
+    *(
+        Probe(task.name, task, call, PG, PG_SMALL, 1)
+        for task, call in (
+            (slow_queries, lambda port, s, tmp: lambda: slow_queries.fn(_pg(port), "db")),
+            (
+                connection_breakdown,
+                lambda port, s, tmp: lambda: connection_breakdown.fn(_pg(port), "db", TH),
+            ),
+        )
+    ),
+]
+
 # Tasks that reach no network peer, or whose network part is not probed here (and why).
 NOT_PROBED = {
     "check_disk": "local: statvfs of a path",
@@ -877,8 +1036,8 @@ def test_network_task_gives_up_at_its_inner_timeout(
         assert isinstance(outcome.error, TransientError), (outcome.error, outcome.value)
     else:
         assert outcome.error is None, outcome.error
-        assert isinstance(outcome.value, MaintenanceStep), outcome.value
-        assert outcome.value.status == "failed", outcome.value
+        assert isinstance(outcome.value, MaintenanceStep | Finding), outcome.value
+        assert outcome.value.status == probe.status, outcome.value
         assert re.search(probe.reports, outcome.value.summary), outcome.value.summary
     assert outcome.connections == probe.waits, (
         f"{probe.id} tried the peer {outcome.connections} time(s), expected {probe.waits}"
