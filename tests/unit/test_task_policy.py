@@ -44,6 +44,7 @@ from prefect import Task
 
 import tasks
 from connectors.stores import s3
+from opsflow.alert_runbooks import Finding
 from opsflow.catalog import CatalogEntry
 from opsflow.errors import (
     API_RETRIES,
@@ -52,7 +53,6 @@ from opsflow.errors import (
     TransientError,
     retry_on_transient,
 )
-from opsflow.alert_runbooks import Finding
 from opsflow.inventory import (
     BackupStore,
     BenchmarkProbe,
@@ -109,8 +109,8 @@ from tasks.postgres.checks import check_postgres
 from tasks.postgres.maintenance import measure_postgres, reindex_postgres, vacuum_postgres
 from tasks.postgres.restore import drop_postgres_database, swap_postgres_database
 from tasks.prometheus import prometheus_figures
-from tasks.remediation import restart_service, scale_service
 from tasks.redis import check_redis, clean_redis, dump_redis
+from tasks.remediation import restart_service, scale_service
 from tasks.scaling import scale_down_app
 from tasks.status_page import post_status_page
 from tasks.system import check_tls_certificate
