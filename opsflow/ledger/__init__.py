@@ -350,15 +350,18 @@ class Ledger:
         flow_run_id: str | None = None,
         since: datetime | None = None,
         limit: int | None = 100,
+        outcome: str | None = None,
     ) -> list[AlertRow]:
-        """Alert rows, latest written first (``since``: recorded at or after it, naive UTC):
-        the receiver's dedup and rate limit and an incident's timeline read these."""
+        """Alert rows, latest written first (``since``: recorded at or after it, naive UTC;
+        ``limit=None``: all): the receiver's dedup and rate limit and an incident's timeline
+        read these."""
         query = select(AlertRow).order_by(AlertRow.seq.desc()).limit(limit)
         for column, value in (
             (AlertRow.env, env),
             (AlertRow.fingerprint, fingerprint),
             (AlertRow.group_key, group_key),
             (AlertRow.flow_run_id, flow_run_id),
+            (AlertRow.outcome, outcome),
         ):
             if value:
                 query = query.where(column == value)
