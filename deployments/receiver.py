@@ -228,7 +228,7 @@ class Receiver:
                 **values,
                 outcome="resolved",
                 flow_run_id=run,
-                reason=f"resolved; closes run {run}" if run else "resolved (no run was started)",
+                reason=f"closes run {run}" if run else "no run was started for it",
             )
         elif rule is None:
             row = self.ledger.record_alert(**values, outcome="unmatched", reason=match.reason)
