@@ -59,7 +59,8 @@ def up(
     ] = 4200,
 ) -> None:
     """Start the embedded Prefect server (unless PREFECT_API_URL is set) and serve every
-    deployment of prefect.yaml with its schedule. Ctrl-C stops everything."""
+    deployment of prefect.yaml with its schedule, and the alert receiver when
+    OPSFLOW_RECEIVER_TOKEN is set (docs/alerting.md). Ctrl-C stops everything."""
     from deployments.up import run_up
 
     sys.exit(run_up(port=port, console=out))

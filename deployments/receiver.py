@@ -294,6 +294,7 @@ class Receiver:
 
     def close(self) -> None:
         self.starter.close()
+        self.ledger.close()
 
 
 def _seen(row: AlertRow) -> Seen:

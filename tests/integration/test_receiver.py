@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -21,11 +23,12 @@ import httpx
 import pytest
 from rich.console import Console
 
+from deployments.receiver import start_for_up
 from deployments.up import start_embedded_server, stop_process_group
 from opsflow.ledger import AlertRow, Ledger
 from opsflow.ledger.keys import create_key_file, read_key_file
 from tests.fixtures.alertmanager import Alertmanager
-from tests.support.cli import start_up
+from tests.support.cli import OPSFLOW, start_up
 from tests.support.net import free_port
 from tests.support.prefect_api import api_get, api_post, wait_until_served
 
@@ -325,3 +328,85 @@ def test_healthz_and_no_token_in_the_log(intake: Intake) -> None:
     assert "DiskCheck (local) firing: accepted" in log
     assert intake.token not in log
     assert intake.ledger().verify().ok
+
+
+def test_opsflow_receiver_alone_and_on_a_busy_port(intake: Intake) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("OPSFLOW_")},
+        "PREFECT_API_URL": intake.api,
+        "OPSFLOW_HOME": str(intake.root / "home"),
+        "OPSFLOW_INVENTORY": str(intake.root / "inventory.yaml"),
+        "OPSFLOW_LEDGER_URL": intake.ledger_url,
+        "OPSFLOW_RECEIVER_TOKEN": intake.token,
+    }
+    busy_port = intake.url.rsplit(":", 1)[1]
+    busy = subprocess.run(
+        [*OPSFLOW, "receiver", "--port", busy_port],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert busy.returncode == 2, busy.stdout + busy.stderr
+    assert f"--port: 127.0.0.1:{busy_port} cannot be listened on" in " ".join(busy.stderr.split())
+    assert "Traceback" not in busy.stderr
+
+    port = free_port()
+    log = intake.root / "receiver.log"
+    with log.open("wb") as out:
+        alone = subprocess.Popen(
+            [*OPSFLOW, "receiver", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert alone.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+        answer = httpx.post(
+            f"{url}/alertmanager",
+            json=payload(alert("a10e000000000001", name="Alone")),
+            headers={"Authorization": f"Bearer {intake.token}"},
+            timeout=30,
+        )
+        assert answer.json()["alerts"][0]["outcome"] == "unmatched"
+    finally:
+        stop_process_group(alone)
+    assert [r.outcome for r in intake.rows(fingerprint="a10e000000000001")] == ["unmatched"]
+    assert intake.token not in log.read_text()
+
+
+def test_up_runs_no_receiver_without_a_token_and_goes_on_when_its_port_is_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "inventory.yaml").write_text(inventory_text(tmp_path))
+    monkeypatch.setenv("OPSFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("OPSFLOW_INVENTORY", str(tmp_path / "inventory.yaml"))
+    monkeypatch.setenv("OPSFLOW_LEDGER_URL", f"sqlite:///{tmp_path / 'ledger.db'}")
+    monkeypatch.delenv("OPSFLOW_RECEIVER_TOKEN", raising=False)
+    console = Console(record=True, width=200)
+    assert start_for_up(console) is None
+    assert "alert receiver off: OPSFLOW_RECEIVER_TOKEN is not set" in console.export_text()
+
+    token = secrets.token_hex(20)
+    monkeypatch.setenv("OPSFLOW_RECEIVER_TOKEN", token)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setenv("OPSFLOW_RECEIVER_PORT", str(taken.getsockname()[1]))
+        console = Console(record=True, width=200)
+        assert start_for_up(console) is None
+    text = console.export_text()
+    assert "warning: alert receiver off: 127.0.0.1:" in text
+    assert "set OPSFLOW_RECEIVER_PORT to a free port" in text
+    assert token not in text
