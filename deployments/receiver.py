@@ -22,6 +22,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,10 +38,10 @@ from starlette.routing import Route
 from deployments.runbooks import get_runbook, runbooks
 from opsflow.alerts import (
     MAX_BODY_BYTES,
-    RATE_WINDOW,
     ZERO_TIME,
     Alert,
     AlertmanagerPayload,
+    History,
     PayloadError,
     Seen,
     alert_parameter,
@@ -61,7 +62,8 @@ from opsflow.redaction import redact
 log = logging.getLogger("opsflow.receiver")
 PATH = "/alertmanager"
 START_WORKERS = 4
-HISTORY_ROWS = 50
+SEED_ROWS = 10_000
+"""Ledger rows the receiver's in-memory history starts from (the newest)."""
 STATE_TIMEOUT = 5.0
 _REASON_CHARS = 500
 
@@ -81,6 +83,8 @@ class Starter:
     """Starts runs as flow runs of served deployments, off the request path."""
 
     ledger: Ledger
+    recorded: Callable[[AlertRow], None]
+    """Called with every row the starter records (the receiver's history takes it)."""
     pool: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(START_WORKERS, thread_name_prefix="alert-start")
     )
@@ -140,9 +144,10 @@ class Starter:
 
     def _record(self, accepted: AlertRow, outcome: str, reason: str, run_id: str) -> None:
         try:
-            self.ledger.record_alert(
+            row = self.ledger.record_alert(
                 **_copied(accepted), outcome=outcome, reason=reason, flow_run_id=run_id
             )
+            self.recorded(row)
         except Exception:
             log.exception("alert %s: recording %s failed", accepted.alertname, outcome)
 
@@ -185,8 +190,15 @@ class Receiver:
         self.inventory = inventory
         self._token = token.encode()
         self.ledger = ledger
-        self.starter = Starter(ledger)
+        self.starter = Starter(ledger, self._recorded)
         self._lock = threading.Lock()  # one decision at a time: a repeat sees the first
+        self.history = History()
+        for row in reversed(ledger.alerts(limit=SEED_ROWS)):
+            self.history.add(_seen(row))
+
+    def _recorded(self, row: AlertRow) -> None:
+        with self._lock:
+            self.history.add(_seen(row))
 
     def authorized(self, header: str | None) -> bool:
         scheme, _, given = (header or "").partition(" ")
@@ -221,9 +233,10 @@ class Receiver:
                 "external_url": payload.external_url,
             },
         }
-        rows = self.ledger.alerts(fingerprint=alert.fingerprint, limit=HISTORY_ROWS)
         if alert.status == "resolved":
-            run = firing_run([_seen(r) for r in rows], payload.group_key, alert.fingerprint)
+            run = firing_run(
+                self.history.of(alert.fingerprint), payload.group_key, alert.fingerprint
+            )
             row = self.ledger.record_alert(
                 **values,
                 outcome="resolved",
@@ -233,7 +246,8 @@ class Receiver:
         elif rule is None:
             row = self.ledger.record_alert(**values, outcome="unmatched", reason=match.reason)
         else:
-            row = self._firing(values, rows, alert, payload, rule)
+            row = self._firing(values, alert, payload, rule)
+        self.history.add(_seen(row))
         log.info(
             "alert %s (%s) %s: %s %s",
             row.alertname,
@@ -252,29 +266,17 @@ class Receiver:
         }
 
     def _firing(
-        self,
-        values: dict[str, Any],
-        rows: list[AlertRow],
-        alert: Alert,
-        payload: AlertmanagerPayload,
-        rule: AlertRule,
+        self, values: dict[str, Any], alert: Alert, payload: AlertmanagerPayload, rule: AlertRule
     ) -> AlertRow:
         env = values["env"]
-        alerting = self.inventory.environments[env].alerting
         now = datetime.now(UTC)
-        recent = self.ledger.alerts(
-            env=env,
-            outcome="accepted",
-            since=naive_utc(now) - RATE_WINDOW,
-            limit=alerting.max_runs_per_hour,
-        )
-        history = [_seen(r) for r in {r.seq: r for r in rows + recent}.values()]
-        asked = {
+        history = self.history.relevant(env, alert.fingerprint, now)
+        asked: dict[str, Any] = {
             "env": env,
             "group_key": payload.group_key,
             "fingerprint": alert.fingerprint,
             "now": now,
-            "alerting": alerting,
+            "alerting": self.inventory.environments[env].alerting,
             "history": history,
         }
         decision = decide(**asked)
@@ -362,7 +364,11 @@ def build_receiver() -> Receiver:
 
 def listen(host: str, port: int) -> socket.socket:
     """A listening socket; ``OSError`` when the port is taken (or the address is wrong)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    # IPPROTO_TCP named: asyncio sets TCP_NODELAY only on sockets that say so (without it
+    # each answer waits ~40 ms for the client's delayed ACK)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
         sock.listen(2048)

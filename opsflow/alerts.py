@@ -18,6 +18,7 @@ is a ``PayloadError`` whose message is the reason the receiver answers with 400.
 
 from __future__ import annotations
 
+from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -347,6 +348,44 @@ def firing_run(history: Sequence[Seen], group_key: str, fingerprint: str) -> str
     same_group = [s for s in runs if s.group_key == group_key]
     chosen = max(same_group or runs, key=lambda s: s.at, default=None)
     return chosen.flow_run_id if chosen else ""
+
+
+class History:
+    """The recent alert rows the decisions read, kept in memory by the receiver (seeded from
+    the ledger when it starts, then fed every row it records): per fingerprint its newest
+    ``per_alert`` rows (at most ``alerts`` fingerprints, the least recently seen dropped
+    first), and per environment the ``accepted`` rows of the last hour."""
+
+    def __init__(self, per_alert: int = 20, alerts: int = 100_000) -> None:
+        self._per_alert, self._alerts = per_alert, alerts
+        self._by_fingerprint: OrderedDict[str, deque[Seen]] = OrderedDict()
+        self._accepted: dict[str, deque[Seen]] = {}
+
+    def add(self, seen: Seen) -> None:
+        rows = self._by_fingerprint.get(seen.fingerprint)
+        if rows is None:
+            rows = self._by_fingerprint[seen.fingerprint] = deque(maxlen=self._per_alert)
+            if len(self._by_fingerprint) > self._alerts:
+                self._by_fingerprint.popitem(last=False)
+        else:
+            self._by_fingerprint.move_to_end(seen.fingerprint)
+        rows.append(seen)
+        if seen.outcome == "accepted":
+            self._accepted.setdefault(seen.env, deque()).append(seen)
+
+    def relevant(self, env: str, fingerprint: str, now: datetime) -> list[Seen]:
+        """What ``decide`` needs for an alert: its fingerprint's rows and the environment's
+        accepted rows of the last hour (older ones are dropped here)."""
+        accepted = self._accepted.get(env, deque())
+        since = naive_utc(now) - RATE_WINDOW
+        while accepted and naive_utc(accepted[0].at) <= since:
+            accepted.popleft()
+        mine = list(self._by_fingerprint.get(fingerprint, ()))
+        known = {id(s) for s in mine}
+        return mine + [s for s in accepted if id(s) not in known]
+
+    def of(self, fingerprint: str) -> list[Seen]:
+        return list(self._by_fingerprint.get(fingerprint, ()))
 
 
 def _span(delta: timedelta) -> str:
