@@ -17,20 +17,21 @@ change to its rules is taken after a restart.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import logging
+import queue
 import socket
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -55,13 +56,14 @@ from opsflow.alerts import (
 )
 from opsflow.errors import InputError
 from opsflow.inventory import Inventory
-from opsflow.inventory.incident import AlertRule
-from opsflow.ledger import AlertRow, Ledger
+from opsflow.ledger import AlertRow, Ledger, utcnow
 from opsflow.redaction import redact
 
 log = logging.getLogger("opsflow.receiver")
 PATH = "/alertmanager"
 START_WORKERS = 4
+MAX_BATCH = 200
+"""Payloads decided and written in one ledger transaction at most."""
 SEED_ROWS = 10_000
 """Ledger rows the receiver's in-memory history starts from (the newest)."""
 STATE_TIMEOUT = 5.0
@@ -183,18 +185,32 @@ def _copied(row: AlertRow) -> dict[str, Any]:
     return {name: getattr(row, name) for name in names}
 
 
+Taken = list[dict[str, str]]
+"""What became of each alert of a payload (the 200's ``alerts``)."""
+
+
 class Receiver:
-    """Takes payloads: decides and records each alert, hands runs to the ``Starter``."""
+    """Takes payloads: decides and records each alert, hands runs to the ``Starter``.
+
+    One intake thread takes the payloads in arrival order: what arrived while it was writing is
+    decided together (each decision sees the ones before it) and recorded in one ledger
+    transaction (group commit: one commit for many requests, each answered once its rows are
+    written)."""
 
     def __init__(self, inventory: Inventory, token: str, ledger: Ledger) -> None:
         self.inventory = inventory
         self._token = token.encode()
         self.ledger = ledger
         self.starter = Starter(ledger, self._recorded)
-        self._lock = threading.Lock()  # one decision at a time: a repeat sees the first
+        self._lock = threading.Lock()  # the history: the intake thread and the starters
         self.history = History()
         for row in reversed(ledger.alerts(limit=SEED_ROWS)):
             self.history.add(_seen(row))
+        self._queue: queue.SimpleQueue[tuple[AlertmanagerPayload, Future[Taken]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._intake = threading.Thread(target=self._loop, name="alert-intake", daemon=True)
+        self._intake.start()
 
     def _recorded(self, row: AlertRow) -> None:
         with self._lock:
@@ -206,12 +222,69 @@ class Receiver:
             given.strip().encode(), self._token
         )
 
-    def take(self, payload: AlertmanagerPayload) -> list[dict[str, str]]:
-        """Decide and record every alert of ``payload``; what became of each."""
-        with self._lock:
-            return [self._take(alert, payload) for alert in payload.alerts]
+    def submit(self, payload: AlertmanagerPayload) -> Future[Taken]:
+        """Queue ``payload``; the future is done once its alerts are recorded."""
+        future: Future[Taken] = Future()
+        self._queue.put((payload, future))
+        return future
 
-    def _take(self, alert: Alert, payload: AlertmanagerPayload) -> dict[str, str]:
+    def take(self, payload: AlertmanagerPayload) -> Taken:
+        return self.submit(payload).result()
+
+    def _loop(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch = [item]
+            while len(batch) < MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            self._take_batch(batch)
+
+    def _take_batch(self, batch: list[tuple[AlertmanagerPayload, Future[Taken]]]) -> None:
+        planned: list[tuple[AlertRow, dict[str, Any] | None, dict[str, Any]]] = []
+        with self._lock:
+            pending: list[Seen] = []
+            for payload, _ in batch:
+                for alert in payload.alerts:
+                    row, params = self._decide(alert, payload, pending)
+                    planned.append((row, params, alert_parameter(alert, payload)))
+                    pending.append(_seen(row, utcnow()))
+            try:
+                self.ledger.append_many([row for row, _, _ in planned])
+            except Exception as exc:  # noqa: BLE001 - every request of the batch is told
+                for _, future in batch:
+                    future.set_exception(exc)
+                return
+            for row, _, _ in planned:
+                self.history.add(_seen(row))
+        for row, params, alert_param in planned:
+            log.info(
+                "alert %s (%s) %s: %s %s",
+                row.alertname,
+                row.env or "-",
+                row.status,
+                row.outcome,
+                row.reason,
+            )
+            if params is not None:
+                self.starter.submit(row, params, alert_param)
+        rows = iter(planned)
+        for payload, future in batch:
+            future.set_result([_answer(next(rows)[0]) for _ in payload.alerts])
+
+    def _decide(
+        self, alert: Alert, payload: AlertmanagerPayload, pending: list[Seen]
+    ) -> tuple[AlertRow, dict[str, Any] | None]:
+        """The row of ``alert`` (not yet written) and the run's parameters when it starts
+        one; ``pending``: the rows decided before it in this batch."""
         match = match_alert(self.inventory, alert.labels)
         env = match.env if match.env in self.inventory.environments else ""
         rule = match.rule
@@ -233,76 +306,64 @@ class Receiver:
                 "external_url": payload.external_url,
             },
         }
+        fingerprint = alert.fingerprint
         if alert.status == "resolved":
-            run = firing_run(
-                self.history.of(alert.fingerprint), payload.group_key, alert.fingerprint
-            )
-            row = self.ledger.record_alert(
-                **values,
-                outcome="resolved",
-                flow_run_id=run,
-                reason=f"closes run {run}" if run else "no run was started for it",
-            )
-        elif rule is None:
-            row = self.ledger.record_alert(**values, outcome="unmatched", reason=match.reason)
-        else:
-            row = self._firing(values, alert, payload, rule)
-        self.history.add(_seen(row))
-        log.info(
-            "alert %s (%s) %s: %s %s",
-            row.alertname,
-            row.env or "-",
-            row.status,
-            row.outcome,
-            row.reason,
-        )
-        return {
-            "fingerprint": row.fingerprint,
-            "env": row.env,
-            "runbook": row.runbook,
-            "outcome": row.outcome,
-            "reason": row.reason,
-            "flow_run_id": row.flow_run_id,
-        }
-
-    def _firing(
-        self, values: dict[str, Any], alert: Alert, payload: AlertmanagerPayload, rule: AlertRule
-    ) -> AlertRow:
-        env = values["env"]
+            mine = self.history.of(fingerprint) + [
+                p for p in pending if p.fingerprint == fingerprint
+            ]
+            run = firing_run(mine, payload.group_key, fingerprint)
+            reason = f"closes run {run}" if run else "no run was started for it"
+            return AlertRow(**values, outcome="resolved", flow_run_id=run, reason=reason), None
+        if rule is None:
+            return AlertRow(**values, outcome="unmatched", reason=match.reason), None
         now = datetime.now(UTC)
-        history = self.history.relevant(env, alert.fingerprint, now)
+        history = self.history.relevant(env, fingerprint, now) + [
+            p
+            for p in pending
+            if p.fingerprint == fingerprint or (p.env == env and p.outcome == "accepted")
+        ]
         asked: dict[str, Any] = {
             "env": env,
             "group_key": payload.group_key,
-            "fingerprint": alert.fingerprint,
+            "fingerprint": fingerprint,
             "now": now,
             "alerting": self.inventory.environments[env].alerting,
             "history": history,
         }
         decision = decide(**asked)
-        earlier = last_run(history, payload.group_key, alert.fingerprint)
+        earlier = last_run(history, payload.group_key, fingerprint)
         if decision.start and earlier and self.starter.running(earlier):
             decision = decide(**asked, running=frozenset({earlier}))
-        row = self.ledger.record_alert(
+        row = AlertRow(
             **values,
             outcome=decision.outcome,
-            reason=decision.reason or f"starting {rule.runbook} ({values['details']['rule']})",
+            reason=decision.reason or f"starting {rule.runbook} ({match.place})",
             flow_run_id=decision.flow_run_id,
         )
-        if decision.start:
-            params = {"env": env, **rule.params}
-            self.starter.submit(row, params, alert_parameter(alert, payload))
-        return row
+        return row, ({"env": env, **rule.params} if decision.start else None)
 
     def close(self) -> None:
+        self._queue.put(None)
+        self._intake.join(10)
         self.starter.close()
         self.ledger.close()
 
 
-def _seen(row: AlertRow) -> Seen:
-    return Seen(
-        row.recorded_at, row.env, row.group_key, row.fingerprint, row.outcome, row.flow_run_id
-    )
+def _answer(row: AlertRow) -> dict[str, str]:
+    return {
+        "fingerprint": row.fingerprint,
+        "env": row.env,
+        "runbook": row.runbook,
+        "outcome": row.outcome,
+        "reason": row.reason,
+        "flow_run_id": row.flow_run_id,
+    }
+
+
+def _seen(row: AlertRow, at: datetime | None = None) -> Seen:
+    """The row as the decisions read it (``at``: for a row not yet written)."""
+    when = at or row.recorded_at
+    return Seen(when, row.env, row.group_key, row.fingerprint, row.outcome, row.flow_run_id)
 
 
 def _error(status: int, reason: str) -> JSONResponse:
@@ -326,7 +387,12 @@ def make_app(receiver: Receiver) -> Starlette:
             payload = parse_payload(bytes(body))
         except PayloadError as exc:
             return _error(400, redact(str(exc))[: _REASON_CHARS * 2])
-        taken = await run_in_threadpool(receiver.take, payload)
+        try:
+            taken = await asyncio.wrap_future(receiver.submit(payload))
+        except Exception as exc:  # noqa: BLE001 - not recorded: Alertmanager retries a 503
+            reason = redact(" ".join(str(exc).split()))[:_REASON_CHARS]
+            log.error("alerts not recorded: %s", reason)
+            return _error(503, f"the alerts could not be recorded: {reason}")
         return JSONResponse({"alerts": taken})
 
     async def healthz(_request: Request) -> JSONResponse:
