@@ -16,7 +16,7 @@ command -v redis-check-rdb >/dev/null || need+=(redis-tools)  # the Redis backup
 [ -x /bin/busybox ] || need+=(busybox-static)
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need+=(postgresql-client)
-command -v prometheus >/dev/null || need+=(prometheus)
+[ -x /usr/bin/prometheus ] || need+=(prometheus)  # the incident tests query a real Prometheus
 { command -v prometheus-alertmanager && command -v amtool; } >/dev/null || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -gt 0 ]; then

@@ -67,12 +67,15 @@ def test_cycle_finder_finds_a_planted_cycle(graph: grimp.ImportGraph) -> None:
 
 
 SUBFLOWS = {
+    ("flows.alerts", "flows.rollback"),
     ("flows.deploy", "flows.backup"),
     ("flows.deploy", "flows.health_check"),
     ("flows.rollback", "flows.health_check"),
     ("flows.maintenance", "flows.backup"),
     ("flows.maintenance", "flows.dr_drill"),
     ("flows.maintenance", "flows.health_check"),
+    ("flows.incident", "flows.health_check"),
+    ("flows.incident", "flows.rollback"),
 }
 """A runbook that runs another runbook as a subflow imports that runbook's flow (and only
 it): composition, not shared code. Each such edge is listed here, so a new one is a

@@ -71,6 +71,7 @@ from opsflow.inventory import (
     SmokeTest,
     Thresholds,
 )
+from opsflow.inventory.incident import Prometheus, StatusPage
 from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
 from tasks.app_logs import summarize_app_logs
@@ -82,6 +83,7 @@ from tasks.backups import (
     verify_backup,
 )
 from tasks.capacity import ERRORS_FAILED_PCT, compare_performance
+from tasks.diagnostics import rollout_history, snapshot_containers, snapshot_pods
 from tasks.docker import deploy as docker_deploy
 from tasks.docker.checks import check_containers, scan_container_logs
 from tasks.docker.config import export_docker_config
@@ -96,8 +98,10 @@ from tasks.postgres.backup import dump_postgres
 from tasks.postgres.checks import check_postgres
 from tasks.postgres.maintenance import measure_postgres, reindex_postgres, vacuum_postgres
 from tasks.postgres.restore import drop_postgres_database, swap_postgres_database
+from tasks.prometheus import prometheus_figures
 from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.scaling import scale_down_app
+from tasks.status_page import post_status_page
 from tasks.system import check_tls_certificate
 from tests.fixtures.ledgers import LEDGER_VARS
 from tests.support.net import BlackHole, free_port
@@ -713,6 +717,63 @@ PROBES = [
         S3_WAITS,
         S3_BACKOFF_S,
         reports="FAILED 1, left untouched: .*app.log: .*timeout",
+    ),
+    # --- the incident runbook ---
+    Probe(
+        "snapshot_containers",
+        snapshot_containers,
+        lambda port, s, tmp: lambda: snapshot_containers.fn(_docker(port), 50, "ERROR"),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    Probe(
+        "snapshot_pods",
+        snapshot_pods,
+        lambda port, s, tmp: lambda: snapshot_pods.fn(_k8s(port), 50, "ERROR"),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "rollout_history",
+        rollout_history,
+        lambda port, s, tmp: lambda: rollout_history.fn(_k8s(port)),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "prometheus_figures",
+        prometheus_figures,
+        lambda port, s, tmp: (
+            lambda: prometheus_figures.fn(
+                Prometheus(url=_url(port, ""), queries={"up": "up"}, timeout=timedelta(seconds=s)),
+                WHEN,
+                WHEN,
+            )
+        ),
+        inventory(
+            "incident.prometheus.timeout",
+            lambda: Prometheus.model_fields["timeout"].default.total_seconds(),
+        ),
+        0.5,
+        1,
+    ),
+    Probe(
+        "post_status_page",
+        post_status_page,
+        lambda port, s, tmp: (
+            lambda: post_status_page.fn(
+                StatusPage(url=_url(port, "/incidents"), timeout=timedelta(seconds=s)), {"a": 1}
+            )
+        ),
+        inventory(
+            "incident.status_page.timeout",
+            lambda: StatusPage.model_fields["timeout"].default.total_seconds(),
+        ),
+        0.5,
+        1,
     ),
 ]
 
