@@ -62,6 +62,7 @@ from opsflow.redaction import redact
 log = logging.getLogger("opsflow.receiver")
 PATH = "/alertmanager"
 START_WORKERS = 2
+AUTO_REMEDIATE = "auto_remediate"
 MAX_BATCH = 200
 """Payloads decided and written in one ledger transaction at most."""
 SEED_ROWS = 10_000
@@ -128,6 +129,8 @@ class Starter:
                 params["requested_by"] = "alertmanager"
             if "alert" in accepts:
                 params["alert"] = alert
+            if AUTO_REMEDIATE not in accepts:  # the rule's flag, for runbooks that take it
+                params.pop(AUTO_REMEDIATE, None)
             run = client.create_flow_run_from_deployment(
                 deployment_id,
                 parameters=params,
@@ -345,7 +348,10 @@ class Receiver:
             reason=decision.reason or f"starting {rule.runbook} ({match.place})",
             flow_run_id=decision.flow_run_id,
         )
-        return row, ({"env": env, **rule.params} if decision.start else None)
+        params = {"env": env, **rule.params}
+        if rule.auto_remediate:
+            params[AUTO_REMEDIATE] = True
+        return row, (params if decision.start else None)
 
     def close(self) -> None:
         self._queue.put(None)

@@ -89,7 +89,10 @@ environments:
     disks: ["{root}"]
     alerting: {{dedup_window: 10m, max_runs_per_hour: 50}}
     alert_rules:
-      - {{match: {{alertname: DiskCheck}}, runbook: health-check, params: {{notify: false}}}}
+      - {{match: {{alertname: DiskCheck}}, runbook: health-check, params: {{notify: false}},
+          auto_remediate: true}}
+      - {{match: {{alertname: MemoryHigh}}, runbook: high-memory, auto_remediate: true,
+          params: {{dry_run: true, restart: false}}}}
       - {{match: {{alertname: AmCheck}}, runbook: health-check, params: {{notify: false}}}}
   limited:
     disks: ["{root}"]
@@ -194,7 +197,7 @@ def test_a_v4_payload_starts_the_mapped_runbook_and_a_repeat_starts_nothing(
     run = api_get(f"{intake.api}/flow_runs/{started.flow_run_id}").json()
     deployment = api_get(f"{intake.api}/deployments/name/{DEPLOYMENT}").json()
     assert run["deployment_id"] == deployment["id"]
-    # health-check takes no `alert` parameter, so none is passed; the rule's params are
+    # health-check takes no `alert` nor `auto_remediate` parameter, so neither is passed
     assert run["parameters"] == {"env": "local", "notify": False, "requested_by": "alertmanager"}
     assert "alertmanager" in run["tags"]
     assert wait_final(intake.api, started.flow_run_id)["state"]["type"] == "COMPLETED"
@@ -211,6 +214,32 @@ def test_a_v4_payload_starts_the_mapped_runbook_and_a_repeat_starts_nothing(
     outcomes = [r.outcome for r in intake.rows(fingerprint="d15c0000000000a1")]
     assert outcomes == ["deduplicated", "started", "accepted"]
     assert len(intake.runs_of_deployment()) == before + 1
+
+
+def test_a_runbook_that_takes_the_alert_gets_it_and_the_rules_auto_remediate(
+    intake: Intake,
+) -> None:
+    from deployments.runbooks import get_runbook
+
+    firing = alert("3e3e000000000001", name="MemoryHigh")
+    assert intake.post(payload(firing, group_key='{}:{alertname="MemoryHigh"}')).status_code == 200
+    started = intake.started("3e3e000000000001")
+    run = api_get(f"{intake.api}/flow_runs/{started.flow_run_id}").json()
+    deployment = api_get(
+        f"{intake.api}/deployments/name/{get_runbook('high-memory').deployment_name}"
+    ).json()
+    assert run["deployment_id"] == deployment["id"]
+    params = run["parameters"]
+    assert params["alert"] == {
+        "labels": firing["labels"],
+        "annotations": firing["annotations"],
+        "startsAt": "2026-12-01T11:58:45.828000+00:00",
+        "fingerprint": "3e3e000000000001",
+        "groupKey": '{}:{alertname="MemoryHigh"}',
+        "status": "firing",
+    }
+    assert (params["auto_remediate"], params["dry_run"], params["restart"]) == (True, True, False)
+    assert (params["env"], params["requested_by"]) == ("local", "alertmanager")
 
 
 @pytest.mark.parametrize(
