@@ -7,10 +7,12 @@ Ctrl-C or SIGTERM; the pgbench databases are dropped unless --keep-db.
 
 The Kubernetes rollout wait of issue 11 (``benchmarks/rollout.py``, mock API) runs too, and
 the maintenance VACUUM step against ``vacuumdb --analyze`` (issue 12,
-``benchmarks/maintenance_vacuum.py``, its own pgbench database of ``--scale``).
+``benchmarks/maintenance_vacuum.py``, its own pgbench database of ``--scale``), and the alert
+receiver of issue 13 (``benchmarks/receiver.py``: POST → 2xx under 100 alerts/s, alert →
+first task running).
 
 Usage: ``python -m benchmarks [--only health,overhead,trigger,oncall,docker_deploy,deploy_flow,
-rollout,backup,restore,drill,maintenance] [--scale 70] [--small-scale 10] [--keep-db]``
+rollout,backup,restore,drill,maintenance,receiver] [--scale 70] [--small-scale 10] [--keep-db]``
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ ALL = (
     "restore",
     "drill",
     "maintenance",
+    "receiver",
 )
 BACKUP_SIDE = ("backup", "restore", "drill")
 TARGETS = 50
@@ -96,7 +99,7 @@ def isolate(workdir: Path) -> None:
 
 
 def table(rows: list[Row]) -> Table:
-    out = Table(title="opsflow benchmarks (issues 3, 4, 10, 11 and 12)", show_lines=False)
+    out = Table(title="opsflow benchmarks (issues 3, 4, 10, 11, 12 and 13)", show_lines=False)
     for column in ("benchmark", "measure", "value", "baseline", "ratio", "goal", "result"):
         out.add_column(column, no_wrap=column in ("measure", "value", "baseline", "ratio"))
     previous = ""
@@ -235,6 +238,15 @@ def main(argv: list[str] | None = None) -> int:
                 vacuum = maintenance_vacuum.run(args.scale, args.keep_db)
                 report["maintenance_vacuum"] = vacuum.as_dict()
                 rows += vacuum.rows()
+            if "receiver" in selected:
+                from benchmarks import receiver
+
+                console.print(
+                    "[bold]issue 13[/] alert receiver: POST -> 2xx at 100/s, alert -> task..."
+                )
+                intake = receiver.run(workdir)
+                report["receiver"] = intake.as_dict()
+                rows += intake.rows()
             console.print("stopping the processes started for the benchmark...")
         ok = True
     finally:

@@ -96,13 +96,24 @@ def inventory_check(
         str | None, typer.Argument(help="inventory file (default OPSFLOW_INVENTORY)")
     ] = None,
 ) -> None:
-    """Validate the inventory and summarise each environment."""
+    """Validate the inventory (its alert rules against prefect.yaml's runbooks too) and
+    summarise each environment."""
     from opsflow.inventory import inventory_path, load_inventory
 
     try:
         inventory = load_inventory(path)
     except InputError as exc:
         fail(EXIT_BAD_INPUT, str(exc))
+    from deployments.runbooks import runbooks
+    from opsflow.alerts import check_rules
+
+    problems = check_rules(inventory, runbooks())
+    if problems:
+        fail(
+            EXIT_BAD_INPUT,
+            f"invalid inventory {path or inventory_path()}: alert rules:\n  "
+            + "\n  ".join(problems),
+        )
     table = new_table(
         f"inventory {path or inventory_path()}: OK",
         *("environment", "protected", "endpoints", "databases", "redis", "platform", "backups"),

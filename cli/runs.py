@@ -59,7 +59,8 @@ def up(
     ] = 4200,
 ) -> None:
     """Start the embedded Prefect server (unless PREFECT_API_URL is set) and serve every
-    deployment of prefect.yaml with its schedule. Ctrl-C stops everything."""
+    deployment of prefect.yaml with its schedule, and the alert receiver when
+    OPSFLOW_RECEIVER_TOKEN is set (docs/alerting.md). Ctrl-C stops everything."""
     from deployments.up import run_up
 
     sys.exit(run_up(port=port, console=out))
@@ -74,6 +75,33 @@ def down() -> None:
     home = get_settings().home
     api = stop_home_server(home)
     out.print(f"stopped the Prefect server of {home} ({api})" if api else f"no server of {home}")
+
+
+@app.command()
+def receiver(
+    port: Annotated[
+        int | None,
+        typer.Option(
+            help="port to listen on (default OPSFLOW_RECEIVER_PORT, 4280)", min=1, max=65535
+        ),
+    ] = None,
+    host: Annotated[
+        str | None,
+        typer.Option(help="address to listen on (default OPSFLOW_RECEIVER_HOST, 127.0.0.1)"),
+    ] = None,
+) -> None:
+    """Take Prometheus Alertmanager's webhook (POST /alertmanager, bearer token
+    OPSFLOW_RECEIVER_TOKEN) and start the runbook of each alert's inventory rule as a flow run
+    of its served deployment (`opsflow up` runs it too; docs/alerting.md)."""
+    if use_server_if_running() is None:
+        fail(
+            EXIT_BAD_INPUT,
+            "no Prefect server to start runs on (fix: run `opsflow up`, which runs the receiver "
+            "too, or set PREFECT_API_URL to the server that serves the runbooks)",
+        )
+    from deployments.receiver import run_standalone
+
+    sys.exit(run_standalone(host, port, out))
 
 
 @app.command()

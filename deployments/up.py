@@ -1,8 +1,10 @@
 """`opsflow up` / `make up`: the embedded default.
 
 Starts a Prefect server (SQLite under ``.opsflow/prefect``, UI on 127.0.0.1:<port>) unless
-PREFECT_API_URL points at one, then serves every deployment of prefect.yaml. Ctrl-C stops the
-runner first (it pauses its deployments on exit and needs the server for that), then the server.
+PREFECT_API_URL points at one, then serves every deployment of prefect.yaml, with the alert
+receiver beside them when OPSFLOW_RECEIVER_TOKEN is set (deployments/receiver.py). Ctrl-C
+stops the runner first (it pauses its deployments on exit and needs the server for that), then
+the receiver and the server.
 
 The *home server*: when no server is configured, `opsflow run` starts one Prefect server per
 ``OPSFLOW_HOME`` (SQLite in ``<home>/prefect-home``, a free port) and leaves it running for the
@@ -333,9 +335,12 @@ def run_up(port: int, console: Console) -> int:
     console.print(
         f"[bold green]opsflow is up.[/] Prefect UI: [link={ui}]{ui}[/link]  (Ctrl-C to stop)"
     )
+    receiver: Any = None
     try:
+        from deployments.receiver import start_for_up
         from deployments.serve import serve_all
 
+        receiver = start_for_up(console)  # None: no token, or its port is taken
         serve_all()
     except InputError as exc:
         console.print(f"[red]error:[/] {redact(str(exc))}")
@@ -343,6 +348,8 @@ def run_up(port: int, console: Console) -> int:
     except KeyboardInterrupt:
         console.print("stopping...")
     finally:
+        if receiver is not None:
+            receiver.stop()
         if proc is not None:
             stop_process_group(proc)
             console.print("Prefect server stopped")

@@ -16,6 +16,7 @@ from opsflow.errors import InputError
 from opsflow.secrets import is_reference
 
 PREFIX = "OPSFLOW_"
+MIN_TOKEN_CHARS = 16
 
 
 def _default_user() -> str:
@@ -68,6 +69,39 @@ class Settings(BaseSettings):
         description="how often `opsflow up` asks the server for runs to start (on average a "
         "run starts half of this after it was created)",
     )
+
+    receiver_token: SecretStr | None = Field(
+        None,
+        description="the bearer token Alertmanager sends to the receiver: the token itself "
+        f"(at least {MIN_TOKEN_CHARS} characters) or a reference, env:VAR or secret:NAME; unset: "
+        "`opsflow up` runs no receiver",
+    )
+    receiver_host: str = Field("127.0.0.1", description="address the receiver listens on")
+    receiver_port: int = Field(4280, ge=1, le=65535, description="port of the receiver")
+
+    @field_validator("receiver_token")
+    @classmethod
+    def _receiver_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value():
+            return None
+        text = value.get_secret_value()
+        if not is_reference(text) and len(text) < MIN_TOKEN_CHARS:
+            raise ValueError(
+                f"is shorter than {MIN_TOKEN_CHARS} characters (fix: use a long random token, "
+                "e.g. `openssl rand -hex 32`, or a reference env:VAR / secret:NAME)"
+            )
+        return value
+
+    def resolved_receiver_token(self) -> str | None:
+        """The receiver's token (a reference resolved now), registered for redaction."""
+        if self.receiver_token is None:
+            return None
+        from opsflow.redaction import register_secret
+        from opsflow.secrets import resolve
+
+        token = resolve(self.receiver_token.get_secret_value(), "OPSFLOW_RECEIVER_TOKEN")
+        register_secret(token)
+        return token
 
     @field_validator("home")
     @classmethod

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system components the tests talk to, when missing (Debian 12, as root):
-# a Docker engine, PostgreSQL and Redis server binaries, zstd, debootstrap and Chromium.
+# a Docker engine, PostgreSQL and Redis server binaries, zstd, debootstrap, Chromium, and
+# Prometheus and Alertmanager (+ amtool; the alert receiver's tests run the real one).
 # Idempotent and quiet when everything is already there. Services are NOT started here:
 # the test fixtures start and stop their own.
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v redis-check-rdb >/dev/null || need+=(redis-tools)  # the Redis backup
 ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql postgresql-contrib)
 command -v psql >/dev/null || need+=(postgresql-client)
 [ -x /usr/bin/prometheus ] || need+=(prometheus)  # the incident tests query a real Prometheus
+{ command -v prometheus-alertmanager && command -v amtool; } >/dev/null || need+=(prometheus-alertmanager)
 
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing system packages: ${need[*]}"

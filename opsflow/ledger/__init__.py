@@ -190,33 +190,43 @@ class Ledger:
     # ----- writing -------------------------------------------------------------------------
     def append(self, row: Row) -> Row:
         """Add ``row`` at the end of its table's chain (serialised by locking the chain head)."""
-        table = row.__tablename__
-        _prepare(row)
+        return self.append_many([row])[0]
+
+    def append_many(self, rows: Sequence[Row]) -> list[Row]:
+        """Add ``rows`` at the ends of their chains, in order, in one transaction (one commit:
+        all or none), e.g. the alerts of the requests a receiver took at once."""
+        for row in rows:
+            _prepare(row)
         key = self.signing_key()
         with self._session() as session:
-            # The first statement is a write: it takes the lock before the head is read.
-            head = session.execute(
-                update(ChainHead)
-                .where(ChainHead.table_name == table)
-                .values(seq=ChainHead.seq + 1)
-                .returning(ChainHead.seq, ChainHead.row_hash)
-            ).first()
-            if head is None:
-                raise LedgerIntegrityError(
-                    f"the chain head of {table} is missing from the ledger {self.display_url}, "
-                    "so nothing can be appended (fix: run `opsflow ledger verify` and "
-                    "investigate: the ledger was tampered with)"
+            for row in rows:
+                table = row.__tablename__
+                # The first statement is a write: it takes the lock before the head is read.
+                head = session.execute(
+                    update(ChainHead)
+                    .where(ChainHead.table_name == table)
+                    .values(seq=ChainHead.seq + 1)
+                    .returning(ChainHead.seq, ChainHead.row_hash)
+                ).first()
+                if head is None:
+                    raise LedgerIntegrityError(
+                        f"the chain head of {table} is missing from the ledger "
+                        f"{self.display_url}, so nothing can be appended (fix: run `opsflow "
+                        "ledger verify` and investigate: the ledger was tampered with)"
+                    )
+                row.seq, row.prev_hash = int(head.seq), str(head.row_hash)
+                row.payload_version = PAYLOAD_VERSION
+                values = {name: getattr(row, name) for name in domain_columns(type(row))}
+                row.payload = build_payload(table, row.seq, values)
+                row.row_hash = row_mac(key.secret, PAYLOAD_VERSION, row.prev_hash, row.payload)
+                session.add(row)
+                session.flush()
+                session.execute(
+                    update(ChainHead)
+                    .where(ChainHead.table_name == table)
+                    .values(row_hash=row.row_hash)
                 )
-            row.seq, row.prev_hash = int(head.seq), str(head.row_hash)
-            row.payload_version = PAYLOAD_VERSION
-            values = {name: getattr(row, name) for name in domain_columns(type(row))}
-            row.payload = build_payload(table, row.seq, values)
-            row.row_hash = row_mac(key.secret, PAYLOAD_VERSION, row.prev_hash, row.payload)
-            session.add(row)
-            session.execute(
-                update(ChainHead).where(ChainHead.table_name == table).values(row_hash=row.row_hash)
-            )
-        return row
+        return list(rows)
 
     def record_run(self, **values: Any) -> RunRow:
         return self.append(RunRow(**values))
@@ -350,15 +360,18 @@ class Ledger:
         flow_run_id: str | None = None,
         since: datetime | None = None,
         limit: int | None = 100,
+        outcome: str | None = None,
     ) -> list[AlertRow]:
-        """Alert rows, latest written first (``since``: recorded at or after it, naive UTC):
-        the receiver's dedup and rate limit and an incident's timeline read these."""
+        """Alert rows, latest written first (``since``: recorded at or after it, naive UTC;
+        ``limit=None``: all): the receiver's dedup and rate limit and an incident's timeline
+        read these."""
         query = select(AlertRow).order_by(AlertRow.seq.desc()).limit(limit)
         for column, value in (
             (AlertRow.env, env),
             (AlertRow.fingerprint, fingerprint),
             (AlertRow.group_key, group_key),
             (AlertRow.flow_run_id, flow_run_id),
+            (AlertRow.outcome, outcome),
         ):
             if value:
                 query = query.where(column == value)

@@ -239,6 +239,22 @@ INVENTORY_CASES = [
         "environments.p.[bold]endpoinds[/bold]",
         "unknown field",
     ),
+    # alert rules against prefect.yaml's runbooks and the inventory's environments
+    inv_check(
+        "alert-rule-unknown-runbook",
+        env_of("alert_rules: [{match: {alertname: HighMemory}, runbook: high-memoryy}]"),
+        "environments.p.alert_rules[0].runbook",
+        "unknown runbook 'high-memoryy'",
+        "choose one of prefect.yaml's runbooks: backup,",
+    ),
+    inv_check(
+        "alert-rule-unknown-environment",
+        "environments: {p: {}}\n"
+        "alert_rules: [{match: {alertname: Down, env: qa}, runbook: health-check}]\n",
+        "alert_rules[0].match.env",
+        "unknown environment 'qa'",
+        "name one of the inventory's environments: p",
+    ),
     inv_check(
         "approvals-timeout-zero",
         env_of("approvals: {approvers: [a], timeout: 0}"),
@@ -397,6 +413,35 @@ INVENTORY_CASES = [
 ]
 
 SETTINGS_CASES = [
+    Case(
+        "receiver-token-too-short",
+        ["receiver"],
+        "OPSFLOW_RECEIVER_TOKEN",
+        env={"OPSFLOW_RECEIVER_TOKEN": "hunter2"},
+        also=("shorter than 16 characters", "openssl rand -hex 32"),
+    ),
+    Case(
+        "receiver-without-token",
+        ["receiver"],
+        "OPSFLOW_RECEIVER_TOKEN",
+        env={"OPSFLOW_RECEIVER_TOKEN": ""},
+        also=("is not set",),
+    ),
+    Case(
+        "receiver-token-reference-unset",
+        ["receiver"],
+        "OPSFLOW_RECEIVER_TOKEN",
+        env={"OPSFLOW_RECEIVER_TOKEN": "env:BADIN_NO_SUCH_TOKEN"},
+        also=("BADIN_NO_SUCH_TOKEN is not set",),
+    ),
+    Case(
+        "receiver-rule-unknown-runbook",
+        ["receiver", "--port", "1"],
+        "environments.p.alert_rules[0].runbook",
+        inventory=env_of("alert_rules: [{match: {alertname: X}, runbook: nope}]"),
+        env={"OPSFLOW_RECEIVER_TOKEN": "a-token-long-enough-0123"},
+        also=("unknown runbook 'nope'",),
+    ),
     Case(
         "setting-ledger-timeout-text",
         ["history"],
