@@ -427,6 +427,9 @@ def test_no_secret_in_any_output_of_any_runbook(
     lab.cli("run", "dr-drill", "--env", "scan", expect=0)
     lab.cli("run", "recover", "--env", "scan-app", expect=0)
     lab.cli("run", "maintenance", "--env", "scan", expect=0)  # backup, VACUUM, mode on/off
+    incident = ("run", "incident", "--env", "scan", "-p", "summary=scan incident", "-p")
+    lab.cli(*incident, "severity=P3", expect=0)  # acknowledge, snapshot, post-mortem draft
+    lab.cli("run", "db-connections", "--env", "scan", expect=0)  # the password DSN
     # Failing runs: an application whose log and error body hold secrets, a missing database
     # and bucket, a backup object gone from the store, a deployment that does not exist.
     lab.cli("run", "health-check", "--env", "scan-broken", expect=1)
@@ -440,6 +443,11 @@ def test_no_secret_in_any_output_of_any_runbook(
     lab.cli("run", "dr-drill", "--env", "scan", expect=1)
     lab.cli("run", "recover", "--env", "scan-app-broken", expect=1)
     lab.cli("run", "maintenance", "--env", "scan-broken", "-p", "skip_backup=true", expect=1)
+    broken = ("run", "incident", "--env", "scan-broken", "-p", "summary=broken", "-p")
+    # an incident on a broken environment completes (it diagnoses what is wrong): its snapshot
+    # and health check read the endpoint that echoes tokens and the log with passwords
+    lab.cli(*broken, "severity=P1", expect=0)
+    lab.cli("run", "db-connections", "--env", "scan-broken", expect=1)  # a missing database
     # Deploy and rollback through the Kubernetes API with its bearer token: a rollout that
     # succeeds, one past its progress deadline (rolled back), a rollback to the previous
     # image and one to an image that never gets ready.
