@@ -2,9 +2,9 @@
 (docs/alerting.md).
 
 ``POST /alertmanager`` (bearer token ``OPSFLOW_RECEIVER_TOKEN``, compared in constant time;
-401 without it) reads at most 1 MiB (413 above), parses the version-4 payload
-(``opsflow.alerts``; 400 with the reason when it is malformed) and, per alert, matches the
-inventory's ``alert_rules``, takes the dedup and rate-limit decisions over the ledger's
+401 without it) reads at most 1 MiB (400 above, as for any payload it refuses), parses the
+version-4 payload (``opsflow.alerts``; 400 with the reason when it is malformed) and, per
+alert, matches the inventory's ``alert_rules``, takes the dedup and rate-limit decisions over the ledger's
 ``alerts`` rows and records the alert there — all before it answers 200, so an answered alert
 is never lost. A run is then started off the request path, by a small thread pool, as a flow
 run of the runbook's served deployment (``started`` with its flow run id, or
@@ -388,12 +388,12 @@ def make_app(receiver: Receiver) -> Starlette:
             return _error(401, "missing or wrong bearer token (Authorization: Bearer <token>)")
         length = request.headers.get("content-length", "")
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(413, f"the payload has {length} bytes, at most {MAX_BODY_BYTES}")
+            return _error(400, f"the payload has {length} bytes, at most {MAX_BODY_BYTES}")
         body = bytearray()
         async for chunk in request.stream():
             body += chunk
             if len(body) > MAX_BODY_BYTES:
-                return _error(413, f"the payload is over {MAX_BODY_BYTES} bytes")
+                return _error(400, f"the payload is over {MAX_BODY_BYTES} bytes")
         try:
             payload = parse_payload(bytes(body))
         except PayloadError as exc:

@@ -38,7 +38,7 @@ from opsflow.inventory.incident import Alerting, AlertRule
 from opsflow.inventory.models import Inventory
 
 MAX_BODY_BYTES = 1024 * 1024
-"""The largest payload the receiver reads (413 above it)."""
+"""The largest payload the receiver reads (400 above it)."""
 MAX_ALERTS = 1000
 MAX_LABELS = 64
 MAX_NAME_CHARS = 128

@@ -274,7 +274,7 @@ def test_without_the_token_401_and_nothing_recorded(
             "version: must be '4'",
         ),
         (json.dumps(payload(alert("../etc/passwd"))).encode(), 400, "alerts[0].fingerprint"),
-        (b"x" * (1024 * 1024 + 1), 413, "at most 1048576"),
+        (b"x" * (1024 * 1024 + 1), 400, "at most 1048576"),
     ],
     ids=["not-json", "version-3", "bad-fingerprint", "over-1-MiB"],
 )
