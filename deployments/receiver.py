@@ -5,11 +5,11 @@
 401 without it) reads at most 1 MiB (400 above, as for any payload it refuses), parses the
 version-4 payload (``opsflow.alerts``; 400 with the reason when it is malformed) and, per
 alert, matches the inventory's ``alert_rules``, takes the dedup and rate-limit decisions
-over the ledger's ``alerts`` rows and records the alert there — all before it answers 200, so an answered alert
-is never lost. A run is then started off the request path, by a small thread pool, as a flow
-run of the runbook's served deployment (``started`` with its flow run id, or
-``failed_to_start`` with the reason, recorded when that is known). ``GET /healthz`` says the
-receiver is up. The token never appears in a log line or an answer.
+over the ledger's ``alerts`` rows and records the alert there — all before it answers 200,
+so an answered alert is never lost. A run is then started off the request path, by a small
+thread pool, as a flow run of the runbook's served deployment (``started`` with its flow run
+id, or ``failed_to_start`` with the reason, recorded when that is known). ``GET /healthz``
+says the receiver is up. The token never appears in a log line or an answer.
 
 The inventory is read once, when the receiver starts (like ``opsflow up``'s deployments): a
 change to its rules is taken after a restart.
