@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,7 @@ from prefect.futures import PrefectFuture
 from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.common import ApprovalWait, RunbookRun, runbook_flow
+from flows.common import LOCK_WAIT_SECONDS, ApprovalWait, LockWait, RunbookRun, runbook_flow
 from flows.health_check import health_check as health_flow
 from flows.rollback import rollback as rollback_flow
 from opsflow.errors import ApprovalRejected, OpsflowError
@@ -336,6 +337,7 @@ def remediate(
     service: str | None,
     replicas: int | None,
     approval_timeout_seconds: int | None,
+    wait_for_lock: float,
 ) -> None:
     """The chosen remediation, after the approval of a protected environment (a rollback asks
     for it itself, as the rollback runbook does)."""
@@ -381,7 +383,12 @@ def remediate(
                 run.env.maintenance_mode, True
             )
 
-    done = do_step(run, report, "remediate", choice, call)
+    # a restart or scale waits for a backup, restore or deploy of the environment to end
+    held: AbstractContextManager[None] = (
+        run.exclusive(wait_for_lock) if choice in ("restart", "scale") else nullcontext()
+    )
+    with held:
+        done = do_step(run, report, "remediate", choice, call)
     report.remediation_result = f"{done.status}: {done.summary}"
     if done.status == "complete" and done.ended_at is not None:
         times.mitigated_at = done.ended_at
@@ -513,6 +520,7 @@ def incident(
     replicas: int | None = None,
     dry_run: bool = False,
     approval_timeout_seconds: ApprovalWait = None,
+    wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
 ) -> State[Any]:
     """Respond to an incident in ``env``.
 
@@ -527,6 +535,8 @@ def incident(
         dry_run: only publish the plan.
         requested_by: who asks for this run (the receiver sends `alertmanager`).
         approval_timeout_seconds: how long to wait for approval (default: the inventory's).
+        wait_for_lock: seconds a restart or scale waits for the environment's lock (a
+            backup, restore or deploy of it).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
     plan = plan_incident(env, run.env, severity, summary, remediation, service, replicas, alert)
@@ -574,7 +584,15 @@ def incident(
     run.logger.info("diagnostics took %.1fs", time.monotonic() - started_clock)
     if remediation != "none":
         remediate(
-            run, report, times, plan, remediation, service, replicas, approval_timeout_seconds
+            run,
+            report,
+            times,
+            plan,
+            remediation,
+            service,
+            replicas,
+            approval_timeout_seconds,
+            wait_for_lock,
         )
     response_step(run, report, times)
     return finish(run, report)
