@@ -57,6 +57,7 @@ from opsflow.alerts import (
 from opsflow.errors import InputError
 from opsflow.inventory import Inventory
 from opsflow.ledger import AlertRow, Ledger, utcnow
+from opsflow.ledger.models import domain_columns
 from opsflow.redaction import redact
 
 log = logging.getLogger("opsflow.receiver")
@@ -176,20 +177,13 @@ class Starter:
         self.pool.shutdown(wait=wait, cancel_futures=not wait)
 
 
+_DECIDED = ("outcome", "reason", "flow_run_id", "recorded_at")
+"""What a later row of an alert says anew (the ledger stamps ``recorded_at``); the rest it
+copies from the accepted row."""
+
+
 def _copied(row: AlertRow) -> dict[str, Any]:
-    names = (
-        "env",
-        "alertname",
-        "status",
-        "fingerprint",
-        "group_key",
-        "labels",
-        "annotations",
-        "starts_at",
-        "ends_at",
-        "runbook",
-        "details",
-    )
+    names = (n for n in domain_columns(AlertRow) if n not in _DECIDED)
     return {name: getattr(row, name) for name in names}
 
 

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from opsflow.durations import parse_duration
 from opsflow.errors import InputError
@@ -201,3 +201,7 @@ def positive_duration(value: Any) -> timedelta:
     if parsed.total_seconds() <= 0:
         raise ValueError("must be longer than zero (fix: write e.g. 90s, 15m, 1h or 2d)")
     return parsed
+
+
+PositiveDuration = Annotated[timedelta, BeforeValidator(positive_duration)]
+"""A duration field that must be longer than zero (``positive_duration``)."""

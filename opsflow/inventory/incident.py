@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from opsflow.inventory.fields import Model, check_headers, check_no_credentials, check_url
-from opsflow.inventory.fields import positive_duration as _positive
+from opsflow.inventory.fields import (
+    Model,
+    PositiveDuration,
+)
 from opsflow.inventory.http import HttpTarget, Notify
 
 Severity = Literal["P1", "P2", "P3", "P4"]
 Remediation = Literal["rollback", "restart", "scale", "maintenance_mode"]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_positive)]
 RESPONSE_TARGETS: dict[Severity, timedelta] = {
     "P1": timedelta(minutes=15),
     "P2": timedelta(hours=1),
@@ -41,11 +42,11 @@ class StatusPage(HttpTarget):
     timeout: PositiveDuration = Field(default=timedelta(seconds=10))
 
 
-class Prometheus(Model):
+class Prometheus(HttpTarget):
     """A Prometheus server the incident asks for figures around the alert's time."""
 
+    name: str = "prometheus"
     url: str = Field(description="base URL, e.g. http://prometheus:9090")
-    headers: dict[str, str] = Field(default_factory=dict)
     queries: dict[str, str] = Field(
         default_factory=dict,
         description="name -> PromQL, e.g. {errors: 'sum(rate(http_requests_total[5m]))'}",
@@ -54,17 +55,6 @@ class Prometheus(Model):
         default=timedelta(minutes=30), description="figures from this long before the alert"
     )
     timeout: PositiveDuration = Field(default=timedelta(seconds=10))
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        check_no_credentials(value, "the Prometheus URL")
-        return check_url(value, ("http", "https"), references=True)
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        return check_headers(value)
 
 
 class Incident(Model):

@@ -13,8 +13,13 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from opsflow.inventory.fields import Model, check_headers, check_no_credentials, check_url
-from opsflow.inventory.fields import positive_duration as _positive
+from opsflow.inventory.fields import (
+    Model,
+    PositiveDuration,
+    check_headers,
+    check_no_credentials,
+    check_url,
+)
 from opsflow.inventory.http import HttpTarget
 
 HttpMethod = Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
@@ -50,7 +55,6 @@ def parse_size(value: Any) -> int:
 
 
 Size = Annotated[int, BeforeValidator(parse_size)]
-PositiveDuration = Annotated[timedelta, BeforeValidator(_positive)]
 
 
 def _percent(value: float) -> float:
