@@ -29,7 +29,14 @@ from typing import Any
 
 from prefect.states import Completed, Failed, State
 
-from flows.common import LOCK_WAIT_SECONDS, ApprovalWait, LockWait, RunbookRun, runbook_flow
+from flows.common import (
+    LOCK_WAIT_SECONDS,
+    ApprovalWait,
+    LockWait,
+    RunbookRun,
+    pg_reach,
+    runbook_flow,
+)
 from flows.rollback import rollback as rollback_flow
 from opsflow.alert_runbooks import (
     AlertReport,
@@ -196,13 +203,17 @@ def plan_scale(
 
 
 def observe(
-    run: RunbookRun, report: AlertReport, call: Callable[..., Finding], *args: Any
+    run: RunbookRun,
+    report: AlertReport,
+    call: Callable[..., Finding],
+    *args: Any,
+    **kwargs: Any,
 ) -> Finding:
     """One diagnostic task as a ledger step; a failure is recorded and the run goes on."""
     started = time.monotonic()
     name = str(getattr(call, "name", "step"))
     try:
-        found = call(*args)
+        found = call(*args, **kwargs)
     except Exception as exc:  # noqa: BLE001 - a diagnostic that fails does not stop the rest
         found = Finding(step=name, target=run.env_name, status="failed", summary=redact(str(exc)))
     found.seconds = found.seconds or round(time.monotonic() - started, 3)
@@ -449,8 +460,7 @@ def high_latency(
     endpoints = observe(run, report, slowest_endpoints, run.env)
     parts = [endpoints.summary]
     for index, db in postgres_databases(env, run.env, database):
-        field = f"environments.{env}.databases[{index}]"
-        found = observe(run, report, slow_queries, db, field, run.env.docker, run.env.kubernetes)
+        found = observe(run, report, slow_queries, **pg_reach(run, index, db))
         parts.append(f"{db.name}: {found.summary}")
     report.why = "; ".join(parts)
     return finish(run, report, "diagnosed")
@@ -531,17 +541,8 @@ def db_connections(
         return _dry(report)
     parts = []
     for index, db in postgres_databases(env, run.env, database):
-        field = f"environments.{env}.databases[{index}]"
-        found = observe(
-            run,
-            report,
-            connection_breakdown,
-            db,
-            field,
-            run.env.thresholds,
-            run.env.docker,
-            run.env.kubernetes,
-        )
+        reach = pg_reach(run, index, db)
+        found = observe(run, report, connection_breakdown, thresholds=run.env.thresholds, **reach)
         parts.append(f"{db.name}: {found.summary}")
     report.why = "; ".join(parts)
     return finish(run, report, "diagnosed")
