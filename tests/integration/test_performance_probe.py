@@ -44,9 +44,16 @@ def app() -> Iterator[MeteredApp]:
         yield running
 
 
+# A same-speed application on a loaded machine has p95 outliers of tens of milliseconds
+# (one slow request of ten is the p95): the threshold is wide enough that such jitter stays
+# "complete", and the slower application is slower by far more than it.
+REGRESSION_PCT = 100
+SLOWDOWN = 4
+
+
 def probe(url: str, **fields: object) -> BenchmarkProbe:
     return BenchmarkProbe.model_validate(
-        {"name": "api", "url": url, "requests": 20, "regression_pct": 50, **fields}
+        {"name": "api", "url": url, "requests": 20, "regression_pct": REGRESSION_PCT, **fields}
     )
 
 
@@ -92,7 +99,7 @@ def test_a_slower_application_degrades_naming_p50_and_p95(
     ledger: Ledger, app: MeteredApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     earlier = seed_months(ledger, app, monkeypatch)
-    app.slow_ms = BASE_MS * 3
+    app.slow_ms = BASE_MS * SLOWDOWN
     step = compare_performance.fn(ENV, probe(f"{app.url}/api"), ledger, now=NOW)
     assert step.status == "degraded"
     assert "p50" in step.summary
@@ -101,7 +108,7 @@ def test_a_slower_application_degrades_naming_p50_and_p95(
     assert step.details["baseline_months"] == ["2026-10", "2026-09", "2026-08"]
     medians = sorted(float(s.after["p50_ms"] or 0) for s in earlier)[1]
     assert step.before["baseline_p50_ms"] == pytest.approx(medians, abs=0.1)
-    assert float(step.after["p50_ms"] or 0) >= BASE_MS * 3
+    assert float(step.after["p50_ms"] or 0) >= BASE_MS * SLOWDOWN
     assert step.after["errors"] == 0
     assert ledger.verify().ok
 
@@ -125,7 +132,7 @@ def test_the_same_speed_is_complete(
             )
     step = compare_performance.fn(ENV, probe(f"{app.url}/api"), ledger, now=NOW)
     assert step.status == "complete", step.summary
-    assert "within 50% of the median of 3 earlier month(s)" in step.summary
+    assert f"within {REGRESSION_PCT}% of the median of 3 earlier month(s)" in step.summary
     assert step.before["baseline_p50_ms"] >= BASE_MS  # type: ignore[operator]
 
 

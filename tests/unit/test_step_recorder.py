@@ -160,4 +160,4 @@ def test_no_other_code_writes_step_rows() -> None:
         for path in (REPO / package).rglob("*.py")
         if re.search(r"\.record_step\(", path.read_text())
     )
-    assert writers == ["flows/common.py"]
+    assert writers == ["flows/common/run.py"]

@@ -1,6 +1,6 @@
-"""What every runbook flow does around its steps: resolve the environment, log through the
-redacting handlers, publish the plan, take the environment's lock, record each step and the run
-in the ledger, and classify the ending.
+"""The run of a runbook: ``RunbookRun`` resolves the environment, logs through the redacting
+handlers, publishes the plan, takes the environment's lock, records each step and the run in
+the ledger, and classifies the ending.
 
 Steps are recorded in one way: ``with run.step(name, target) as step: ...`` (a check result
 goes through ``run.record_check``, which writes its row the same way, ``run.record``).
@@ -24,8 +24,6 @@ Prefect API blinked."""
 
 from __future__ import annotations
 
-import functools
-import inspect
 import logging
 import time
 import uuid
@@ -34,25 +32,22 @@ from contextlib import ExitStack, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import httpx
-from prefect import Flow, flow, get_run_logger
+from prefect import get_run_logger
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.objects import ConcurrencyLeaseHolder, State
+from prefect.client.schemas.objects import ConcurrencyLeaseHolder
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 from prefect.context import get_run_context
 from prefect.exceptions import ObjectNotFound
-from prefect.states import Completed, Failed
-from prefect.utilities.hashing import file_hash
 from pydantic import BaseModel, Field
 
 from connectors import ledger_heads
 from opsflow.approvals import request_approval, requester
-from opsflow.errors import ApprovalRejected, InputError, PermanentError, TransientError
-from opsflow.inventory import BackupStore, Database, Environment, Inventory, load_inventory
-from opsflow.inventory.changes import Verification
+from opsflow.errors import ApprovalRejected, PermanentError, TransientError
+from opsflow.inventory import Environment, Inventory, load_inventory
 from opsflow.inventory.references import check_references
 from opsflow.ledger import Ledger, StepRow, utcnow
 from opsflow.locks import (
@@ -65,14 +60,11 @@ from opsflow.locks import (
 )
 from opsflow.log_filters import QUIET_LOCK, quiet_prefect_noise
 from opsflow.plans import Plan
-from opsflow.redaction import install_log_redaction, redact, redacted_errors
-from opsflow.releases import ReleaseReport, render_release_report
+from opsflow.redaction import install_log_redaction, redact
 from opsflow.reports import artifact_key, finished_line, publish_markdown, render_heads
 from opsflow.results import CheckResult, Status
 from opsflow.settings import get_settings
 
-P = ParamSpec("P")
-R = TypeVar("R")
 COMPLETE, FAILED = "complete", "failed"
 SUMMARY_CHARS = 500
 ERROR_CHARS = 2000
@@ -102,149 +94,6 @@ LOCK_LOG_EVERY_SECONDS = 60.0
 WAIT_FIX = "pass wait_for_lock=<seconds> to wait longer"
 _HELD: ContextVar[frozenset[str]] = ContextVar("opsflow_locks_held", default=frozenset())
 """The locks this flow run (and so its subflows, in the same thread) holds."""
-
-
-def require_store(env_name: str, env: Environment) -> BackupStore:
-    if env.backup_store is None:
-        raise InputError(
-            f"environments.{env_name}.backup_store",
-            "is missing: there is nowhere to put backups",
-            'add backup_store: {url: "file:///var/backups/opsflow"} or an s3:// URL',
-        )
-    return env.backup_store
-
-
-def runbook_flow(
-    name: str, description: str, *, timeout_seconds: float = 12 * 3600, **options: Any
-) -> Callable[[Callable[P, R]], Flow[P, R]]:
-    """The Prefect flow of a runbook: its name, the description the UI shows, a run timeout,
-    ``print`` going to the run's log, secrets masked in what its run leaves in Prefect (an
-    exception it raises, the message of a state it returns: ``redacted_flow``), and its result
-    (the report, already redacted) persisted as JSON, so `opsflow run` following a served run
-    can print it (``--json``)."""
-
-    def decorator(fn: Callable[P, R]) -> Flow[P, R]:
-        made: Flow[P, R] = flow(
-            name=name,
-            description=description,
-            timeout_seconds=timeout_seconds,
-            log_prints=True,
-            persist_result=True,
-            result_serializer="json",
-            version=file_hash(inspect.getsourcefile(fn) or ""),  # the runbook's file, as
-            **options,  # Prefect's default would hash the wrapper's file
-        )(redacted_flow(fn))
-        return made
-
-    return decorator
-
-
-def redacted_flow(fn: Callable[P, R]) -> Callable[P, R]:
-    """``fn`` raising through ``redacted_errors``, with the message of a state it returns
-    redacted (a runbook that ends ``Failed(message=...)`` itself)."""
-    return redacted_errors(fn, on_result=_redact_state)
-
-
-def _redact_state(result: R) -> R:
-    if isinstance(result, State) and result.message:
-        result.message = redact(result.message)
-    return result
-
-
-def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
-    """The arguments every PostgreSQL task takes to reach database ``index`` of the run's
-    environment: the database, its inventory path, and the environment's Docker engine and
-    Kubernetes cluster (for ``docker_exec`` / ``kubectl_exec``)."""
-    return {
-        "db": db,
-        "field": f"environments.{run.env_name}.databases[{index}]",
-        "docker": run.env.docker,
-        "kubernetes": run.env.kubernetes,
-    }
-
-
-def scales(env: Environment) -> bool:
-    """The environment has an application a restore stops: a deployment or Docker services."""
-    k8s = env.kubernetes is not None and bool(env.kubernetes.deployment)
-    return k8s or (env.docker is not None and bool(env.docker.services))
-
-
-def app_target(env: Environment) -> str:
-    """The application a restore stops, as shown in plans and reports."""
-    if env.kubernetes is not None and env.kubernetes.deployment:
-        return f"deployment {env.kubernetes.namespace}/{env.kubernetes.deployment}"
-    if env.docker is not None:
-        return "containers " + ", ".join(s.container for s in env.docker.services)
-    return "-"
-
-
-def verify_release(
-    run: RunbookRun, health: Callable[..., Any] | None, verify: Verification | None
-) -> tuple[list[str], str | None]:
-    """After a deploy or rollback: the health-check runbook as a subflow (``health``; a
-    Critical result fails), every smoke test of the environment, then the verification
-    window (``verify``). Each is a step. Returns what was checked (one line each) and the
-    first failed check (None: all passed); stops at that failure."""
-    from tasks.http import run_smoke_test
-    from tasks.verification import verify_window
-
-    lines: list[str] = []
-
-    def check(name: str, target: str, attempt: Callable[[], tuple[bool, str]]) -> str | None:
-        with run.step(name, target) as step:
-            try:
-                ok, text = attempt()
-            except Exception as exc:  # noqa: BLE001 - a check that cannot run has failed
-                ok, text = False, redact(str(exc) or type(exc).__name__)
-            step.summary = text
-            if not ok:
-                step.fail(text)
-        lines.append(f"{name} {target}: {'passed' if ok else 'FAILED'}: {text}")
-        return None if ok else f"{name} {target}: {text}"
-
-    def health_check() -> tuple[bool, str]:
-        assert health is not None
-        state = health(
-            env=run.env_name, requested_by=run.requested_by, notify=False, return_state=True
-        )
-        return not state.is_failed(), redact(state.message or state.name or "")
-
-    def smoke(test: Any) -> tuple[bool, str]:
-        result = run_smoke_test(test)
-        return result.status != Status.CRITICAL, f"{result.status.value}: {result.summary}"
-
-    def window(verify: Verification) -> tuple[bool, str]:
-        verdict = verify_window(run.env, verify)
-        return verdict.passed, f"{len(verdict.samples)} sample(s): {verdict.reason}"
-
-    attempts: list[tuple[str, str, Callable[[], tuple[bool, str]]]] = []
-    if health is not None:
-        attempts.append(("health_check", run.env_name, health_check))
-    attempts += [
-        ("run_smoke_test", t.name, functools.partial(smoke, t)) for t in run.env.smoke_tests
-    ]
-    if verify is not None:
-        attempts.append(("verify_window", run.env_name, functools.partial(window, verify)))
-    for name, target, attempt in attempts:
-        failed = check(name, target, attempt)
-        if failed:
-            return lines, failed
-    return lines, None
-
-
-def finish_release(run: RunbookRun, report: ReleaseReport) -> State[Any]:
-    """Publish the report, record the run, notify, end Completed or Failed."""
-    report.seconds = round(run.elapsed, 3)
-    markdown = render_release_report(report, run.started_at)
-    publish_markdown(run.key, markdown, f"{run.runbook} of {run.env_name}: {report.outcome}")
-    ok, summary = report.succeeded, report.summary()
-    status = "complete" if ok else report.outcome.replace(" ", "-")
-    run.finish(status, summary, report.model_dump(mode="json"))
-    send = run.notifier()
-    if send is not None and not report.dry_run:
-        send(f"opsflow: {run.runbook} of {run.env_name} {report.outcome.upper()}", markdown)
-    message = f"{run.runbook} of {run.env_name}: {summary}"
-    return Completed(message=message, data=report) if ok else Failed(message=message, data=report)
 
 
 def current_flow_run_id() -> str:
