@@ -33,6 +33,7 @@ from opsflow.inventory.fields import (
 from opsflow.inventory.http import HttpTarget, Notify
 from opsflow.inventory.incident import Alerting, AlertRule, Incident, ScaleBounds, check_alerting
 from opsflow.inventory.maintenance import Maintenance, MaintenanceMode, check_cleanup_targets
+from opsflow.inventory.security import AccessPolicy, RotatedSecret, Security, check_secrets
 from opsflow.secrets import is_reference
 
 
@@ -471,6 +472,9 @@ class Environment(Model):
     scaling: dict[str, ScaleBounds] = Field(
         default_factory=dict, description="replica bounds per service / deployment name"
     )
+    security: Security = Field(default_factory=Security)
+    access: AccessPolicy = Field(default_factory=AccessPolicy)
+    secrets: list[RotatedSecret] = Field(default_factory=list, description="rotated secrets")
 
     @model_validator(mode="after")
     def _deploy_targets(self) -> Environment:
@@ -508,6 +512,13 @@ class Environment(Model):
                 )
         check_cleanup_targets(self.maintenance, [r.name for r in self.redis])
         check_alerting(self.alert_rules)
+        check_secrets(
+            self.secrets,
+            databases={db.name: db.kind for db in self.databases},
+            redis=[r.name for r in self.redis],
+            docker_services=[s.name for s in self.docker.services] if self.docker else [],
+            kubernetes=self.kubernetes is not None,
+        )
         places = [(f"databases[{i}] ({db.kind})", db.name) for i, db in enumerate(self.databases)]
         clashes = name_clashes(places + [(f"redis[{i}]", r.name) for i, r in enumerate(self.redis)])
         if clashes:
