@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import socket
 from typing import Any
 
@@ -78,10 +79,22 @@ def retry_on_transient(task: Any, task_run: Any, state: Any) -> bool:
     return False
 
 
+def retry_delay_scale() -> float:
+    """``OPSFLOW_RETRY_DELAY_SCALE`` (``Settings.retry_delay_scale``, which refuses a bad value
+    with exit 2 where the CLI starts): read here from the environment, as this module is
+    imported before any settings; a value out of (0, 1] counts as 1."""
+    try:
+        scale = float(os.environ.get("OPSFLOW_RETRY_DELAY_SCALE", "1"))
+    except ValueError:
+        return 1.0
+    return scale if 0 < scale <= 1 else 1.0
+
+
 def _policy(retries: int, delays: list[float]) -> dict[str, Any]:
+    scale = retry_delay_scale()
     return {
         "retries": retries,
-        "retry_delay_seconds": delays,
+        "retry_delay_seconds": [round(d * scale, 3) for d in delays],
         "retry_jitter_factor": 0.5,
         "retry_condition_fn": retry_on_transient,
     }

@@ -62,6 +62,14 @@ class Settings(BaseSettings):
         "killed run keeps its environment locked (Prefect's minimum is 60 s)",
     )
 
+    retry_delay_scale: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="multiplies every task retry delay (opsflow.errors): below 1 for test "
+        "and drill environments whose faults are injected, 1 in production",
+    )
+
     runner_poll_seconds: float = Field(
         0.5,
         ge=0.1,

@@ -3,9 +3,8 @@ PostgreSQL database, the application a restore stops."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
-from flows.common.run import RunbookRun
 from opsflow.errors import InputError
 from opsflow.inventory import BackupStore, Database, Environment
 
@@ -20,7 +19,17 @@ def require_store(env_name: str, env: Environment) -> BackupStore:
     return env.backup_store
 
 
-def pg_reach(run: RunbookRun, index: int, db: Database) -> dict[str, Any]:
+class InEnvironment(Protocol):
+    """What knows its environment: a ``RunbookRun``, or a plan being built before one."""
+
+    @property
+    def env_name(self) -> str: ...
+
+    @property
+    def env(self) -> Environment: ...
+
+
+def pg_reach(run: InEnvironment, index: int, db: Database) -> dict[str, Any]:
     """The arguments every PostgreSQL task takes to reach database ``index`` of the run's
     environment: the database, its inventory path, and the environment's Docker engine and
     Kubernetes cluster (for ``docker_exec`` / ``kubectl_exec``)."""

@@ -858,7 +858,70 @@ MAINTENANCE_CASES = [
     ),
 ]
 
-CASES = INVENTORY_CASES + SETTINGS_CASES + CLI_CASES + FLOW_CASES + DEPLOY_CASES + MAINTENANCE_CASES
+PG_M = "databases: [{name: m, kind: postgres, dsn: 'postgresql://127.0.0.1:9/m'}]\n"
+SECRET_M = "secrets: [{name: app-db, kind: postgres_role, role: app, admin: m, "
+STORE = "store: {prefect_secret: app-db-pw}"
+SECURITY_CASES = [
+    inv_check(
+        "security-rotate-every-does-not-parse",
+        env_of(PG_M + SECRET_M + STORE + ", rotate_every: monthly}]"),
+        "secrets[0].rotate_every",
+        "15m",
+    ),
+    inv_check(
+        "security-rotated-secret-admin-unknown",
+        env_of(
+            PG_M + "secrets: [{name: s, kind: postgres_role, role: app, admin: n, " + STORE + "}]"
+        ),
+        "admin 'n' is not a PostgreSQL database",
+        "['m']",
+    ),
+    inv_check(
+        "security-rotated-secret-store-ambiguous",
+        env_of(PG_M + SECRET_M + "store: {prefect_secret: a, kubernetes_secret: b, key: k}}]"),
+        "secrets[0].store",
+        "exactly one of",
+    ),
+    inv_check(
+        "security-consumer-not-a-service",
+        env_of(PG_M + SECRET_M + STORE + ", consumers: {docker: [{service: api, env: PW}]}}]"),
+        "consumer 'api' is not in docker.services",
+    ),
+    inv_check(
+        "security-packages-without-advisories",
+        env_of("security: {python: [{name: api, requirements: /srv/req.txt}]}"),
+        "security",
+        "advisories",
+    ),
+    inv_check(
+        "security-advisories-both-path-and-url",
+        env_of("security: {advisories: {path: /osv, url: 'http://127.0.0.1:9/osv.json'}}"),
+        "security.advisories",
+        "exactly one of `path` or `url`",
+    ),
+    inv_check(
+        "security-login-pattern-without-ip",
+        env_of("security: {logins: {files: [/var/log/auth.log], pattern: 'Failed password'}}"),
+        "security.logins.pattern",
+        "(?P<ip>",
+    ),
+    inv_check(
+        "security-kubernetes-subject-not-kind-name",
+        env_of("access: {kubernetes_subjects: [alice]}"),
+        "access.kubernetes_subjects",
+        "User:alice",
+    ),
+]
+
+CASES = (
+    INVENTORY_CASES
+    + SETTINGS_CASES
+    + CLI_CASES
+    + FLOW_CASES
+    + DEPLOY_CASES
+    + MAINTENANCE_CASES
+    + SECURITY_CASES
+)
 
 
 def test_the_suite_is_big_enough() -> None:
