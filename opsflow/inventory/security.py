@@ -132,9 +132,11 @@ class TlsCheck(Model):
         return [check_url(url, ("https",)) for url in value]
 
 
+# sshd's "Failed password for [invalid user] NAME from IP" and the like; the user part is an
+# optional group that is tried first (a lazy ".*?" before it would skip it every time)
 DEFAULT_LOGIN_PATTERN = (
     r"(?i)(?:failed (?:login|password)|authentication failure|invalid credentials)"
-    r".*?(?:for (?:invalid user )?(?P<user>[^\s;,]+))?.*?from (?P<ip>[0-9A-Fa-f.:]+)"
+    r"(?:.*?\bfor (?:invalid user )?(?P<user>[^\s;,]+))?.*?\bfrom (?P<ip>[0-9A-Fa-f.:]+)"
 )
 
 

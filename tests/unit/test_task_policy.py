@@ -54,6 +54,7 @@ from opsflow.errors import (
     retry_on_transient,
 )
 from opsflow.inventory import (
+    AccessPolicy,
     BackupStore,
     BenchmarkProbe,
     Database,
@@ -61,6 +62,7 @@ from opsflow.inventory import (
     DockerTarget,
     Endpoint,
     Environment,
+    FailedLogins,
     KubernetesTarget,
     LogArchive,
     MaintenanceMode,
@@ -72,10 +74,12 @@ from opsflow.inventory import (
     ScaleBounds,
     SmokeTest,
     Thresholds,
+    TlsCheck,
 )
 from opsflow.inventory.incident import Prometheus, StatusPage
 from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
+from opsflow.security import CheckOutcome
 from tasks.alert_checks import (
     error_analysis,
     find_memory_hog,
@@ -112,6 +116,10 @@ from tasks.prometheus import prometheus_figures
 from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.remediation import restart_service, scale_service
 from tasks.scaling import scale_down_app
+from tasks.security.access import check_kubernetes_access, check_postgres_access
+from tasks.security.logins import check_failed_logins
+from tasks.security.secrets_age import check_secrets_age
+from tasks.security.tls import check_tls
 from tasks.status_page import post_status_page
 from tasks.system import check_tls_certificate
 from tests.fixtures.ledgers import LEDGER_VARS
@@ -252,7 +260,8 @@ class Probe:
     reports: str | None = None
     """None: the call raises a TransientError. A pattern: the task reports an unreachable peer
     as a returned ``failed`` MaintenanceStep or alert-runbook Finding (a step of a runbook that
-    goes on) whose summary says the peer did not answer in time (this pattern)."""
+    goes on), or an unusable security-review CheckOutcome, whose summary says the peer did not
+    answer in time (this pattern)."""
     status: str = "failed"  # the reported step's status (``degraded``: other parts were read)
 
 
@@ -936,6 +945,93 @@ PROBES += [
     ),
 ]
 
+
+def _ledger_call(check: Callable[[Ledger], Any], tmp: Path) -> Callable[[], Any]:
+    """``check(ledger)`` with a ledger of its own in ``tmp`` (opened here, before the probes'
+    threads start: migrations are not run concurrently), closed after the call."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    ledger = Ledger(f"sqlite:///{tmp / 'ledger.db'}")
+
+    def call() -> Any:
+        try:
+            return check(ledger)
+        finally:
+            ledger.close()
+
+    return call
+
+
+# the security review's checks: a peer that does not answer is an unusable CheckOutcome
+PROBES += [
+    Probe(
+        "check_tls",
+        check_tls,
+        lambda port, s, tmp: (
+            lambda: check_tls.fn(
+                "e2e", _url(port, scheme="https"), TlsCheck(timeout=timedelta(seconds=s)), 14
+            )
+        ),
+        inventory(
+            "security.tls.timeout", lambda: TlsCheck.model_fields["timeout"].default.total_seconds()
+        ),
+        0.5,
+        1,
+        reports="gave no TLS answer: .*timed out",
+    ),
+    Probe(
+        "check_failed_logins[docker]",
+        check_failed_logins,
+        lambda port, s, tmp: (
+            lambda: check_failed_logins.fn(
+                "e2e", Environment(docker=_docker(port)), FailedLogins(containers=True)
+            )
+        ),
+        docker_default(),
+        0.5,
+        1,
+        reports="could not read: Docker daemon .*(timed out|did not answer|unreachable)",
+    ),
+    Probe(
+        "check_postgres_access",
+        check_postgres_access,
+        lambda port, s, tmp: (
+            lambda: check_postgres_access.fn(
+                "e2e", _pg(port), "databases[0]", AccessPolicy(), None, None
+            )
+        ),
+        PG,
+        PG_SMALL,
+        1,
+        reports="could not be read",
+    ),
+    Probe(
+        "check_kubernetes_access",
+        check_kubernetes_access,
+        lambda port, s, tmp: (
+            lambda: check_kubernetes_access.fn(
+                "e2e", _k8s(port), AccessPolicy(kubernetes_subjects=[])
+            )
+        ),
+        K8S,
+        0.5,
+        K8S_WAITS,
+        reports="could not be read: .*unreachable",
+    ),
+    Probe(  # its Prefect part (Secret blocks) is not reached: the environment references none
+        "check_secrets_age[kubernetes]",
+        check_secrets_age,
+        lambda port, s, tmp: _ledger_call(
+            lambda ledger: check_secrets_age.fn("e2e", Environment(kubernetes=_k8s(port)), ledger),
+            tmp,
+        ),
+        K8S,
+        0.5,
+        K8S_WAITS,
+        reports="could not read: .*unreachable",
+    ),
+]
+
+
 # Tasks that reach no network peer, or whose network part is not probed here (and why).
 NOT_PROBED = {
     "check_disk": "local: statvfs of a path",
@@ -1036,8 +1132,11 @@ def test_network_task_gives_up_at_its_inner_timeout(
         assert isinstance(outcome.error, TransientError), (outcome.error, outcome.value)
     else:
         assert outcome.error is None, outcome.error
-        assert isinstance(outcome.value, MaintenanceStep | Finding), outcome.value
-        assert outcome.value.status == probe.status, outcome.value
+        assert isinstance(outcome.value, MaintenanceStep | Finding | CheckOutcome), outcome.value
+        if isinstance(outcome.value, CheckOutcome):  # a security check that could not run
+            assert not outcome.value.usable, outcome.value
+        else:
+            assert outcome.value.status == probe.status, outcome.value
         assert re.search(probe.reports, outcome.value.summary), outcome.value.summary
     assert outcome.connections == probe.waits, (
         f"{probe.id} tried the peer {outcome.connections} time(s), expected {probe.waits}"
