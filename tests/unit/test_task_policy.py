@@ -77,8 +77,10 @@ from opsflow.inventory import (
     TlsCheck,
 )
 from opsflow.inventory.incident import Prometheus, StatusPage
+from opsflow.inventory.security import AdvisorySource, ImageScan, PythonEnvironment
 from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
+from opsflow.osv import AdvisoryIndex
 from opsflow.security import CheckOutcome
 from tasks.alert_checks import (
     error_analysis,
@@ -117,6 +119,9 @@ from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.remediation import restart_service, scale_service
 from tasks.scaling import scale_down_app
 from tasks.security.access import check_kubernetes_access, check_postgres_access
+from tasks.security.advisories import load_advisories
+from tasks.security.dependencies import check_python_packages
+from tasks.security.images import check_image
 from tasks.security.logins import check_failed_logins
 from tasks.security.secrets_age import check_secrets_age
 from tasks.security.tls import check_tls
@@ -344,6 +349,14 @@ def _k8s_env(port: int) -> Environment:
 
 def _metrics_env(port: int) -> Environment:
     return Environment(metrics=[MetricsSource(name="app", url=_url(port, "/metrics"))])
+
+
+def _advisories() -> AdvisoryIndex:
+    """An index with a PyPI advisory (the Python check runs only against one)."""
+    events = [{"introduced": "0"}, {"fixed": "2.31.0"}]
+    affected = [{"package": {"ecosystem": "PyPI", "name": "requests"}, "ranges": []}]
+    affected[0]["ranges"] = [{"type": "ECOSYSTEM", "events": events}]
+    return AdvisoryIndex.from_records([("probe", {"id": "GHSA-1", "affected": affected})], "p")
 
 
 DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
@@ -1032,6 +1045,54 @@ PROBES += [
 ]
 
 
+# the security review's package checks
+PROBES += [
+    Probe(
+        "load_advisories[url]",
+        load_advisories,
+        lambda port, s, tmp: (
+            lambda: load_advisories.fn(
+                AdvisorySource(url=_url(port, "/osv.json"), timeout=timedelta(seconds=s))
+            )
+        ),
+        inventory(
+            "security.advisories.timeout",
+            lambda: AdvisorySource.model_fields["timeout"].default.total_seconds(),
+        ),
+        0.5,
+        1,
+    ),
+    # no [pod] probes of the two below: their exec opens the websocket through
+    # kubernetes.stream, whose handshake has no timeout (as memory_snapshot[kubernetes])
+    Probe(
+        "check_python_packages[docker]",
+        check_python_packages,
+        lambda port, s, tmp: (
+            lambda: check_python_packages.fn(
+                "e2e",
+                _docker_env(port),
+                PythonEnvironment(name="api", container="web"),
+                _advisories(),
+            )
+        ),
+        docker_default(),
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_image[docker]",
+        check_image,
+        lambda port, s, tmp: (
+            lambda: check_image.fn(
+                "e2e", _docker_env(port), ImageScan(container="web"), _advisories()
+            )
+        ),
+        docker_default(),
+        0.5,
+        1,
+    ),
+]
+
 # Tasks that reach no network peer, or whose network part is not probed here (and why).
 NOT_PROBED = {
     "check_disk": "local: statvfs of a path",
@@ -1048,6 +1109,7 @@ NOT_PROBED = {
     "check_metrics' METRICS_TIMEOUT and check_endpoint's endpoints[].timeout, probed above",
     "capacity_report": "local: reads the ledger (its own ledger_timeout) and draws a chart",
     "maintain_sqlite": "local: a SQLite file (sqlite busy timeout)",
+    "check_npm_packages": "local: reads a package-lock.json",
 }
 
 
