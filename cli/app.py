@@ -43,6 +43,8 @@ STATUS_STYLE = {
     "complete": "green",
     "verified": "bold green",
     "failed": "red",
+    "high": "red",
+    "medium": "yellow",
 }
 
 

@@ -297,6 +297,20 @@ def _report_state(state: Any, as_json: bool) -> int:
 
 
 def _print_result(result: Any) -> None:
+    findings = getattr(result, "findings", None)
+    if findings is not None:
+        table = new_table(
+            f"{getattr(result, 'env', '')}: findings", "severity", "check", "target", "summary"
+        )
+        for f in findings:
+            table.add_row(
+                status_word(f.severity.value),
+                f.check,
+                escape(redact(f.target)),
+                escape(redact(f.summary)),
+            )
+        out.print(table)
+        return
     rows = getattr(result, "results", None)
     if not rows:
         return

@@ -6,11 +6,7 @@ and a ledger on SQLite."""
 from __future__ import annotations
 
 import secrets
-import socket
-import ssl
-import threading
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -38,8 +34,8 @@ from tasks.security.logins import check_failed_logins
 from tasks.security.secrets_age import check_secrets_age
 from tasks.security.tls import check_tls, tls_urls
 from tests.fixtures.databases import PostgresDatabase, PostgresServer
-from tests.fixtures.http_targets import make_self_signed
 from tests.fixtures.kube_api import KubeApiServer
+from tests.fixtures.tls_servers import Serve
 from tests.support.net import free_port
 
 pytestmark = pytest.mark.integration
@@ -47,53 +43,6 @@ ENV = "prod"
 RBAC = "/apis/rbac.authorization.k8s.io/v1"
 
 # --- TLS ---------------------------------------------------------------------------------------
-
-Serve = Callable[..., tuple[str, str]]
-
-
-@pytest.fixture(scope="module")
-def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Serve]:
-    """``serve(days, minimum="TLSv1_2", maximum="TLSv1_3", ciphers=None)``: a TLS server in a
-    thread (handshake, then close) with a fresh self-signed certificate valid ``days`` more
-    days; returns (https URL, the certificate as CA file)."""
-    listeners: list[socket.socket] = []
-    directory = tmp_path_factory.mktemp("security-tls")
-
-    def serve(
-        days: float, minimum: str = "TLSv1_2", maximum: str = "TLSv1_3", ciphers: str | None = None
-    ) -> tuple[str, str]:
-        home = directory / uuid.uuid4().hex[:8]
-        home.mkdir()
-        cert, key = make_self_signed(home, days)
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(cert, key)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            context.minimum_version = getattr(ssl.TLSVersion, minimum)
-            context.maximum_version = getattr(ssl.TLSVersion, maximum)
-        if ciphers:
-            context.set_ciphers(ciphers)
-        listener = socket.create_server(("127.0.0.1", 0))
-        listeners.append(listener)
-
-        def run() -> None:
-            while True:
-                try:
-                    conn, _ = listener.accept()
-                except OSError:
-                    return
-                try:
-                    with context.wrap_socket(conn, server_side=True):
-                        pass
-                except (OSError, ssl.SSLError):
-                    conn.close()
-
-        threading.Thread(target=run, daemon=True).start()
-        return f"https://127.0.0.1:{listener.getsockname()[1]}/health", str(cert)
-
-    yield serve
-    for listener in listeners:
-        listener.close()
 
 
 def _severities(outcome: CheckOutcome) -> list[Severity]:

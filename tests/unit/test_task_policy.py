@@ -1110,6 +1110,8 @@ NOT_PROBED = {
     "capacity_report": "local: reads the ledger (its own ledger_timeout) and draws a chart",
     "maintain_sqlite": "local: a SQLite file (sqlite busy timeout)",
     "check_npm_packages": "local: reads a package-lock.json",
+    "start_incident": "one Prefect API call (run_deployment, timeout=0): the client's own "
+    "PREFECT_API_REQUEST_TIMEOUT bounds it, as for every Prefect call of a flow",
 }
 
 
