@@ -213,6 +213,7 @@ environments:
     disks: []
     notify: {notify}
     maintenance_mode: {{url: "{urls["mode"]}", headers: {{Authorization: "env:SCAN_MODE_AUTH"}}}}
+    security: {{logins: {{files: ["{lab_root / "quiet.log"}"]}}}}
   scan-broken:
     endpoints: [{{name: app, url: "{urls["app"]}/health/echo"}}]
     databases: [{{name: main, kind: postgres, dsn: "env:SCAN_BAD_DSN"}}]
@@ -220,6 +221,8 @@ environments:
     logs: {{files: [{{path: "{lab_root / "errors.log"}"}}]}}
     disks: []
     notify: {notify}
+    security: {{logins: {{files: ["{lab_root / "errors.log"}"], threshold: 1}}}}
+    access: {{postgres_superusers: [], postgres_logins: []}}
   scan-app:
     kubernetes: {{namespace: {kube.namespace}, deployment: {kube.deployment},
                  api_url: "{kube.url}", token: "env:SCAN_KUBE_TOKEN"}}
@@ -430,6 +433,7 @@ def test_no_secret_in_any_output_of_any_runbook(
     incident = ("run", "incident", "--env", "scan", "-p", "summary=scan incident", "-p")
     lab.cli(*incident, "severity=P3", expect=0)  # acknowledge, snapshot, post-mortem draft
     lab.cli("run", "db-connections", "--env", "scan", expect=0)  # the password DSN
+    lab.cli("run", "security-review", "--env", "scan", "--json", expect=0)  # the quiet log
     # Failing runs: an application whose log and error body hold secrets, a missing database
     # and bucket, a backup object gone from the store, a deployment that does not exist.
     lab.cli("run", "health-check", "--env", "scan-broken", expect=1)
@@ -448,6 +452,8 @@ def test_no_secret_in_any_output_of_any_runbook(
     # and health check read the endpoint that echoes tokens and the log with passwords
     lab.cli(*broken, "severity=P1", expect=0)
     lab.cli("run", "db-connections", "--env", "scan-broken", expect=1)  # a missing database
+    # the access audit through the password DSN of a missing database, the log with passwords
+    lab.cli("run", "security-review", "--env", "scan-broken", expect=1)
     # Deploy and rollback through the Kubernetes API with its bearer token: a rollout that
     # succeeds, one past its progress deadline (rolled back), a rollback to the previous
     # image and one to an image that never gets ready.
