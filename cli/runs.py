@@ -297,12 +297,11 @@ def _report_state(state: Any, as_json: bool) -> int:
 
 
 def _print_result(result: Any) -> None:
-    findings = getattr(result, "findings", None)
-    if findings is not None:
-        table = new_table(
-            f"{getattr(result, 'env', '')}: findings", "severity", "check", "target", "summary"
-        )
-        for f in findings:
+    from opsflow.security import SecurityReport
+
+    if isinstance(result, SecurityReport):
+        table = new_table(f"{result.env}: findings", "severity", "check", "target", "summary")
+        for f in result.findings:
             table.add_row(
                 status_word(f.severity.value),
                 f.check,
