@@ -127,6 +127,8 @@ class Credential:
         if s.kind == "api_key" and new is not None and new.key_id is not None:
             assert s.api is not None
             return str(revoke_api_key(s.api, new.key_id))
+        if s.kind == "postgres_role":
+            return "nothing more: restore_credential replaced the new password with the old one"
         return None
 
 
