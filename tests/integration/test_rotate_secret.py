@@ -11,6 +11,7 @@ saying so); no value appears in the logs, the ledger, the report or the flow's s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import secrets
@@ -113,12 +114,20 @@ class Lab:
             + secrets_yaml
         )
 
-    def start_consumer(self, env: dict[str, str], health: str, name: str | None = None) -> str:
-        """A container on the host's network whose HEALTHCHECK runs ``health`` (python)."""
+    def start_consumer(
+        self, env: dict[str, str], health: str, name: str | None = None, ready_file: bool = False
+    ) -> str:
+        """A container on the host's network whose HEALTHCHECK runs ``health`` (python); with
+        ``ready_file`` it is healthy only while /tmp/ready exists, which is made in this
+        container only (one recreated from it never comes up)."""
         name = name or self.container
         checks = self.root / "checks"
         checks.mkdir(exist_ok=True)
-        (checks / "health.py").write_text(health)
+        script = f"health-{name}.py"
+        (checks / script).write_text(health)
+        test = ["CMD", "python3", f"/checks/{script}"]
+        if ready_file:
+            test = ["CMD-SHELL", f"test -f /tmp/ready && python3 /checks/{script}"]
         image = deploy_app_image(self.client, "v1")
         self.containers.append(name)
         self.client.containers.run(
@@ -139,13 +148,15 @@ class Lab:
                 str(checks): {"bind": "/checks", "mode": "ro"},
             },
             healthcheck={
-                "test": ["CMD", "python3", "/checks/health.py"],
+                "test": test,
                 "interval": 500_000_000,
                 "timeout": 5_000_000_000,
                 "retries": 2,
             },
             labels={SESSION_LABEL: SESSION_ID},
         )
+        if ready_file:
+            self.client.containers.get(name).exec_run(["touch", "/tmp/ready"])
         self.wait_health(name, "healthy")
         return name
 
@@ -378,3 +389,239 @@ def test_postgres_rotation_whose_consumer_fails_is_rolled_back(
     written = lab.everything_written(state) + caplog.text
     for value in (pg_role.password, new):
         assert value not in written
+
+
+# --- Redis ACL user, two Docker consumers ----------------------------------------------------
+
+
+@dataclass
+class AclUser:
+    server: RedisServer
+    name: str
+    password: str
+
+    def authenticates(self, password: str) -> bool:
+        with redis.Redis(
+            host=self.server.host,
+            port=self.server.port,
+            username=self.name,
+            password=password,
+            socket_timeout=5,
+        ) as client:
+            try:
+                return bool(client.ping())
+            except redis.AuthenticationError:
+                return False
+
+    def password_hashes(self) -> list[str]:
+        with self.server.client() as client:
+            return list(client.acl_getuser(self.name)["passwords"])
+
+
+@pytest.fixture
+def acl_user(redis_own_server: RedisServer) -> Iterator[AclUser]:
+    user = AclUser(redis_own_server, f"rot_{secrets.token_hex(4)}", secrets.token_hex(16))
+    with redis_own_server.client() as client:
+        client.execute_command("ACL", "SETUSER", user.name, "on", ">" + user.password, "~*", "+@all")
+    yield user
+    with redis_own_server.client() as client:
+        client.execute_command("ACL", "DELUSER", user.name)
+
+
+def _redis_lab(lab: Lab, user: AclUser, worker_comes_up: bool = True) -> str:
+    Secret(value=user.password).save(lab.block, overwrite=True)
+    env = {
+        "REDIS_PASSWORD": user.password,
+        "REDIS_PORT": str(user.server.port),
+        "REDIS_USER": user.name,
+    }
+    lab.start_consumer(env, _REDIS_HEALTH)
+    worker = lab.start_consumer(
+        env, _REDIS_HEALTH, name=f"{lab.container}-worker", ready_file=not worker_comes_up
+    )
+    lab.write_inventory(
+        f"        - {{name: app, container: {lab.container}}}\n"
+        f"        - {{name: worker, container: {worker}}}\n",
+        "      - name: cache-user\n        kind: redis_acl\n"
+        f"        role: {user.name}\n        admin: cache\n"
+        f"        store: {{prefect_secret: {lab.block}}}\n"
+        "        consumers: {docker: [{service: app, env: REDIS_PASSWORD}, "
+        "{service: worker, env: REDIS_PASSWORD}]}\n",
+        extra=f'    redis:\n      - {{name: cache, url: "{user.server.url}"}}\n',
+    )
+    return worker
+
+
+def test_redis_acl_rotation_adds_the_new_password_then_revokes_the_old(
+    lab: Lab, acl_user: AclUser, caplog: pytest.LogCaptureFixture
+) -> None:
+    worker = _redis_lab(lab, acl_user)
+    caplog.set_level(logging.DEBUG)
+
+    state, report = lab.run(secret="cache-user")
+
+    assert state.is_completed(), state.message
+    assert report.secrets[0].status == "rotated"
+    new = _stored(lab.block)
+    assert new != acl_user.password
+    assert acl_user.authenticates(new) and not acl_user.authenticates(acl_user.password)
+    assert len(acl_user.password_hashes()) == 1  # the old one was removed, nothing else added
+    for name in (lab.container, worker):
+        assert lab.env_of(name)["REDIS_PASSWORD"] == new
+        lab.wait_health(name, "healthy")
+    _row, steps = lab.run_rows(state)
+    assert [s.step for s in steps].count("roll_consumer") == 2
+    assert next(s for s in steps if s.step == "rotated").target == "cache-user"
+    written = lab.everything_written(state) + caplog.text
+    for value in (acl_user.password, new):
+        assert value not in written
+
+
+def test_redis_rotation_rolls_every_consumer_back_when_one_does_not_come_up(
+    lab: Lab, acl_user: AclUser
+) -> None:
+    worker = _redis_lab(lab, acl_user, worker_comes_up=False)
+
+    state, report = lab.run(secret="cache-user")
+
+    assert state.is_failed(), state.message
+    assert report.secrets[0].status == "rolled-back", report.secrets[0]
+    assert _stored(lab.block) == acl_user.password
+    assert acl_user.authenticates(acl_user.password)
+    old_hash = hashlib.sha256(acl_user.password.encode()).hexdigest()
+    assert acl_user.password_hashes() == [old_hash]  # the new password was removed again
+    for name in (lab.container, worker):  # both back on their own containers, old value
+        assert lab.env_of(name)["REDIS_PASSWORD"] == acl_user.password
+        assert lab.inspect(name + PREVIOUS_SUFFIX) is None
+    lab.wait_health(lab.container, "healthy")
+    row, steps = lab.run_rows(state)
+    assert row.status == "rolled-back"
+    backs = [s.target for s in steps if s.step == "roll_back_consumer"]
+    assert backs == ["docker worker", "docker app"]  # newest first
+    assert next(s for s in steps if s.step == "retire_new_credential").status == "complete"
+
+
+# --- API key, Docker consumer -----------------------------------------------------------------
+
+
+class KeyApp:
+    """An application with API keys: POST /keys and DELETE /keys/<id> need the admin token,
+    GET /verify answers 200 to an active key in X-API-Key, 401 otherwise."""
+
+    def __init__(self) -> None:
+        self.admin = secrets.token_hex(12)
+        self.keys: dict[str, str] = {"k0": secrets.token_hex(16)}
+        self.made = 0
+        app = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _answer(self, status: int, body: dict[str, Any] | None = None) -> None:
+                data = json.dumps(body or {}).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                active = self.headers.get("X-API-Key") in app.keys.values()
+                self._answer(200 if self.path == "/verify" and active else 401)
+
+            def do_POST(self) -> None:  # noqa: N802
+                if self.headers.get("X-Admin-Token") != app.admin:
+                    return self._answer(403)
+                app.made += 1
+                key_id, key = f"k{app.made}", secrets.token_urlsafe(24)
+                app.keys[key_id] = key
+                self._answer(201, {"id": key_id, "key": key})
+
+            def do_DELETE(self) -> None:  # noqa: N802
+                if self.headers.get("X-Admin-Token") != app.admin:
+                    return self._answer(403)
+                found = app.keys.pop(self.path.rsplit("/", 1)[-1], None)
+                self._answer(204 if found else 404)
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def key_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[KeyApp]:
+    app = KeyApp()
+    monkeypatch.setenv(ADMIN_TOKEN_VAR, app.admin)
+    yield app
+    app.server.shutdown()
+    app.server.server_close()
+
+
+def _key_lab(lab: Lab, key_app: KeyApp, comes_up: bool = True) -> str:
+    old = key_app.keys["k0"]
+    Secret(value=f"k0:{old}").save(lab.block, overwrite=True)  # <id>:<key>
+    env = {"API_KEY": old, "VERIFY_URL": f"{key_app.url}/verify"}
+    lab.start_consumer(env, _API_HEALTH, ready_file=not comes_up)
+    lab.write_inventory(
+        f"        - {{name: app, container: {lab.container}}}\n",
+        "      - name: app-key\n        kind: api_key\n"
+        f"        api: {{create: {key_app.url}/keys, revoke: '{key_app.url}/keys/{{id}}', "
+        f"verify: {key_app.url}/verify, headers: {{X-Admin-Token: 'env:{ADMIN_TOKEN_VAR}'}}}}\n"
+        f"        store: {{prefect_secret: {lab.block}}}\n"
+        "        consumers: {docker: [{service: app, env: API_KEY}]}\n",
+    )
+    return old
+
+
+def test_api_key_rotation_creates_a_key_rolls_the_consumer_and_revokes_the_old(
+    lab: Lab, key_app: KeyApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    old = _key_lab(lab, key_app)
+    caplog.set_level(logging.DEBUG)
+
+    state, report = lab.run(secret="app-key")
+
+    assert state.is_completed(), state.message
+    assert report.secrets[0].status == "rotated"
+    assert list(key_app.keys) == ["k1"]  # the old key was revoked, the new one is active
+    new = key_app.keys["k1"]
+    assert _stored(lab.block) == f"k1:{new}"
+    assert lab.env_of(lab.container)["API_KEY"] == new
+    lab.wait_health(lab.container, "healthy")
+    _row, steps = lab.run_rows(state)
+    assert next(s for s in steps if s.step == "rotated").details["key_id"] == "k1"
+    written = lab.everything_written(state) + caplog.text
+    for value in (old, new, key_app.admin):
+        assert value not in written
+
+    # a store without the key's id: refused before anything changes (no key made)
+    Secret(value=new).save(lab.block, overwrite=True)
+    state, report = lab.run(secret="app-key")
+    assert state.is_failed()
+    assert report.secrets[0].status == "failed"
+    assert "holds no key id" in report.secrets[0].error
+    assert "Nothing was changed" in report.secrets[0].error
+    assert key_app.made == 1 and list(key_app.keys) == ["k1"]
+    assert lab.run_rows(state)[0].status == "failed"
+
+
+def test_api_key_rotation_rolled_back_revokes_the_new_key(lab: Lab, key_app: KeyApp) -> None:
+    old = _key_lab(lab, key_app, comes_up=False)  # the recreated consumer never comes up
+
+    state, report = lab.run(secret="app-key")
+
+    assert state.is_failed(), state.message
+    assert report.secrets[0].status == "rolled-back", report.secrets[0]
+    assert key_app.made == 1 and key_app.keys == {"k0": old}  # the new key k1 was revoked
+    assert _stored(lab.block) == f"k0:{old}"
+    assert lab.env_of(lab.container)["API_KEY"] == old
+    lab.wait_health(lab.container, "healthy")
+    row, steps = lab.run_rows(state)
+    assert row.status == "rolled-back"
+    retired = next(s for s in steps if s.step == "retire_new_credential")
+    assert (retired.status, retired.summary) == ("complete", "API key k1 revoked")
