@@ -11,6 +11,7 @@ saying so); no value appears in the logs, the ledger, the report or the flow's s
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -35,8 +36,10 @@ from flows.rotate_secret import rotate_secret
 from opsflow.ledger import Ledger
 from opsflow.rotation import RotationReport
 from tasks.docker.recreate import FAILED_SUFFIX, PREVIOUS_SUFFIX
+from tasks.kubernetes.replicas import RESTARTED_AT
 from tests.fixtures.databases import PostgresServer, RedisServer
 from tests.fixtures.docker_engine import SESSION_ID, SESSION_LABEL
+from tests.fixtures.kube_api import KubeCluster
 from tests.support.images import deploy_app_image
 from tests.support.net import free_port
 from tests.support.prefect_api import api_post
@@ -625,3 +628,53 @@ def test_api_key_rotation_rolled_back_revokes_the_new_key(lab: Lab, key_app: Key
     assert row.status == "rolled-back"
     retired = next(s for s in steps if s.step == "retire_new_credential")
     assert (retired.status, retired.summary) == ("complete", "API key k1 revoked")
+
+
+# --- Kubernetes Secret store, Kubernetes deployment consumer ----------------------------------
+
+
+def test_postgres_role_in_a_kubernetes_secret_restarts_the_deployment(
+    lab: Lab, pg_role: PgRole, kube_cluster: KubeCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    ns, api = kube_cluster.namespace, kube_cluster.api
+    encoded = base64.b64encode(pg_role.password.encode()).decode()
+    api.create(
+        f"/api/v1/namespaces/{ns}/secrets",
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "app-db", "namespace": ns},
+            "data": {"password": encoded, "other": "eA=="},
+        },
+    )
+    lab.write_inventory(
+        "        - {name: app, container: unused}\n",
+        "      - name: app-db\n        kind: postgres_role\n"
+        f"        role: {pg_role.name}\n        admin: main\n"
+        "        store: {kubernetes_secret: app-db, key: password}\n"
+        "        consumers: {kubernetes: [app]}\n",
+        extra=f"    kubernetes: {{namespace: {ns}, api_url: {kube_cluster.url}}}\n",
+    )
+    deployment = f"/apis/apps/v1/namespaces/{ns}/deployments/app"
+    caplog.set_level(logging.DEBUG)
+
+    with kube_cluster.controller:
+        state, report = lab.run(secret="app-db")
+
+    assert state.is_completed(), state.message
+    assert report.secrets[0].status == "rotated"
+    stored = api.get(f"/api/v1/namespaces/{ns}/secrets/app-db")
+    assert stored is not None
+    new = base64.b64decode(stored["data"]["password"]).decode()
+    assert new != pg_role.password and stored["data"]["other"] == "eA=="
+    assert stored["metadata"]["annotations"]["opsflow.io/rotated-at"].endswith("Z")
+    assert pg_role.logs_in(new) and not pg_role.logs_in(pg_role.password)
+    dep = api.get(deployment)
+    assert dep is not None
+    assert RESTARTED_AT in dep["spec"]["template"]["metadata"]["annotations"]
+    assert dep["status"]["availableReplicas"] == 4  # the rolling restart finished
+    _row, steps = lab.run_rows(state)
+    assert [s.target for s in steps if s.step == "roll_consumer"] == [f"deployment {ns}/app"]
+    written = lab.everything_written(state) + caplog.text
+    for value in (pg_role.password, new, encoded):
+        assert value not in written
