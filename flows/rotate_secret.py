@@ -27,8 +27,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from prefect.states import Completed, Failed, State
@@ -322,10 +322,12 @@ def rotate_secret(
 
 
 def _conclude(run: RunbookRun, report: RotationReport) -> State[Any]:
-    """Publish the report, record the run and end it Completed or Failed."""
+    """Publish the report, record the run, notify (when something was rotated or tried) and
+    end Completed or Failed."""
     env = run.env_name
     report.seconds = round(run.elapsed, 3)
-    publish_markdown(run.key, render_rotation_report(report, run.started_at), f"Rotation on {env}")
+    markdown = render_rotation_report(report, run.started_at)
+    publish_markdown(run.key, markdown, f"Rotation on {env}")
     parts = [f"{s.name}: {s.status}" + (f" ({s.error})" if s.error else "") for s in report.secrets]
     summary = "; ".join(parts) or "nothing to rotate (nothing is due)"
     status = report.status
@@ -334,6 +336,9 @@ def _conclude(run: RunbookRun, report: RotationReport) -> State[Any]:
         summary,
         {"secrets": [s.model_dump(mode="json") for s in report.secrets]},
     )
+    send = run.notifier()
+    if send is not None and report.secrets:
+        send(f"opsflow: rotate-secret on {env} {status.upper()}", markdown)
     if status != "complete":
         return Failed(message=f"rotate-secret on {env} {status}: {summary}", data=report)
     return Completed(message=f"rotate-secret on {env}: {summary}", data=report)

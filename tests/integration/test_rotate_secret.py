@@ -12,13 +12,14 @@ saying so); no value appears in the logs, the ledger, the report or the flow's s
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -80,7 +81,8 @@ sys.exit(0 if reply.startswith(b"+OK") else 1)
 """
 _API_HEALTH = """
 import os, sys, urllib.request
-request = urllib.request.Request(os.environ["VERIFY_URL"], headers={"X-API-Key": os.environ.get("API_KEY", "")})
+headers = {"X-API-Key": os.environ.get("API_KEY", "")}
+request = urllib.request.Request(os.environ["VERIFY_URL"], headers=headers)
 try:
     urllib.request.urlopen(request, timeout=3)
 except Exception as exc:
@@ -198,7 +200,9 @@ class Lab:
     def run_rows(self, state: Any) -> tuple[Any, list[Any]]:
         run_id = str(state.state_details.flow_run_id)
         ledger = self.ledger()
-        [row] = [r for r in ledger.runs(env="lab", runbook="rotate-secret") if r.flow_run_id == run_id]
+        [row] = [
+            r for r in ledger.runs(env="lab", runbook="rotate-secret") if r.flow_run_id == run_id
+        ]
         return row, ledger.steps(run_id)
 
     def everything_written(self, state: Any) -> str:
@@ -244,10 +248,8 @@ def lab(
     finally:
         for name in lab.containers:
             for suffix in ("", PREVIOUS_SUFFIX, FAILED_SUFFIX):
-                try:
+                with contextlib.suppress(docker.errors.NotFound):
                     docker_engine_client.api.remove_container(name + suffix, force=True)
-                except docker.errors.NotFound:
-                    pass
 
 
 # --- PostgreSQL role, Docker consumer ---------------------------------------------------------
@@ -425,7 +427,9 @@ class AclUser:
 def acl_user(redis_own_server: RedisServer) -> Iterator[AclUser]:
     user = AclUser(redis_own_server, f"rot_{secrets.token_hex(4)}", secrets.token_hex(16))
     with redis_own_server.client() as client:
-        client.execute_command("ACL", "SETUSER", user.name, "on", ">" + user.password, "~*", "+@all")
+        client.execute_command(
+            "ACL", "SETUSER", user.name, "on", ">" + user.password, "~*", "+@all"
+        )
     yield user
     with redis_own_server.client() as client:
         client.execute_command("ACL", "DELUSER", user.name)
@@ -529,11 +533,11 @@ class KeyApp:
                 self.end_headers()
                 self.wfile.write(data)
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 active = self.headers.get("X-API-Key") in app.keys.values()
                 self._answer(200 if self.path == "/verify" and active else 401)
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 if self.headers.get("X-Admin-Token") != app.admin:
                     return self._answer(403)
                 app.made += 1
@@ -541,7 +545,7 @@ class KeyApp:
                 app.keys[key_id] = key
                 self._answer(201, {"id": key_id, "key": key})
 
-            def do_DELETE(self) -> None:  # noqa: N802
+            def do_DELETE(self) -> None:
                 if self.headers.get("X-Admin-Token") != app.admin:
                     return self._answer(403)
                 found = app.keys.pop(self.path.rsplit("/", 1)[-1], None)
