@@ -137,17 +137,16 @@ def _forward(
     name, store, k8s = secret.name, secret.store, run.env.kubernetes
     with run.step("read_secret_store", store.describe()) as step:
         done.old = read_secret_store(store, secret.kind, k8s)
-        step.summary = (
-            f"current value read (kept in memory only); key id {done.old.key_id}"
-            if (done.old.key_id)
-            else "current value read (kept in memory only)"
-        )
+        step.summary = "current value read (kept in memory only)"
+        if done.old.key_id:
+            step.summary += f"; key id {done.old.key_id}"
     with run.step("check_current_credential", name) as step:
         step.result(credential.check(done.old.value))
     with run.step("create_credential", name) as step:
         done.value = credential.new_value()
-        done.attempted_create = True
+        done.attempted_create = done.value is not None  # a password may be set, then fail
         done.created = credential.create(done.value)
+        done.attempted_create = True
         step.summary = done.created.summary
     new = done.created
     with run.step("write_secret_store", store.describe()) as step:
@@ -228,7 +227,7 @@ def _roll_back(
             store.describe(),
             lambda: write_secret_store(store, secret.kind, old.value, old.key_id, k8s),
         )
-    if done.attempted_create:
+    if done.attempted_create and secret.kind == "postgres_role":  # elsewhere it stayed valid
         attempt("restore_credential", name, lambda: credential.put_back(old))
     for consumer in reversed(done.rolled_docker):
         attempt(

@@ -81,8 +81,8 @@ def test_a_secret_value_never_shows() -> None:
 
 
 def test_generated_values_are_long_random_and_plain() -> None:
-    values = {generate_value(32).reveal() for _ in range(50)}
-    assert len(values) == 50
+    values = {generate_value(32).reveal() for _ in range(20)}
+    assert len(values) == 20
     assert all(len(v) == 32 and set(v) <= set(string.ascii_letters + string.digits) for v in values)
     assert len(generate_value(64).reveal()) == 64
 
