@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import closing
 from datetime import timedelta
 from typing import Any
@@ -36,6 +36,7 @@ from connectors.docker import docker_client, docker_errors, docker_host
 from opsflow.errors import InputError, PermanentError, TransientError
 from opsflow.inventory import DockerService, DockerTarget
 from opsflow.redaction import MASK, redact
+from opsflow.rotation import SecretValue
 from tasks.docker.recreate import (
     DEPLOY_ID_LABEL,
     FAILED_SUFFIX,
@@ -219,7 +220,11 @@ def _create(client: docker.DockerClient, name: str, request: Any) -> str:
 
 @api_task("replace_container", timeout_seconds=300)
 def replace_container(
-    target: DockerTarget, service: DockerService, image: str, deploy_id: str
+    target: DockerTarget,
+    service: DockerService,
+    image: str,
+    deploy_id: str,
+    env: Mapping[str, SecretValue] | None = None,
 ) -> ContainerImage:
     """Replace the container of ``service`` by one of ``image`` with the same configuration.
 
@@ -230,9 +235,12 @@ def replace_container(
     ``deploy_id`` finds its own container and finishes (or does nothing); a rerun after a
     stop between rename and create continues from the previous container. When the create,
     a network connect or the start fails, the old container is put back and started first.
+    ``env`` sets environment variables on the new container (a secret rotation: the same
+    image, the new value; ``SecretValue`` objects, so no value is a task parameter Prefect sees).
     """
     with closing(docker_client(target, timeout=CLIENT_TIMEOUT)) as client:
-        return _replace(client, target, service, image, deploy_id)
+        override = {key: value.reveal() for key, value in (env or {}).items()}
+        return _replace(client, target, service, image, deploy_id, override)
 
 
 def _replace(
@@ -241,6 +249,7 @@ def _replace(
     service: DockerService,
     image: str,
     deploy_id: str,
+    env: Mapping[str, str] | None = None,
 ) -> ContainerImage:
     name = service.container
     previous_name = name + PREVIOUS_SUFFIX
@@ -275,7 +284,8 @@ def _replace(
         _rename(client, current["Id"], name, previous_name)
         previous = current
     assert previous is not None
-    request = create_request(previous, _image_config(client, previous["Image"]), image, deploy_id)
+    config = _image_config(client, previous["Image"])
+    request = create_request(previous, config, image, deploy_id, env)
     new_id: str | None = None
     try:
         new_id = _create(client, name, request)

@@ -16,6 +16,7 @@ Pure functions: no I/O (``tasks.docker.deploy`` calls the engine).
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,14 +116,19 @@ def own_names(attrs: dict[str, Any]) -> set[str]:
 
 
 def create_request(
-    attrs: dict[str, Any], image_config: dict[str, Any], image: str, deploy_id: str
+    attrs: dict[str, Any],
+    image_config: dict[str, Any],
+    image: str,
+    deploy_id: str,
+    env_override: Mapping[str, str] | None = None,
 ) -> Recreate:
     """The request that recreates the container ``attrs`` (its inspect) from ``image``.
 
     ``image_config`` is the ``Config`` of the image the container runs now (its inspect), so
     that its defaults are told apart from the container's own settings; ``{}`` when that
     image is gone (then every value is kept as shown). The label ``opsflow.deploy-id`` is set
-    to ``deploy_id``.
+    to ``deploy_id``. ``env_override`` sets environment variables (replacing the container's
+    own or the image's value): a secret rotation recreates a container with the new value.
     """
     config = attrs.get("Config") or {}
     body: dict[str, Any] = {k: copy.deepcopy(config[k]) for k in _KEPT if k in config}
@@ -132,6 +138,9 @@ def create_request(
         body["Hostname"] = hostname
 
     env = _own_env(config.get("Env") or [], image_config.get("Env") or [])
+    if env_override:
+        env = [e for e in env if _env_key(e) not in env_override]
+        env += [f"{key}={value}" for key, value in env_override.items()]
     if env:
         body["Env"] = env
     labels = _own_dict(config.get("Labels") or {}, image_config.get("Labels") or {})

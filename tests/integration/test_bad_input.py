@@ -683,6 +683,50 @@ FLOW_CASES = [
     ),
 ]
 
+ROTATION_INVENTORY = env_of("""kubernetes: {namespace: shop, api_url: "http://127.0.0.1:9"}
+docker:
+  host: "unix:///nowhere/docker.sock"
+  services: [{name: api, container: api-1}]
+databases: [{name: main, kind: postgres, dsn: "postgresql://app@127.0.0.1:9/app"}]
+secrets:
+  - name: app-db
+    kind: postgres_role
+    role: app
+    admin: main
+    store: {prefect_secret: app-db}
+    consumers: {docker: [{service: api, env: DB_PASSWORD}]}
+  - {name: lonely, kind: postgres_role, role: app, admin: main, store: {prefect_secret: x}}
+  - name: pods-key
+    kind: postgres_role
+    role: app
+    admin: main
+    store: {prefect_secret: pods-key}
+    consumers: {kubernetes: [api]}""")
+ROTATE = ["run", "rotate-secret", "--env", "p"]
+ROTATION_CASES = [
+    Case(
+        "rotate-secret-unknown",
+        [*ROTATE, "--param", "secret=app-bd"],
+        "secret: environment p has no secret 'app-bd'",
+        inventory=ROTATION_INVENTORY,
+        also=("app-db", "lonely", "due"),
+    ),
+    Case(
+        "rotate-secret-without-consumers",
+        [*ROTATE, "--param", "secret=lonely"],
+        "secrets[1].consumers",
+        inventory=ROTATION_INVENTORY,
+        also=("nothing would use the new value",),
+    ),
+    Case(
+        "plan-rotate-secret-pods-cannot-read-a-prefect-block",
+        ["plan", "rotate-secret", "--env", "p", "--param", "secret=pods-key"],
+        "secrets[2].store",
+        inventory=ROTATION_INVENTORY,
+        also=("kubernetes_secret",),
+    ),
+]
+
 DEPLOY = ["run", "deploy", "--env", "shop"]
 DEPLOY_CASES = [
     Case(
@@ -921,6 +965,7 @@ CASES = (
     + DEPLOY_CASES
     + MAINTENANCE_CASES
     + SECURITY_CASES
+    + ROTATION_CASES
 )
 
 

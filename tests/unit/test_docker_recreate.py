@@ -127,3 +127,17 @@ def test_host_network_has_no_endpoints() -> None:
     attrs["HostConfig"]["NetworkMode"] = "host"
     request = create_request(attrs, OLD_IMAGE, "app:1.5.0", "d-1")
     assert "NetworkingConfig" not in request.body and request.connect == {}
+
+
+def test_an_env_override_replaces_adds_and_beats_the_image() -> None:
+    override = {"DB_URL": "postgres://db/app2", "APP_VERSION": "pinned", "NEW_VAR": "x"}
+    body = create_request(_attrs(), OLD_IMAGE, "app:1.4.1", "rot-1", override).body
+    assert body["Env"] == [
+        "DB_URL=postgres://db/app2",
+        "APP_VERSION=pinned",  # inherited from the image, set on the container now
+        "NEW_VAR=x",
+    ]
+    assert body["Image"] == "app:1.4.1" and body["Labels"][DEPLOY_ID_LABEL] == "rot-1"
+    assert create_request(_attrs(), OLD_IMAGE, "app:1.4.1", "d").body["Env"] == [
+        "DB_URL=postgres://db/app"
+    ]

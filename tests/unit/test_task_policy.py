@@ -55,6 +55,7 @@ from opsflow.errors import (
 )
 from opsflow.inventory import (
     AccessPolicy,
+    ApiKeyEndpoints,
     BackupStore,
     BenchmarkProbe,
     Database,
@@ -72,6 +73,7 @@ from opsflow.inventory import (
     RedisCleanup,
     RedisTarget,
     ScaleBounds,
+    SecretStore,
     SmokeTest,
     Thresholds,
     TlsCheck,
@@ -81,6 +83,7 @@ from opsflow.inventory.security import AdvisorySource, ImageScan, PythonEnvironm
 from opsflow.ledger import Ledger
 from opsflow.maintenance import MaintenanceStep
 from opsflow.osv import AdvisoryIndex
+from opsflow.rotation import SecretValue
 from opsflow.security import CheckOutcome
 from tasks.alert_checks import (
     error_analysis,
@@ -106,6 +109,7 @@ from tasks.http import check_endpoint, check_metrics, run_smoke_test
 from tasks.http.maintenance_mode import switch_maintenance_mode
 from tasks.kubernetes.checks import check_pod_resources, check_pods, scan_pod_logs
 from tasks.kubernetes.config import export_kubernetes_config
+from tasks.kubernetes.replicas import restart_deployment
 from tasks.kubernetes.rollout import read_deployment_image, set_deployment_image, wait_for_rollout
 from tasks.log_archive import archive_logs
 from tasks.notify import send_notification
@@ -117,6 +121,10 @@ from tasks.postgres.restore import drop_postgres_database, swap_postgres_databas
 from tasks.prometheus import prometheus_figures
 from tasks.redis import check_redis, clean_redis, dump_redis
 from tasks.remediation import restart_service, scale_service
+from tasks.rotation.api_key import check_api_key, create_api_key, revoke_api_key
+from tasks.rotation.postgres import check_postgres_login, set_postgres_password
+from tasks.rotation.redis import add_redis_password, check_redis_login, remove_redis_password
+from tasks.rotation.store import read_secret_store, write_secret_store
 from tasks.scaling import scale_down_app
 from tasks.security.access import check_kubernetes_access, check_postgres_access
 from tasks.security.advisories import load_advisories
@@ -359,6 +367,38 @@ def _advisories() -> AdvisoryIndex:
     return AdvisoryIndex.from_records([("probe", {"id": "GHSA-1", "affected": affected})], "p")
 
 
+ROTATION_VALUE = SecretValue("probe-value-0123456789")
+
+
+def _rotation_pg_call(task: Task) -> Callable[[int, float, Path], Callable[[], Any]]:  # type: ignore[type-arg]
+    return lambda port, s, tmp: lambda: task.fn(_pg(port), "databases[0]", "app", ROTATION_VALUE)
+
+
+def _rotation_redis_call(task: Task) -> Callable[[int, float, Path], Callable[[], Any]]:  # type: ignore[type-arg]
+    def call(port: int, s: float, tmp: Path) -> Callable[[], Any]:
+        target = RedisTarget(name="cache", url=f"redis://127.0.0.1:{port}/0")
+        return lambda: task.fn(target, "redis[0]", "app", ROTATION_VALUE)
+
+    return call
+
+
+def _api(port: int, s: float) -> ApiKeyEndpoints:
+    return ApiKeyEndpoints(
+        create=_url(port, "/keys"),
+        revoke=_url(port, "/keys/{id}"),
+        verify=_url(port, "/verify"),
+        timeout=timedelta(seconds=s),
+    )
+
+
+def _k8s_store() -> SecretStore:
+    return SecretStore(kubernetes_secret="app", key="password")
+
+
+API_KEY_TIMEOUT = inventory(
+    "secrets[].api.timeout",
+    lambda: ApiKeyEndpoints.model_fields["timeout"].default.total_seconds(),
+)
 DEPLOY_CLIENT = constant(lambda: module_of(docker_deploy.replace_container), "CLIENT_TIMEOUT")
 ENDPOINT_TIMEOUT = inventory(
     "endpoints[].timeout", lambda: Endpoint.model_fields["timeout"].default.total_seconds()
@@ -1090,6 +1130,78 @@ PROBES += [
         docker_default(),
         0.5,
         1,
+    ),
+]
+
+# secret rotation: the credential tasks, the store (a Kubernetes Secret), the restart
+PROBES += [
+    *(
+        Probe(task.name, task, call, PG, PG_SMALL, 1)
+        for task in (set_postgres_password, check_postgres_login)
+        for call in [_rotation_pg_call(task)]
+    ),
+    *(
+        Probe(
+            task.name,
+            task,
+            _rotation_redis_call(task),
+            constant(connector("connectors.redis"), "SOCKET_TIMEOUT_S"),
+            0.5,
+            1,
+        )
+        for task in (add_redis_password, remove_redis_password, check_redis_login)
+    ),
+    Probe(
+        "create_api_key",
+        create_api_key,
+        lambda port, s, tmp: lambda: create_api_key.fn(_api(port, s)),
+        API_KEY_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "revoke_api_key",
+        revoke_api_key,
+        lambda port, s, tmp: lambda: revoke_api_key.fn(_api(port, s), "k1"),
+        API_KEY_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(
+        "check_api_key",
+        check_api_key,
+        lambda port, s, tmp: lambda: check_api_key.fn(_api(port, s), ROTATION_VALUE),
+        API_KEY_TIMEOUT,
+        0.5,
+        1,
+    ),
+    Probe(  # the Kubernetes Secret store (a Prefect Secret block: the Prefect client's timeout)
+        "read_secret_store[kubernetes]",
+        read_secret_store,
+        lambda port, s, tmp: lambda: read_secret_store.fn(_k8s_store(), "api_key", _k8s(port)),
+        K8S,
+        0.5,
+        K8S_WAITS,
+    ),
+    Probe(
+        "write_secret_store[kubernetes]",
+        write_secret_store,
+        lambda port, s, tmp: (
+            lambda: write_secret_store.fn(
+                _k8s_store(), "postgres_role", ROTATION_VALUE, None, _k8s(port)
+            )
+        ),
+        K8S,
+        0.5,
+        K8S_PATCH_WAITS,
+    ),
+    Probe(
+        "restart_deployment",
+        restart_deployment,
+        lambda port, s, tmp: lambda: restart_deployment.fn(_k8s(port), "app", timeout_seconds=s),
+        K8S,
+        0.5,
+        K8S_PATCH_WAITS,
     ),
 ]
 
