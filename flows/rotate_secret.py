@@ -14,7 +14,7 @@ A failure before the revoke rolls back what was done: the store gets the old val
 old value is valid again (PostgreSQL: ALTER ROLE to it), the consumers go back to it, the new
 credential is made invalid (Redis: its password removed; API: the new key revoked), and the old
 one is checked; the ledger records a ``rollback`` step and the run ends ``rolled-back``
-(Prefect: Failed). ``secret=due`` rotates every secret whose ``rotate_every`` has passed.
+(Prefect: Failed). ``secret_name=due`` rotates every secret whose ``rotate_every`` has passed.
 
 Values never leave memory: they are ``SecretValue`` objects (masked, unserialisable),
 registered for redaction when made or read; no step, log line, report or state message
@@ -57,7 +57,7 @@ from tasks.rotation.credentials import Consumers, Created, Credential
 from tasks.rotation.store import StoredSecret, read_secret_store, write_secret_store
 
 HISTORY_ROWS = 5000
-"""How many ``rotated`` step rows ``secret=due`` reads to find each secret's last rotation."""
+"""How many ``rotated`` step rows ``secret_name=due`` reads to find each secret's last rotation."""
 
 
 def _last(ledger: Ledger, env_name: str) -> dict[str, datetime]:
@@ -68,16 +68,16 @@ def _last(ledger: Ledger, env_name: str) -> dict[str, datetime]:
 def plan_rotate_secret(
     env_name: str,
     env: Environment,
-    secret: str = DUE,
+    secret_name: str = DUE,
     last: dict[str, datetime] | None = None,
     now: datetime | None = None,
 ) -> Plan:
-    """The rotation plan (pure but for ``secret=due`` without ``last``: then the ledger's
+    """The rotation plan (pure but for ``secret_name=due`` without ``last``: then the ledger's
     ``rotated`` steps are read, read only). Bad input raises InputError here."""
     if last is None:
-        last = _last(Ledger(), env_name) if secret == DUE else {}
-    chosen = choose(env_name, env, secret, last, now or utcnow())
-    return build_plan(env_name, env, chosen, secret)
+        last = _last(Ledger(), env_name) if secret_name == DUE else {}
+    chosen = choose(env_name, env, secret_name, last, now or utcnow())
+    return build_plan(env_name, env, chosen, secret_name)
 
 
 # --- one secret -------------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def rotate_secret(
     env: str = "local",
     *,
     requested_by: str,
-    secret: str = DUE,
+    secret_name: str = DUE,
     dry_run: bool = False,
     approval_timeout_seconds: ApprovalWait = None,
     wait_for_lock: LockWait = LOCK_WAIT_SECONDS,
@@ -286,7 +286,7 @@ def rotate_secret(
 
     Args:
         env: environment name from the inventory.
-        secret: the name of one of the environment's `secrets`, or `due` (default): every
+        secret_name: the name of one of the environment's `secrets`, or `due` (default): every
             secret whose rotate_every has passed since its last rotation (or never rotated).
         dry_run: only publish the plan.
         requested_by: who asks for this run (required; on a protected environment the
@@ -295,11 +295,11 @@ def rotate_secret(
         wait_for_lock: seconds to wait for the environment lock after approval (0: fail at once).
     """
     run = RunbookRun.start(RUNBOOK, env, requested_by)
-    last = _last(run.ledger, env) if secret == DUE else {}
-    chosen = choose(env, run.env, secret, last, utcnow())
-    plan = build_plan(env, run.env, chosen, secret)
+    last = _last(run.ledger, env) if secret_name == DUE else {}
+    chosen = choose(env, run.env, secret_name, last, utcnow())
+    plan = build_plan(env, run.env, chosen, secret_name)
     run.publish_plan(plan)
-    report = RotationReport(env=env, secret=secret, dry_run=dry_run)
+    report = RotationReport(env=env, secret_name=secret_name, dry_run=dry_run)
     for _index, s in chosen:
         report.secrets.append(
             SecretRotation(

@@ -44,7 +44,7 @@ ROLLBACK_STEP = "rollback"
 ROLLED_BACK = "rolled-back"
 """The run status of a rotation that failed and was rolled back completely."""
 DUE = "due"
-"""``secret=due``: every secret of the environment whose ``rotate_every`` has passed since its
+"""``secret_name=due``: every secret of the environment whose ``rotate_every`` has passed since its
 last ``rotated`` step (one never rotated by opsflow is due)."""
 KEY_ID_ANNOTATION = "opsflow.io/key-id"
 ROTATED_AT_ANNOTATION = "opsflow.io/rotated-at"
@@ -232,7 +232,7 @@ def choose(
         chosen = [(i, s) for i, s in enumerate(env.secrets) if s.name == secret]
         if not chosen:
             raise InputError(
-                "secret",
+                "secret_name",
                 f"environment {env_name} has no secret {secret!r}",
                 f"choose one of {known}, or due"
                 if known
@@ -373,7 +373,7 @@ def build_plan(
     if secret == DUE:
         notes.insert(
             0,
-            "secret=due: "
+            "secret_name=due: "
             + (", ".join(s.name for _i, s in chosen) or "nothing is due")
             + " (rotate_every passed since the last `rotated` step, or never rotated).",
         )
@@ -381,7 +381,7 @@ def build_plan(
         runbook=RUNBOOK,
         env=env_name,
         steps=steps,
-        parameters={"secret": secret},
+        parameters={"secret_name": secret},
         notes=notes,
     )
 
@@ -405,7 +405,7 @@ class SecretRotation(BaseModel):
 
 class RotationReport(BaseModel):
     env: str
-    secret: str
+    secret_name: str
     dry_run: bool = False
     secrets: list[SecretRotation] = Field(default_factory=list)
     seconds: float = 0.0
@@ -424,7 +424,7 @@ def render_rotation_report(report: RotationReport, started: datetime) -> str:
         f"## Secret rotation on `{report.env}`: {report.status}",
         "",
         f"Started {started:%Y-%m-%d %H:%M:%S} UTC, took {report.seconds:.1f} s; "
-        f"secret={report.secret}.",
+        f"secret_name={report.secret_name}.",
         "",
         "| secret | kind | status | store | consumers | error | rollback |",
         "|---|---|---|---|---|---|---|",

@@ -304,7 +304,7 @@ SecretKind = Literal["postgres_role", "redis_acl", "api_key"]
 
 
 class RotatedSecret(Model):
-    """A secret opsflow rotates (``opsflow run rotate-secret --param secret=NAME``).
+    """A secret opsflow rotates (``opsflow run rotate-secret --param secret_name=NAME``).
 
     ``postgres_role``: ``role``'s password, changed over the connection of database ``admin``;
     ``redis_acl``: ACL user ``role``'s password over Redis target ``admin``; ``api_key``: a

@@ -114,7 +114,7 @@ def _finding(
     severity: Severity, target: str, summary: str, *, masked: bool = True, **details: Any
 ) -> SecurityFinding:
     """A finding; ``masked=False`` for a summary made of inventory names and numbers only,
-    whose ``--param secret=NAME`` redaction would mask as a key=value credential."""
+    whose ``--param secret_name=NAME`` redaction would mask as a key=value credential."""
     text = redact(summary) if masked else summary
     return SecurityFinding(
         severity=severity, check=CHECK, target=target, summary=text, details=details
@@ -124,7 +124,7 @@ def _finding(
 def _rotated_finding(
     env_name: str, secret: RotatedSecret, changed: datetime | None, source: str, now: datetime
 ) -> SecurityFinding | None:
-    command = f"opsflow run rotate-secret --env {env_name} --param secret={secret.name}"
+    command = f"opsflow run rotate-secret --env {env_name} --param secret_name={secret.name}"
     every = format_duration(secret.rotate_every)
     if changed is None:
         return _finding(

@@ -706,21 +706,21 @@ ROTATE = ["run", "rotate-secret", "--env", "p"]
 ROTATION_CASES = [
     Case(
         "rotate-secret-unknown",
-        [*ROTATE, "--param", "secret=app-bd"],
-        "secret: environment p has no secret 'app-bd'",
+        [*ROTATE, "--param", "secret_name=app-bd"],
+        "secret_name: environment p has no secret 'app-bd'",
         inventory=ROTATION_INVENTORY,
         also=("app-db", "lonely", "due"),
     ),
     Case(
         "rotate-secret-without-consumers",
-        [*ROTATE, "--param", "secret=lonely"],
+        [*ROTATE, "--param", "secret_name=lonely"],
         "secrets[1].consumers",
         inventory=ROTATION_INVENTORY,
         also=("nothing would use the new value",),
     ),
     Case(
         "plan-rotate-secret-pods-cannot-read-a-prefect-block",
-        ["plan", "rotate-secret", "--env", "p", "--param", "secret=pods-key"],
+        ["plan", "rotate-secret", "--env", "p", "--param", "secret_name=pods-key"],
         "secrets[2].store",
         inventory=ROTATION_INVENTORY,
         also=("kubernetes_secret",),

@@ -317,7 +317,7 @@ def test_postgres_role_rotation_keeps_the_app_working_on_the_new_password(
     _pg_lab(lab, pg_role)
     caplog.set_level(logging.DEBUG)
 
-    state, report = lab.run(secret="app-db")
+    state, report = lab.run(secret_name="app-db")
 
     assert state.is_completed(), state.message
     [outcome] = report.secrets
@@ -364,7 +364,7 @@ def test_postgres_rotation_whose_consumer_fails_is_rolled_back(
     _pg_lab(lab, pg_role, consumer_env="DB_PASS_UNUSED")
     caplog.set_level(logging.DEBUG)
 
-    state, report = lab.run(secret="app-db")
+    state, report = lab.run(secret_name="app-db")
 
     assert state.is_failed(), state.message
     [outcome] = report.secrets
@@ -465,7 +465,7 @@ def test_redis_acl_rotation_adds_the_new_password_then_revokes_the_old(
     worker = _redis_lab(lab, acl_user)
     caplog.set_level(logging.DEBUG)
 
-    state, report = lab.run(secret="cache-user")
+    state, report = lab.run(secret_name="cache-user")
 
     assert state.is_completed(), state.message
     assert report.secrets[0].status == "rotated"
@@ -489,7 +489,7 @@ def test_redis_rotation_rolls_every_consumer_back_when_one_does_not_come_up(
 ) -> None:
     worker = _redis_lab(lab, acl_user, worker_comes_up=False)
 
-    state, report = lab.run(secret="cache-user")
+    state, report = lab.run(secret_name="cache-user")
 
     assert state.is_failed(), state.message
     assert report.secrets[0].status == "rolled-back", report.secrets[0]
@@ -591,7 +591,7 @@ def test_api_key_rotation_creates_a_key_rolls_the_consumer_and_revokes_the_old(
     old = _key_lab(lab, key_app)
     caplog.set_level(logging.DEBUG)
 
-    state, report = lab.run(secret="app-key")
+    state, report = lab.run(secret_name="app-key")
 
     assert state.is_completed(), state.message
     assert report.secrets[0].status == "rotated"
@@ -608,7 +608,7 @@ def test_api_key_rotation_creates_a_key_rolls_the_consumer_and_revokes_the_old(
 
     # a store without the key's id: refused before anything changes (no key made)
     Secret(value=new).save(lab.block, overwrite=True)
-    state, report = lab.run(secret="app-key")
+    state, report = lab.run(secret_name="app-key")
     assert state.is_failed()
     assert report.secrets[0].status == "failed"
     assert "holds no key id" in report.secrets[0].error
@@ -620,7 +620,7 @@ def test_api_key_rotation_creates_a_key_rolls_the_consumer_and_revokes_the_old(
 def test_api_key_rotation_rolled_back_revokes_the_new_key(lab: Lab, key_app: KeyApp) -> None:
     old = _key_lab(lab, key_app, comes_up=False)  # the recreated consumer never comes up
 
-    state, report = lab.run(secret="app-key")
+    state, report = lab.run(secret_name="app-key")
 
     assert state.is_failed(), state.message
     assert report.secrets[0].status == "rolled-back", report.secrets[0]
@@ -663,7 +663,7 @@ def test_postgres_role_in_a_kubernetes_secret_restarts_the_deployment(
     caplog.set_level(logging.DEBUG)
 
     with kube_cluster.controller:
-        state, report = lab.run(secret="app-db")
+        state, report = lab.run(secret_name="app-db")
 
     assert state.is_completed(), state.message
     assert report.secrets[0].status == "rotated"

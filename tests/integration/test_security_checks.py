@@ -468,7 +468,7 @@ def test_secrets_age_overdue_rotation_and_old_kubernetes_secrets(
     assert overdue.severity is Severity.HIGH
     assert overdue.summary == (
         "overdue by 10 days (rotate_every 30d): "
-        f"opsflow run rotate-secret --env {ENV} --param secret=app-db"
+        f"opsflow run rotate-secret --env {ENV} --param secret_name=app-db"
     )
     never = by_target["secret never"]
     assert never.severity is Severity.MEDIUM

@@ -124,7 +124,7 @@ def test_choose_a_named_secret_or_the_due_ones() -> None:
 def test_unknown_secret_lists_the_known_ones() -> None:
     with pytest.raises(InputError) as caught:
         choose("p", env(), "app-bd", {}, NOW)
-    assert caught.value.field == "secret"
+    assert caught.value.field == "secret_name"
     assert "['app-db', 'cache-user'], or due" in caught.value.fix
     with pytest.raises(InputError) as none:
         choose("p", env(secrets=[]), "app-db", {}, NOW)
@@ -152,7 +152,7 @@ def _with_secret(**changes: Any) -> Environment:
 )
 def test_refusals_before_any_change(changes: dict[str, Any], field: str, problem: str) -> None:
     with pytest.raises(InputError) as caught:
-        plan_rotate_secret("p", _with_secret(**changes), secret="s", last={})
+        plan_rotate_secret("p", _with_secret(**changes), secret_name="s", last={})
     assert caught.value.field == f"environments.p.{field}"
     assert problem in caught.value.problem
 
@@ -175,7 +175,7 @@ def test_a_postgres_admin_reached_through_a_container_is_refused() -> None:
 
 
 def test_the_plan_of_one_postgres_secret() -> None:
-    plan = plan_rotate_secret("p", env(), secret="app-db", last={})
+    plan = plan_rotate_secret("p", env(), secret_name="app-db", last={})
     assert [(s.action, s.target, s.changes) for s in plan.steps] == [
         ("read_secret_store", "Prefect Secret block app-db", False),
         ("check_current_credential", "app-db", False),
@@ -189,7 +189,7 @@ def test_the_plan_of_one_postgres_secret() -> None:
         ("remove_previous_container", "docker api", True),
     ]
     assert "ALTER ROLE app" in plan.steps[2].why
-    assert plan.parameters == {"secret": "app-db"}
+    assert plan.parameters == {"secret_name": "app-db"}
 
 
 def test_the_plan_of_due_secrets_on_a_protected_environment() -> None:
@@ -200,7 +200,7 @@ def test_the_plan_of_due_secrets_on_a_protected_environment() -> None:
     assert actions[0] == "request_approval"
     assert ("roll_consumer", "deployment shop/api") in [(s.action, s.target) for s in plan.steps]
     assert "remove_previous_container" not in actions  # no Docker consumer
-    assert plan.notes[0].startswith("secret=due: cache-user ")
+    assert plan.notes[0].startswith("secret_name=due: cache-user ")
     assert build_plan("p", protected, [], DUE).steps == []  # nothing due: no approval
 
 
@@ -219,7 +219,7 @@ def test_report_status_is_the_worst_outcome() -> None:
             SecretRotation.model_validate({"name": f"s{i}", "kind": "api_key", "status": s})
             for i, s in enumerate(states)
         ]
-        return RotationReport(env="p", secret=DUE, secrets=outcomes)
+        return RotationReport(env="p", secret_name=DUE, secrets=outcomes)
 
     assert report().status == "complete"
     assert report("rotated", "rotated").status == "complete"
