@@ -34,48 +34,21 @@ from tasks.security.images import check_image
 from tests.fixtures.docker_engine import SESSION_ID, SESSION_LABEL
 from tests.fixtures.kube_api import KubeCluster
 from tests.support.images import deploy_app_image
+from tests.support.osv_records import REQUESTS, URLLIB3, record
 
 pytestmark = pytest.mark.integration
 SITE = "/usr/local/lib/python3.11/dist-packages"
 TOKEN = "osv-mirror-token-5b1f"
 
 
-def osv(ident: str, ecosystem: str, name: str, events: list[dict[str, str]], **extra: Any) -> dict:
-    kind = "SEMVER" if ecosystem == "npm" else "ECOSYSTEM"
-    return {
-        "schema_version": "1.6.0",
-        "id": ident,
-        "modified": "2024-01-01T00:00:00Z",
-        "summary": f"{name}: {ident}",
-        "affected": [
-            {
-                "package": {"ecosystem": ecosystem, "name": name},
-                "ranges": [{"type": kind, "events": events}],
-            }
-        ],
-        **extra,
-    }
-
-
-REQUESTS = osv(
-    "GHSA-j8r2-6x86-q33q",
-    "PyPI",
-    "requests",
-    [{"introduced": "0"}, {"fixed": "2.31.0"}],
-    aliases=["CVE-2023-32681"],
-    database_specific={"severity": "MODERATE"},
-)
-URLLIB3 = osv(  # a range that does not hold the pinned 1.26.18
-    "GHSA-g4mx-q9vg-27p4", "PyPI", "urllib3", [{"introduced": "2.0.0"}, {"fixed": "2.0.7"}]
-)
-OLDPKG = osv(
+OLDPKG = record(
     "PYSEC-0000-1",
     "PyPI",
     "opsflow-oldpkg",
     [{"introduced": "0"}, {"fixed": "1.5"}],
     database_specific={"severity": "CRITICAL"},
 )
-LODASH = osv(
+LODASH = record(
     "GHSA-35jh-r3h4-6jhm",
     "npm",
     "lodash",
@@ -83,7 +56,9 @@ LODASH = osv(
     aliases=["CVE-2021-23337"],
     database_specific={"severity": "HIGH"},
 )
-MINIMIST = osv("GHSA-vh95-rmgr-6w4m", "npm", "minimist", [{"introduced": "0"}, {"fixed": "0.2.1"}])
+MINIMIST = record(
+    "GHSA-vh95-rmgr-6w4m", "npm", "minimist", [{"introduced": "0"}, {"fixed": "0.2.1"}]
+)
 
 
 def write_osv(root: Path, glibc: str = "2.36-9+deb12u99") -> Path:
@@ -94,10 +69,10 @@ def write_osv(root: Path, glibc: str = "2.36-9+deb12u99") -> Path:
             (root / ecosystem / f"{rec['id']}.json").write_text(json.dumps(rec))
     (root / "npm" / "more.json").write_text(json.dumps({"vulns": [MINIMIST]}))
     debian = [
-        osv("DSA-0000-1", "Debian:12", "glibc", [{"introduced": "0"}, {"fixed": glibc}]),
-        osv("DSA-0000-2", "Debian:12", "bash", [{"introduced": "0"}, {"fixed": "5.0-1"}]),
-        osv("DSA-0000-3", "Debian:11", "glibc", [{"introduced": "0"}, {"fixed": "9.0-1"}]),
-        osv("DSA-0000-4", "Debian:12", "libc6", [{"introduced": "0"}, {"fixed": "9.0-1"}]),
+        record("DSA-0000-1", "Debian:12", "glibc", [{"introduced": "0"}, {"fixed": glibc}]),
+        record("DSA-0000-2", "Debian:12", "bash", [{"introduced": "0"}, {"fixed": "5.0-1"}]),
+        record("DSA-0000-3", "Debian:11", "glibc", [{"introduced": "0"}, {"fixed": "9.0-1"}]),
+        record("DSA-0000-4", "Debian:12", "libc6", [{"introduced": "0"}, {"fixed": "9.0-1"}]),
     ]
     (root / "Debian").mkdir(parents=True, exist_ok=True)
     (root / "Debian" / "all.json").write_text(json.dumps(debian))
@@ -218,7 +193,7 @@ def test_unparseable_sources_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(PermanentError, match=rf"advisory source unusable: {broken}: is not JSON"):
         load(root)
 
-    broken.write_text(json.dumps(osv("GHSA-bad", "PyPI", "x", [{"fixed": "1.0"}])))
+    broken.write_text(json.dumps(record("GHSA-bad", "PyPI", "x", [{"fixed": "1.0"}])))
     with pytest.raises(PermanentError, match=r"GHSA-broken.json \(GHSA-bad\): affected\[0\]"):
         load(root)
 

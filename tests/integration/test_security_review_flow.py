@@ -27,8 +27,8 @@ from opsflow.ledger import Ledger
 from opsflow.security import SecurityReport, Severity
 from tests.fixtures.databases import PostgresServer
 from tests.fixtures.tls_servers import Serve
-from tests.integration.test_security_dependencies import REQUESTS, URLLIB3
 from tests.support.cli import OPSFLOW
+from tests.support.osv_records import REQUESTS, URLLIB3
 from tests.support.prefect_api import api_post
 
 pytestmark = pytest.mark.integration

@@ -19,24 +19,7 @@ from opsflow.packages import (
     parse_requirements,
 )
 from opsflow.security import Severity
-
-
-def record(
-    ident: str,
-    ecosystem: str,
-    name: str,
-    *ranges: list[dict[str, str]],
-    kind: str = "ECOSYSTEM",
-    versions: list[str] | None = None,
-    **extra: Any,
-) -> dict[str, Any]:
-    affected: dict[str, Any] = {
-        "package": {"ecosystem": ecosystem, "name": name},
-        "ranges": [{"type": kind, "events": events} for events in ranges],
-    }
-    if versions is not None:
-        affected["versions"] = versions
-    return {"id": ident, "summary": f"{ident} summary", "affected": [affected], **extra}
+from tests.support.osv_records import REQUESTS, record
 
 
 def index(*records: dict[str, Any]) -> AdvisoryIndex:
@@ -45,14 +28,6 @@ def index(*records: dict[str, Any]) -> AdvisoryIndex:
     )
 
 
-REQUESTS = record(
-    "GHSA-j8r2-6x86-q33q",
-    "PyPI",
-    "requests",
-    [{"introduced": "0"}, {"fixed": "2.31.0"}],
-    aliases=["CVE-2023-32681"],
-    database_specific={"severity": "MODERATE"},
-)
 DJANGO = record(  # several ranges: each release line has its own fix
     "GHSA-django",
     "PyPI",
