@@ -7,7 +7,7 @@ security:
   advisories: {path: /var/lib/osv}            # or {url: https://mirror/osv.json}
   python: [{name: api, requirements: /srv/api/requirements.txt}, {name: jobs, container: jobs-1}]
   npm: [{name: web, lock: /srv/web/package-lock.json}]
-  images: [{container: api-1}, {pod: api}]    # packages inside (dpkg status, pip freeze), age
+  images: [{container: api-1}, {pod: api}]    # packages inside (dpkg status, Python), age
   tls: {urls: [https://api.example.com], min_version: TLSv1.2}
   logins: {files: [/var/log/auth.log], threshold: 20, window: 1h}
   secret_max_age: 90d
@@ -73,9 +73,10 @@ class AdvisorySource(Model):
 
 class PythonEnvironment(Model):
     """A Python environment whose packages are checked: a pinned requirements or lock file
-    (``name==version`` lines, as ``pip freeze`` and ``pip-compile`` write them), or ``pip
-    freeze`` run inside a Docker container or a pod (a deployment of the environment's
-    namespace) through the same transports as the backups."""
+    (``name==version`` lines, as ``pip freeze`` and ``pip-compile`` write them), or the
+    packages installed inside a Docker container or a pod (a deployment of the environment's
+    namespace; read with ``importlib.metadata``, what ``pip freeze`` lists, as Debian's python3
+    has no pip) through the same transports as the backups."""
 
     name: str
     requirements: str | None = None
@@ -98,8 +99,8 @@ class NpmLock(Model):
 
 class ImageScan(Model):
     """The image of a running Docker container or of a pod (a deployment of the namespace):
-    its Debian packages (``/var/lib/dpkg/status``) and Python packages (``pip freeze``, when
-    it has Python) are matched against the advisories, and its age (Docker) against
+    its Debian packages (``/var/lib/dpkg/status``) and Python packages (``importlib.metadata``,
+    when it has python3) are matched against the advisories, and its age (Docker) against
     ``max_age``."""
 
     container: str | None = None
