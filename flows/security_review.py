@@ -30,6 +30,7 @@ from flows.common import RunbookRun, pg_reach, runbook_flow
 from opsflow.errors import OpsflowError
 from opsflow.inventory import Environment
 from opsflow.ledger import Ledger
+from opsflow.osv import AdvisoryIndex
 from opsflow.plans import Plan, PlanStep
 from opsflow.redaction import redact
 from opsflow.reports import publish_markdown, publish_table
@@ -242,7 +243,9 @@ def _outcome(call: SecurityCheck, future: PrefectFuture[Any]) -> CheckOutcome:
 _FIX = "see the run's log for the error, fix the inventory or the target and run it again"
 
 
-def _load_index(run: RunbookRun, calls: list[SecurityCheck]) -> tuple[Any, str | None]:
+def _load_index(
+    run: RunbookRun, calls: list[SecurityCheck]
+) -> tuple[AdvisoryIndex | None, str | None]:
     """The advisory index (None when no check needs it) and why it is unusable (None: it is
     usable)."""
     source = run.env.security.advisories
